@@ -1,0 +1,64 @@
+// white_ratio.h — op: the fraction of each grid tile's pixels whose HSV lies in [lower, upper].
+// One pass over the region counts white pixels per cell of side gcd(tile, stride); every tile's
+// count is then O(1) from the 2-D prefix sums of the cell counts, whatever the overlap.
+#pragma once
+#include "array.h"
+#include "hsv.h"
+
+namespace hf {
+
+struct WhiteRatioArgs {
+  Pixels<const uint8_t> region;
+  int64_t tile, stride;  // level pixels
+  HsvRange range;
+};
+
+// Tiles (rows × cols) and the cells that cover them. Cells are cell_w wide and cell_h tall, with
+// cell_w = gcd(tile, stride) and cell_h a divisor of it (the CPU splits rows finer to have enough
+// strips for its threads). The prefix array is (cells_y + 1) × (cells_x + 1) with a zero first row
+// and column.
+struct CellGrid {
+  int64_t rows, cols;
+  int64_t cell_w, cell_h;
+  int64_t cells_x, cells_y;
+};
+
+inline int64_t gcd64(int64_t a, int64_t b) {
+  while (b) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// min_strips: split cell rows (by halving cell_h) until there are at least this many, if possible.
+inline CellGrid make_cell_grid(const WhiteRatioArgs& a, int64_t min_strips) {
+  CellGrid g{};
+  g.rows = (a.region.height - a.tile) / a.stride + 1;
+  g.cols = (a.region.width - a.tile) / a.stride + 1;
+  g.cell_w = gcd64(a.tile, a.stride);
+  const int64_t covered_h = (g.rows - 1) * a.stride + a.tile;
+  g.cell_h = g.cell_w;
+  while (covered_h / g.cell_h < min_strips && g.cell_h % 2 == 0) g.cell_h /= 2;
+  g.cells_x = ((g.cols - 1) * a.stride + a.tile) / g.cell_w;
+  g.cells_y = covered_h / g.cell_h;
+  return g;
+}
+
+// White fraction of tile (i, j) from the prefix sums; identical arithmetic on both twins.
+HF_HD float tile_ratio(const int64_t* prefix, const CellGrid& g, int64_t tile, int64_t stride,
+                       int64_t i, int64_t j) {
+  const int64_t pitch = g.cells_x + 1;
+  const int64_t y0 = i * stride / g.cell_h, y1 = (i * stride + tile) / g.cell_h;
+  const int64_t x0 = j * stride / g.cell_w, x1 = (j * stride + tile) / g.cell_w;
+  const int64_t count = prefix[y1 * pitch + x1] - prefix[y0 * pitch + x1] -
+                        prefix[y1 * pitch + x0] + prefix[y0 * pitch + x0];
+  return static_cast<float>(static_cast<double>(count) / static_cast<double>(tile * tile));
+}
+
+// out: float32 rows × cols, C-contiguous, on the region's device.
+void white_ratio_cpu(const WhiteRatioArgs& args, float* out);
+void white_ratio_cuda(const WhiteRatioArgs& args, float* out, StreamHandle stream);
+
+}  // namespace hf

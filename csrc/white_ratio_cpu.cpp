@@ -1,0 +1,185 @@
+// white_ratio_cpu.cpp — CPU twin of white_ratio: a white mask per row (AVX2 when the CPU has it and
+// the hue bounds are open, exact scalar HSV otherwise), per-cell counts in parallel strips of rows,
+// then each tile in O(1) from the prefix sums of the cells.
+#include "white_ratio.h"
+
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HF_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace hf {
+namespace {
+
+const HsvTables& tables() {
+  static const HsvTables t = make_hsv_tables();
+  return t;
+}
+
+// mask[i] = 1 when pixel i's HSV is inside the range; any bounds.
+void white_mask_scalar(const uint8_t* px, int64_t n, const HsvRange& range, uint8_t* mask) {
+  const HsvTables& t = tables();
+  for (int64_t i = 0; i < n; ++i, px += 3) {
+    mask[i] = hsv_in_range(rgb_to_hsv_px(px[0], px[1], px[2], t.sdiv, t.hdiv), range);
+  }
+}
+
+#ifdef HF_HAVE_AVX2_PATH
+// With the hue open, the test needs only V = max and D = max - min: at fixed V, S grows with D, so
+// S ∈ [s_lo, s_hi] and V ∈ [v_lo, v_hi] ⟺ D ∈ [d_lo[V], d_hi[V]]. An empty interval is (255, 0).
+// The 256-entry tables are looked up with pshufb, one 16-entry chunk per high nibble of V that can
+// hold a white pixel (4 chunks for the default V ≥ 200).
+struct SvTables {
+  alignas(16) uint8_t d_lo[256];
+  alignas(16) uint8_t d_hi[256];
+  int first_chunk, last_chunk;  // chunks outside stay empty
+};
+
+SvTables make_sv_tables(const HsvRange& r) {
+  SvTables t{};
+  t.first_chunk = 16;
+  t.last_chunk = -1;
+  for (int v = 0; v < 256; ++v) {
+    int lo = 255, hi = 0;  // empty
+    bool found = false;
+    if (v >= r.lo[2] && v <= r.hi[2]) {
+      const int32_t sdiv = hsv_sdiv(v);
+      for (int d = 0; d <= v; ++d) {
+        const int32_t s = hsv_saturation(d, sdiv);
+        if (s >= r.lo[1] && s <= r.hi[1]) {
+          if (!found) lo = d;
+          found = true;
+          hi = d;
+        }
+      }
+    }
+    if (found) {
+      if (t.first_chunk > v / 16) t.first_chunk = v / 16;
+      t.last_chunk = v / 16;
+    }
+    t.d_lo[v] = static_cast<uint8_t>(lo);
+    t.d_hi[v] = static_cast<uint8_t>(hi);
+  }
+  return t;
+}
+
+bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
+// pshufb masks that gather channel ch of 16 interleaved pixels from the 3 × 16 bytes that hold them.
+struct DeinterleaveMasks {
+  alignas(32) uint8_t m[3][3][32];  // [channel][part][byte], same for both 128-bit lanes
+  DeinterleaveMasks() {
+    for (int ch = 0; ch < 3; ++ch)
+      for (int part = 0; part < 3; ++part)
+        for (int j = 0; j < 32; ++j) {
+          const int src = 3 * (j % 16) + ch - 16 * part;
+          m[ch][part][j] = src >= 0 && src < 16 ? static_cast<uint8_t>(src) : 0x80;
+        }
+  }
+};
+
+__attribute__((target("avx2"))) inline __m256i load_lanes(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
+}
+
+// Writes mask[i] for i < n rounded down to 32 and returns how many it wrote.
+__attribute__((target("avx2"))) int64_t white_mask_avx2(const uint8_t* px, int64_t n,
+                                                        const SvTables& t, uint8_t* mask) {
+  static const DeinterleaveMasks dm;
+  __m256i shuf[3][3];
+  for (int ch = 0; ch < 3; ++ch)
+    for (int part = 0; part < 3; ++part)
+      shuf[ch][part] = _mm256_load_si256(reinterpret_cast<const __m256i*>(dm.m[ch][part]));
+  __m256i lo_tab[16], hi_tab[16];
+  for (int k = t.first_chunk; k <= t.last_chunk; ++k) {
+    lo_tab[k] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t.d_lo + 16 * k)));
+    hi_tab[k] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t.d_hi + 16 * k)));
+  }
+  const __m256i nibble = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const uint8_t* p = px + 3 * i;  // lane 0: pixels i..i+15, lane 1: pixels i+16..i+31
+    const __m256i a = load_lanes(p, p + 48), b = load_lanes(p + 16, p + 64), c = load_lanes(p + 32, p + 80);
+    __m256i ch[3];
+    for (int k = 0; k < 3; ++k)
+      ch[k] = _mm256_or_si256(_mm256_or_si256(_mm256_shuffle_epi8(a, shuf[k][0]), _mm256_shuffle_epi8(b, shuf[k][1])),
+                              _mm256_shuffle_epi8(c, shuf[k][2]));
+    const __m256i v = _mm256_max_epu8(_mm256_max_epu8(ch[0], ch[1]), ch[2]);
+    const __m256i d = _mm256_sub_epi8(v, _mm256_min_epu8(_mm256_min_epu8(ch[0], ch[1]), ch[2]));
+    const __m256i v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+    const __m256i v_lo = _mm256_and_si256(v, nibble);
+    __m256i d_lo = _mm256_set1_epi8(-1), d_hi = _mm256_setzero_si256();
+    for (int k = t.first_chunk; k <= t.last_chunk; ++k) {
+      const __m256i in_chunk = _mm256_cmpeq_epi8(v_hi, _mm256_set1_epi8(static_cast<char>(k)));
+      d_lo = _mm256_blendv_epi8(d_lo, _mm256_shuffle_epi8(lo_tab[k], v_lo), in_chunk);
+      d_hi = _mm256_blendv_epi8(d_hi, _mm256_shuffle_epi8(hi_tab[k], v_lo), in_chunk);
+    }
+    const __m256i ge = _mm256_cmpeq_epi8(_mm256_max_epu8(d, d_lo), d);
+    const __m256i le = _mm256_cmpeq_epi8(_mm256_min_epu8(d, d_hi), d);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(mask + i), _mm256_and_si256(_mm256_and_si256(ge, le), one));
+  }
+  return i;
+}
+#endif
+
+}  // namespace
+
+void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
+  int threads = 1;
+#ifdef _OPENMP
+  threads = omp_get_max_threads();
+#endif
+  const CellGrid g = make_cell_grid(a, 4 * threads);
+  const int64_t width = g.cells_x * g.cell_w, pitch = g.cells_x + 1;
+  std::vector<int64_t> prefix((g.cells_y + 1) * pitch, 0);
+  // H of an 8-bit image is always in [0, 179]: bounds that hold it all leave only the S/V test.
+  const bool hue_open = a.range.lo[0] <= 0 && a.range.hi[0] >= 179;
+#ifdef HF_HAVE_AVX2_PATH
+  const bool simd = hue_open && cpu_has_avx2();
+  const SvTables sv = simd ? make_sv_tables(a.range) : SvTables{};
+#endif
+
+#pragma omp parallel
+  {
+    std::vector<uint8_t> mask(width);
+#pragma omp for schedule(static)
+    for (int64_t cy = 0; cy < g.cells_y; ++cy) {
+      int64_t* counts = prefix.data() + (cy + 1) * pitch + 1;
+      for (int64_t y = cy * g.cell_h; y < (cy + 1) * g.cell_h; ++y) {
+        const uint8_t* row = a.region.data + y * a.region.row_stride;
+        int64_t done = 0;
+#ifdef HF_HAVE_AVX2_PATH
+        if (simd) done = white_mask_avx2(row, width, sv, mask.data());
+#endif
+        white_mask_scalar(row + 3 * done, width - done, a.range, mask.data() + done);
+        const uint8_t* m = mask.data();
+        for (int64_t cx = 0; cx < g.cells_x; ++cx, m += g.cell_w) {
+          uint32_t sum = 0;
+          for (int64_t x = 0; x < g.cell_w; ++x) sum += m[x];
+          counts[cx] += sum;
+        }
+      }
+      for (int64_t cx = 1; cx < g.cells_x; ++cx) counts[cx] += counts[cx - 1];  // row prefix
+    }
+  }
+  for (int64_t cy = 1; cy <= g.cells_y; ++cy) {  // column prefix
+    int64_t* row = prefix.data() + cy * pitch;
+    const int64_t* above = row - pitch;
+    for (int64_t cx = 1; cx < pitch; ++cx) row[cx] += above[cx];
+  }
+  for (int64_t i = 0; i < g.rows; ++i)
+    for (int64_t j = 0; j < g.cols; ++j)
+      out[i * g.cols + j] = tile_ratio(prefix.data(), g, a.tile, a.stride, i, j);
+}
+
+}  // namespace hf

@@ -1,0 +1,83 @@
+"""Augment: seeded per-tile geometric augmentation parameters (rot90, flip, shift, angle).
+
+Parameters are counter-based (numpy's Philox): tile j of an epoch gets the same draw whether it
+comes in a batch of 1 or 1000, on any backend, so CPU and GPU pipelines see identical batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import ops
+from .errors import HistofastError
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random geometric augmentation: never colour jitter, never deformation.
+
+    Args:
+        rot90: draw quarter turns 0..3 uniformly.
+        flip: draw left-right flips with probability 1/2 (with rot90 this covers all 8 dihedral views).
+        max_shift: draw integer (dx, dy) shifts uniformly in [-max_shift, max_shift] level pixels.
+        max_angle: draw angles uniformly in [-max_angle, max_angle] degrees (bilinear); 0: none.
+        seed: the same seed gives the same parameters everywhere.
+    """
+
+    rot90: bool = True
+    flip: bool = True
+    max_shift: int = 0
+    max_angle: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_shift, (int, np.integer)) or self.max_shift < 0:
+            raise HistofastError(f"max_shift={self.max_shift!r}: must be a non-negative integer (pixels)")
+        if not np.isfinite(self.max_angle) or not 0 <= self.max_angle <= 180:
+            raise HistofastError(f"max_angle={self.max_angle!r}: must lie in [0, 180] degrees")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise HistofastError(f"seed={self.seed!r}: must be a non-negative integer")
+
+    def draw(self, n: int, epoch: int = 0, start: int = 0) -> dict[str, np.ndarray]:
+        """Parameters for tiles ``start .. start + n - 1`` of ``epoch``.
+
+        Returns:
+            dict with ``rot90`` int64 (n,), ``flip`` bool (n,), ``shift`` int64 (n, 2) as (dx, dy)
+            level pixels, ``angle`` float64 (n,) degrees — the keyword arguments of ``ops.augment``.
+        """
+        if n < 0 or start < 0 or epoch < 0:
+            raise HistofastError(f"n={n}, epoch={epoch}, start={start}: must be non-negative")
+        key = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint64)
+        bits = np.random.Philox(key=key, counter=start).random_raw(4 * n).reshape(n, 4)
+        # Philox yields 4 words per counter step: one step per tile keeps tiles independent of batching.
+        span = np.uint64(2 * self.max_shift + 1)
+        uniform = (bits[:, 0] >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        return {
+            "rot90": (bits[:, 0] & np.uint64(3)).astype(np.int64) if self.rot90 else np.zeros(n, np.int64),
+            "flip": (bits[:, 1] & np.uint64(1)).astype(bool) if self.flip else np.zeros(n, bool),
+            "shift": (bits[:, 2:] % span).astype(np.int64) - self.max_shift,
+            "angle": (2.0 * uniform - 1.0) * self.max_angle,
+        }
+
+    def apply(
+        self,
+        region: Any,
+        origins: Any,
+        tile_size: int,
+        *,
+        epoch: int = 0,
+        start: int = 0,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        out_dtype: str = "float32",
+        layout: str = "NCHW",
+        out: Any = None,
+    ) -> Any:
+        """Draw parameters for ``len(origins)`` tiles (numbered from ``start``) and run ``ops.augment``.
+
+        Shapes and units as ``histofast.ops.augment``; returns the batch on the region's device."""
+        params = self.draw(len(origins), epoch=epoch, start=start)
+        return ops.augment(
+            region, origins, tile_size, **params, mean=mean, std=std, out_dtype=out_dtype, layout=layout, out=out
+        )

@@ -1,0 +1,223 @@
+"""The one door into histofast's compiled kernels (``histofast._C``).
+
+Each op takes a numpy array, a torch tensor (CPU or CUDA) or a CuPy array, runs on the device the
+data lives on (CUDA ops on the caller's current stream, without synchronising), and returns the same
+kind of array on the same device. Images are uint8 (H, W, 3) RGB in level pixels; rows may be
+strided (a crop of a larger array), pixels must be packed."""
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _C
+from .errors import HistofastError
+
+DEFAULT_HSV_LOWER = (0, 0, 200)
+DEFAULT_HSV_UPPER = (180, 30, 255)
+OUT_DTYPES = ("float32", "float16", "uint8")
+LAYOUTS = ("NCHW", "NHWC")
+
+
+class _Kind:
+    """Where an input lives and how to make outputs like it: numpy, torch (cpu/cuda) or cupy."""
+
+    def __init__(self, x: Any, name: str) -> None:
+        module = type(x).__module__.split(".")[0]
+        if module == "torch":
+            self.lib, self.device = "torch", x.device
+        elif module == "cupy":
+            self.lib, self.device = "cupy", x.device
+        elif isinstance(x, np.ndarray) or hasattr(x, "__array_interface__") or hasattr(x, "__array__"):
+            self.lib, self.device = "numpy", None
+        else:
+            raise TypeError(f"{name}: expected a numpy array, torch tensor or CuPy array, got {type(x).__name__}")
+
+    @property
+    def cuda(self) -> bool:
+        return self.lib == "cupy" or (self.lib == "torch" and self.device.type == "cuda")
+
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        if self.lib == "torch":
+            import torch
+
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+        if self.lib == "cupy":
+            import cupy
+
+            with self.device:
+                return cupy.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype=dtype)
+
+    def stream(self) -> int:
+        """The caller's current CUDA stream as an integer (0 on the CPU)."""
+        if self.lib == "torch" and self.cuda:
+            import torch
+
+            return torch.cuda.current_stream(self.device).cuda_stream
+        if self.lib == "cupy":
+            import cupy
+
+            with self.device:
+                return cupy.cuda.get_current_stream().ptr
+        return 0
+
+
+def _for_c(x: Any) -> Any:
+    """What _C reads without a copy: CPU torch tensors as numpy views, array-likes as numpy."""
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        return x if x.is_cuda else x.detach().numpy()
+    if module == "cupy" or isinstance(x, np.ndarray):
+        return x
+    return np.asarray(x)
+
+
+def _host(x: Any, name: str, dtype: type, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
+    """A per-tile parameter as a host numpy array of `dtype` (small; copied from a GPU if needed)."""
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        x = x.detach().cpu().numpy()
+    elif module == "cupy":
+        x = x.get()
+    a = np.asarray(x)
+    if a.dtype.kind not in {np.int64: "iub", np.bool_: "iub", np.float64: "iubf"}[dtype]:
+        raise TypeError(f"{name}: expected {np.dtype(dtype).name} values, got {a.dtype}")
+    if a.shape[1:] != shape_tail:
+        raise HistofastError(f"{name}: expected shape (N{''.join(', ' + str(d) for d in shape_tail)}), got {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}={value!r}: must be an integer") from None
+
+
+def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
+    try:
+        t = tuple(cast(v) for v in values)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}={values!r}: expected 3 numbers") from None
+    if len(t) != 3:
+        raise HistofastError(f"{name}={values!r}: expected 3 values, one per channel")
+    return t
+
+
+def _check_out(out: Any, kind: _Kind) -> Any:
+    if _Kind(out, "out").cuda != kind.cuda:
+        raise HistofastError("out: must be on the same device as the input")
+    return out
+
+
+def rgb_to_hsv(rgb: Any, *, out: Any = None) -> Any:
+    """RGB → HSV in OpenCV's 8-bit convention (H 0–179, S and V 0–255).
+
+    Bit-identical to ``cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)``.
+
+    Args:
+        rgb: uint8 (H, W, 3).
+        out: optional uint8 (H, W, 3) C-contiguous output of the same kind and device.
+    Returns:
+        uint8 (H, W, 3) HSV, the same kind of array as ``rgb``.
+    """
+    kind = _Kind(rgb, "rgb")
+    if out is None:
+        out = kind.empty(tuple(rgb.shape), "uint8") if len(rgb.shape) == 3 else kind.empty((0, 0, 3), "uint8")
+    _C.rgb_to_hsv(_for_c(rgb), _for_c(_check_out(out, kind)), kind.stream())
+    return out
+
+
+def white_ratio(
+    region: Any,
+    tile_size: int,
+    stride: int,
+    lower: Sequence[int] = DEFAULT_HSV_LOWER,
+    upper: Sequence[int] = DEFAULT_HSV_UPPER,
+    *,
+    out: Any = None,
+) -> Any:
+    """Fraction of each grid tile's pixels whose HSV lies in [lower, upper] (inclusive, cv2.inRange).
+
+    The grid has its origin at (0, 0) and only whole tiles: ``rows = (H - tile_size) // stride + 1``,
+    likewise ``cols``. Counts are exact; cost is one pass over the region whatever the overlap.
+
+    Args:
+        region: uint8 (H, W, 3) RGB, level pixels.
+        tile_size, stride: level pixels, positive; ``tile_size`` ≤ H and W.
+        lower, upper: OpenCV 8-bit HSV bounds (H 0–180, S and V 0–255); default: white background.
+        out: optional float32 (rows, cols) output of the same kind and device.
+    Returns:
+        float32 (rows, cols): entry [i, j] is the tile at level pixels (x, y) = (j·stride, i·stride).
+    """
+    kind = _Kind(region, "region")
+    tile_size, stride = _int(tile_size, "tile_size"), _int(stride, "stride")
+    lower, upper = _triple(lower, "lower", operator.index), _triple(upper, "upper", operator.index)
+    if out is None:
+        height, width = (region.shape[0], region.shape[1]) if len(region.shape) == 3 else (0, 0)
+        out = kind.empty(_C.grid_shape(height, width, tile_size, stride), "float32")
+    _C.white_ratio(_for_c(region), _for_c(_check_out(out, kind)), tile_size, stride, lower, upper, kind.stream())
+    return out
+
+
+def augment(
+    region: Any,
+    origins: Any,
+    tile_size: int,
+    *,
+    rot90: Any = None,
+    flip: Any = None,
+    shift: Any = None,
+    angle: Any = None,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    out_dtype: str = "float32",
+    layout: str = "NCHW",
+    out: Any = None,
+) -> Any:
+    """Cut, transform and normalise N tiles of a region in one pass per tile.
+
+    ``out[i] = normalize(D_i(window_i))``: window_i is the tile_size² window whose top-left corner is
+    ``origins[i] + shift[i]`` (pixels outside the region read as ``np.pad(region, ..., mode="reflect")``),
+    optionally rotated by ``angle[i]`` degrees counter-clockwise about its centre (bilinear, sampling
+    the reflect-padded region, so real context fills the corners); D_i is ``np.rot90(·, rot90[i])``
+    then a left-right flip where ``flip[i]``. ``normalize(x) = (x / 255 - mean) / std`` per channel in
+    float32; uint8 output skips it (and rounds interpolated values).
+
+    Args:
+        region: uint8 (H, W, 3) RGB, level pixels.
+        origins: int (N, 2) of (x, y) top-left corners, level pixels, each tile inside the region.
+        tile_size: level pixels, ≤ H and W.
+        rot90: int (N,) counter-clockwise quarter turns 0..3; None: 0 for every tile.
+        flip: bool (N,); None: no flips.
+        shift: int (N, 2) of (dx, dy) pixels; None: no shift.
+        angle: float (N,) degrees; None or 0: no interpolation (bit-exact integer transforms).
+        mean, std: per channel, in units of x / 255.
+        out_dtype: "float32", "float16" or "uint8".
+        layout: "NCHW" → (N, 3, T, T) or "NHWC" → (N, T, T, 3).
+        out: optional preallocated output of that shape and dtype, same kind and device as region.
+    Returns:
+        The batch, the same kind of array as ``region`` on its device.
+    """
+    kind = _Kind(region, "region")
+    tile_size = _int(tile_size, "tile_size")
+    origins = _host(origins, "origins", np.int64, (2,))
+    n = len(origins)
+    rot90 = np.zeros(n, np.int64) if rot90 is None else _host(rot90, "rot90", np.int64)
+    flip = np.zeros(n, np.bool_) if flip is None else _host(flip, "flip", np.bool_)
+    shift = np.zeros((n, 2), np.int64) if shift is None else _host(shift, "shift", np.int64, (2,))
+    angle = np.zeros(n, np.float64) if angle is None else _host(angle, "angle", np.float64)
+    if out_dtype not in OUT_DTYPES:
+        raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
+    if layout not in LAYOUTS:
+        raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
+    if out is None:
+        shape = (n, 3, tile_size, tile_size) if layout == "NCHW" else (n, tile_size, tile_size, 3)
+        out = kind.empty(shape, out_dtype)
+    _C.augment(
+        _for_c(region), _for_c(_check_out(out, kind)), tile_size, origins, rot90, flip, shift, angle,
+        _triple(mean, "mean", float), _triple(std, "std", float), layout, kind.stream(),
+    )
+    return out
