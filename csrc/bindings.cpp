@@ -26,6 +26,7 @@ namespace hf {
 namespace {
 
 enum class DType { U8, F16, F32, Other };
+constexpr int kAnyCuda = -2;
 
 const char* dtype_name(DType d) {
   switch (d) {
@@ -41,8 +42,8 @@ struct View {
   void* data = nullptr;
   DType dtype = DType::Other;
   std::vector<int64_t> shape, strides;
-  int device = -1;  // -1: host
-  std::string where() const { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
+  int device = -1;  // -1: host; kAnyCuda: an empty CUDA array (data pointer 0, so no ordinal)
+  std::string where() const { return device == -1 ? "cpu" : "cuda:" + std::to_string(device); }
 };
 
 DType dtype_from_code(char kind, int64_t size) {
@@ -60,6 +61,8 @@ View view_of(py::handle obj, const std::string& name, bool writable) {
     v.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
     if (writable && data[1].cast<bool>()) throw ArgumentError(name + " is read-only");
     const std::string typestr = cai["typestr"].cast<std::string>();
+    if (typestr.size() < 3 || typestr[0] == '>') throw DtypeError(name + ": unsupported typestr '" + typestr + "'");
+    if (cai.contains("mask") && !cai["mask"].is_none()) throw ArgumentError(name + ": masked arrays are not supported");
     const int64_t itemsize = std::stoll(typestr.substr(2));
     v.dtype = dtype_from_code(typestr[1], itemsize);
     for (auto s : cai["shape"].cast<py::tuple>()) v.shape.push_back(s.cast<int64_t>());
@@ -70,8 +73,8 @@ View view_of(py::handle obj, const std::string& name, bool writable) {
       for (int64_t d = static_cast<int64_t>(v.shape.size()) - 2; d >= 0; --d) v.strides[d] = v.strides[d + 1] * v.shape[d + 1];
     }
 #ifdef HISTOFAST_WITH_CUDA
-    v.device = cuda_pointer_device(v.data);
-    if (v.device < 0 && v.data != nullptr)
+    v.device = v.data == nullptr ? kAnyCuda : cuda_pointer_device(v.data);
+    if (v.device == -1)
       throw ArgumentError(name + ": __cuda_array_interface__ points at memory that is not on a CUDA device");
 #else
     throw ArgumentError(name + " is a CUDA array, but this histofast was built without CUDA "
@@ -120,9 +123,10 @@ void* output_of(const View& v, const std::string& name, const std::vector<int64_
     if (shape[d] > 1 && v.strides[d] != expect) throw ArgumentError(name + ": must be C-contiguous");
     expect *= shape[d];
   }
-  if (v.device != device)
+  const bool same = v.device == device || (v.device == kAnyCuda && device >= 0) || (device == kAnyCuda && v.device >= 0);
+  if (!same)
     throw ArgumentError(name + " is on " + v.where() + " but the input is on " +
-                        (device < 0 ? std::string("cpu") : "cuda:" + std::to_string(device)));
+                        (device == -1 ? std::string("cpu") : "cuda:" + std::to_string(device)));
   return v.data;
 }
 
@@ -157,7 +161,7 @@ void rgb_to_hsv(py::object rgb_obj, py::object out_obj, [[maybe_unused]] StreamH
   output_of(out_view, "out", {rgb.height, rgb.width, 3}, DType::U8, rgb.device);
   const auto hsv = image_of<uint8_t>(out_view, "out");
   py::gil_scoped_release nogil;
-  if (rgb.device < 0) return rgb_to_hsv_cpu(rgb, hsv);
+  if (rgb.device == -1) return rgb_to_hsv_cpu(rgb, hsv);
 #ifdef HISTOFAST_WITH_CUDA
   rgb_to_hsv_cuda(rgb, hsv, stream);
 #endif
@@ -182,7 +186,7 @@ void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, i
   float* out = static_cast<float*>(
       output_of(view_of(out_obj, "out", true), "out", {g.rows, g.cols}, DType::F32, a.region.device));
   py::gil_scoped_release nogil;
-  if (a.region.device < 0) return white_ratio_cpu(a, out);
+  if (a.region.device == -1) return white_ratio_cpu(a, out);
 #ifdef HISTOFAST_WITH_CUDA
   white_ratio_cuda(a, out, stream);
 #endif
@@ -256,7 +260,7 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
   a.out = output_of(out_view, "out", shape, out_view.dtype, a.region.device);
   if (a.n == 0) return;
   py::gil_scoped_release nogil;
-  if (a.region.device < 0) return augment_cpu(a);
+  if (a.region.device == -1) return augment_cpu(a);
 #ifdef HISTOFAST_WITH_CUDA
   augment_cuda(a, stream);
 #endif

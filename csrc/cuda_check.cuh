@@ -20,19 +20,23 @@ inline void check_cuda(cudaError_t err, const char* expr, const char* file, int 
 
 inline cudaStream_t as_stream(StreamHandle h) { return reinterpret_cast<cudaStream_t>(h); }
 
-// Makes `device` current for the scope and restores the caller's device after.
+// Makes `device` current for the scope and, only if it had to switch, restores the caller's device.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     CHECK_CUDA(cudaGetDevice(&previous_));
-    if (device != previous_) CHECK_CUDA(cudaSetDevice(device));
+    switched_ = device != previous_;
+    if (switched_) CHECK_CUDA(cudaSetDevice(device));
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
+  ~DeviceGuard() {
+    if (switched_ && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();  // leave no stale error
+  }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
+  bool switched_ = false;
 };
 
 // Scratch memory allocated and freed in the order of `stream` (no device-wide synchronisation).

@@ -61,15 +61,16 @@ def augment_reference(region, origins, tile, rot90, flip, shift, mean, std, out_
     pad = int(np.abs(shift).max(initial=0)) + 1
     padded = np.pad(region, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    tiles = []
-    for (x, y), k, f, (dx, dy) in zip(origins, rot90, flip, shift):
+    shape = (len(origins), 3, tile, tile) if layout == "NCHW" else (len(origins), tile, tile, 3)
+    out = np.empty(shape, out_dtype)
+    for i, ((x, y), k, f, (dx, dy)) in enumerate(zip(origins, rot90, flip, shift)):
         t = np.rot90(padded[y + dy + pad : y + dy + pad + tile, x + dx + pad : x + dx + pad + tile], k)
         if f:
             t = t[:, ::-1]
         if out_dtype != "uint8":
-            t = ((t.astype(np.float32) / 255 - mean) / std).astype(out_dtype)
-        tiles.append(t.transpose(2, 0, 1) if layout == "NCHW" else t)
-    return np.stack(tiles)
+            t = ((t.astype(np.float32) / 255 - mean) / std).astype(out_dtype, copy=False)
+        out[i] = t.transpose(2, 0, 1) if layout == "NCHW" else t
+    return out
 
 
 def reflect(i: np.ndarray, n: int) -> np.ndarray:

@@ -221,9 +221,11 @@ def test_augment_poisoned_output_fully_written(device, out_dtype):
     assert not np.isnan(to_numpy(out)).any()
 
 
-def test_augment_no_tiles():
-    region = np.zeros((10, 10, 3), np.uint8) + 5
-    assert ops.augment(region, np.zeros((0, 2), int), 4).shape == (0, 3, 4, 4)
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_augment_no_tiles(device):
+    """An empty batch: on the GPU its data pointer is 0, which must still count as device memory."""
+    region = to_device(np.zeros((10, 10, 3), np.uint8) + 5, device)
+    assert tuple(ops.augment(region, np.zeros((0, 2), int), 4).shape) == (0, 3, 4, 4)
 
 
 @pytest.mark.gpu

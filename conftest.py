@@ -1,4 +1,4 @@
-"""Test configuration: `gpu`-marked tests skip where no CUDA device is present, decided once here
+"""Shared by tests/ and benchmarks/: `gpu`-marked items skip where no CUDA device is present, decided once here
 (torchvision's way); nothing asks the GPU anything at import or collection time."""
 from __future__ import annotations
 
