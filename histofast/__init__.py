@@ -6,9 +6,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import ops
+from . import ops, synth
 from .augment import Augment
 from .build import build_info, cuda_available
 from .errors import HistofastError
 
-__all__ = ["Augment", "HistofastError", "build_info", "cuda_available", "ops", "__version__"]
+__all__ = ["Augment", "HistofastError", "build_info", "cuda_available", "ops", "synth", "__version__"]
