@@ -34,6 +34,5 @@ struct Pixels {
 using StreamHandle = std::uintptr_t;
 
 HF_HD int64_t hf_min(int64_t a, int64_t b) { return a < b ? a : b; }
-HF_HD int64_t hf_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 }  // namespace hf
