@@ -28,6 +28,11 @@ namespace {
 enum class DType { U8, F16, F32, Other };
 constexpr int kAnyCuda = -2;
 
+// -1: host; kAnyCuda: an empty CUDA array (data pointer 0, so no ordinal); else the CUDA ordinal.
+std::string device_name(int device) {
+  return device == -1 ? "cpu" : device == kAnyCuda ? "cuda" : "cuda:" + std::to_string(device);
+}
+
 const char* dtype_name(DType d) {
   switch (d) {
     case DType::U8: return "uint8";
@@ -42,8 +47,7 @@ struct View {
   void* data = nullptr;
   DType dtype = DType::Other;
   std::vector<int64_t> shape, strides;
-  int device = -1;  // -1: host; kAnyCuda: an empty CUDA array (data pointer 0, so no ordinal)
-  std::string where() const { return device == -1 ? "cpu" : "cuda:" + std::to_string(device); }
+  int device = -1;  // as device_name() reads it
 };
 
 DType dtype_from_code(char kind, int64_t size) {
@@ -125,8 +129,7 @@ void* output_of(const View& v, const std::string& name, const std::vector<int64_
   }
   const bool same = v.device == device || (v.device == kAnyCuda && device >= 0) || (device == kAnyCuda && v.device >= 0);
   if (!same)
-    throw ArgumentError(name + " is on " + v.where() + " but the input is on " +
-                        (device == -1 ? std::string("cpu") : "cuda:" + std::to_string(device)));
+    throw ArgumentError(name + " is on " + device_name(v.device) + " but the input is on " + device_name(device));
   return v.data;
 }
 
