@@ -1,7 +1,8 @@
 """histofast: histopathology slides to GPU-ready training batches, fast.
 
-``histofast.ops`` holds the kernels (OpenCV-exact HSV, per-tile white ratio, geometric augment);
-``histofast.Augment`` draws seeded per-tile augmentation parameters and applies them."""
+``histofast.open_slide`` reads slides; ``histofast.tile_grid`` finds the tissue tiles of a level
+(the paper's OpenCV HSV test, exactly) and ``iter_tiles``/``TileGrid.tiles`` cut them in batches;
+``histofast.ops`` holds the kernels; ``histofast.Augment`` draws seeded geometric augmentation."""
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -9,6 +10,11 @@ __version__ = "0.1.0"
 from . import ops, synth
 from .augment import Augment
 from .build import build_info, cuda_available
-from .errors import HistofastError
+from .errors import HistofastError, SlideError
+from .grid import TileBatch, TileGrid, iter_tiles, tile_grid
+from .io import Slide, open_slide
 
-__all__ = ["Augment", "HistofastError", "build_info", "cuda_available", "ops", "synth", "__version__"]
+__all__ = [
+    "Augment", "HistofastError", "Slide", "SlideError", "TileBatch", "TileGrid", "build_info", "cuda_available",
+    "iter_tiles", "open_slide", "ops", "synth", "tile_grid", "__version__",
+]

@@ -4,6 +4,7 @@ Parameters are counter-based (numpy's Philox): tile j of an epoch gets the same 
 comes in a batch of 1 or 1000, on any backend, so CPU and GPU pipelines see identical batches."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,6 +39,14 @@ class Augment:
             raise HistofastError(f"max_angle={self.max_angle!r}: must lie in [0, 180] degrees")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise HistofastError(f"seed={self.seed!r}: must be a non-negative integer")
+
+    def reach(self, tile_size: int) -> int:
+        """Pixels beyond a tile's window (each side) that its transformed tile can read.
+
+        Shifts move the window by up to ``max_shift``; a rotation about the window's centre reaches
+        its corners, ``tile_size·(√2 − 1)/2`` further out, plus one pixel for bilinear weights."""
+        turn = math.ceil(tile_size * (math.sqrt(2) - 1) / 2) + 1 if self.max_angle > 0 else 0
+        return int(self.max_shift) + turn
 
     def draw(self, n: int, epoch: int = 0, start: int = 0) -> dict[str, np.ndarray]:
         """Parameters for tiles ``start .. start + n - 1`` of ``epoch``.

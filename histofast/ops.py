@@ -130,6 +130,15 @@ def rgb_to_hsv(rgb: Any, *, out: Any = None) -> Any:
     return out
 
 
+def grid_shape(height: int, width: int, tile_size: int, stride: int) -> tuple[int, int]:
+    """(rows, cols) of the tile grid ``white_ratio`` computes over a height×width region (pixels).
+
+    Raises ``HistofastError`` for the values ``white_ratio`` rejects (tile_size or stride not
+    positive, tile larger than the region)."""
+    return tuple(_C.grid_shape(_int(height, "height"), _int(width, "width"), _int(tile_size, "tile_size"),
+                               _int(stride, "stride")))
+
+
 def white_ratio(
     region: Any,
     tile_size: int,
@@ -157,7 +166,7 @@ def white_ratio(
     lower, upper = _triple(lower, "lower", operator.index), _triple(upper, "upper", operator.index)
     if out is None:
         height, width = (region.shape[0], region.shape[1]) if len(region.shape) == 3 else (0, 0)
-        out = kind.empty(_C.grid_shape(height, width, tile_size, stride), "float32")
+        out = kind.empty(grid_shape(height, width, tile_size, stride), "float32")
     _C.white_ratio(_for_c(region), _for_c(_check_out(out, kind)), tile_size, stride, lower, upper, kind.stream())
     return out
 

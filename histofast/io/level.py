@@ -1,0 +1,129 @@
+"""Which pixels a grid is cut from: a slide level, or a level resampled on the fly to a target µm/pixel.
+
+``select_level`` turns ``level=`` / ``mpp=`` / ``magnification=`` into a ``LevelView``; the view reads
+regions in its own pixels, the same way whatever piece of it is read."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import HistofastError
+from .slide import Job, Slide
+
+RESAMPLE_TOLERANCE = 0.05  # within 5% of the target, a level is used as it is
+RESAMPLE_PIECE = 1024  # view pixels per resampled piece (width), one job each
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """Pixels of ``slide`` level ``level``, resampled by ``scale`` (level pixels per view pixel; 1 = as stored).
+
+    The view is the whole level resized to ``(floor(w / scale), floor(h / scale))`` with Pillow's
+    antialiased bilinear filter; reading any region of it gives the pixels of that whole image."""
+
+    slide: Slide
+    level: int
+    scale: float = 1.0
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) in view pixels."""
+        w, h = self.slide.level_dimensions[self.level]
+        return (w, h) if self.scale == 1.0 else (int(w / self.scale), int(h / self.scale))
+
+    @property
+    def downsample(self) -> float:
+        """Level-0 pixels per view pixel."""
+        return self.slide.level_downsamples[self.level] * self.scale
+
+    @property
+    def mpp(self) -> float | None:
+        """µm per view pixel, None when the slide has no mpp metadata."""
+        return None if self.slide.mpp is None else self.slide.mpp * self.downsample
+
+    @property
+    def row_alignment(self) -> int:
+        """Reads starting on multiples of this many rows decode each stored tile once."""
+        return self.slide.tile_shape(self.level)[1] if self.scale == 1.0 else 1
+
+    def jobs(self, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+        """Jobs filling ``out`` uint8 (h, w, 3) with the view region at (x, y), view pixels."""
+        if self.scale == 1.0:
+            return self.slide.region_jobs(self.level, (x, y), (w, h), out)[0]
+        return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE])
+                for px in range(x, x + w, RESAMPLE_PIECE)]
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The view region at (x, y) of size (w, h), view pixels: uint8 (h, w, 3)."""
+        out = np.empty((h, w, 3), np.uint8)
+        self.slide.run(self.jobs(x, y, w, h, out))
+        return out
+
+    def _resampled(self, x: int, y: int, w: int, h: int, out: np.ndarray) -> Job:
+        from PIL import Image
+
+        def job() -> None:
+            # Read the level region under the piece plus the filter's reach, then resize only the
+            # piece's box: Pillow then weighs the same level pixels as for the whole-level resize.
+            lw, lh = self.slide.level_dimensions[self.level]
+            reach = math.ceil(self.scale) + 1
+            sx0, sy0 = max(0, math.floor(x * self.scale) - reach), max(0, math.floor(y * self.scale) - reach)
+            sx1 = min(lw, math.ceil((x + w) * self.scale) + reach)
+            sy1 = min(lh, math.ceil((y + h) * self.scale) + reach)
+            jobs, source = self.slide.region_jobs(self.level, (sx0, sy0), (sx1 - sx0, sy1 - sy0))
+            for part in jobs:  # already inside a pool job: run inline
+                part()
+            box = (x * self.scale - sx0, y * self.scale - sy0, (x + w) * self.scale - sx0, (y + h) * self.scale - sy0)
+            out[...] = np.asarray(Image.fromarray(source).resize((w, h), Image.Resampling.BILINEAR, box=box))
+
+        return job
+
+
+def select_level(
+    slide: Slide, level: int | None = None, mpp: float | None = None, magnification: float | None = None
+) -> LevelView:
+    """The view a grid is cut from: ``level`` as stored, or the pixels nearest ``mpp`` / ``magnification``.
+
+    For ``mpp`` (µm per pixel) and ``magnification`` (e.g. 20 for 20×) the closest level at or finer
+    than the target is chosen, and resampled when it differs from the target by more than 5%.
+    """
+    given = [name for name, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
+    if len(given) > 1:
+        raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
+    levels = ", ".join(f"{i}: {w}×{h}" for i, (w, h) in enumerate(slide.level_dimensions))
+    if mpp is not None:
+        if not _positive(mpp):
+            raise HistofastError(f"mpp={mpp!r}: must be a positive number (µm per pixel)")
+        if slide.mpp is None:
+            raise HistofastError(f"mpp={mpp}: {slide.path.name} has no µm-per-pixel metadata; "
+                                 f"choose a level with level= instead (levels {levels})")
+        return _view_for_downsample(slide, mpp / slide.mpp, f"mpp={mpp} (level 0 is {slide.mpp:.4g} µm/pixel)")
+    if magnification is not None:
+        if not _positive(magnification):
+            raise HistofastError(f"magnification={magnification!r}: must be a positive number (e.g. 20 for 20×)")
+        if slide.objective_power is None:
+            raise HistofastError(f"magnification={magnification}: {slide.path.name} has no objective-power metadata; "
+                                 f"choose a level with level= instead (levels {levels})")
+        return _view_for_downsample(slide, slide.objective_power / magnification,
+                                    f"magnification={magnification} (level 0 is {slide.objective_power:g}×)")
+    if level is None:
+        level = 0
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < slide.level_count:
+        raise HistofastError(f"level={level!r}: {slide.path.name} has levels {levels}")
+    return LevelView(slide, int(level))
+
+
+def _view_for_downsample(slide: Slide, target: float, what: str) -> LevelView:
+    """The coarsest level at or finer than ``target`` (level-0 pixels per pixel), resampled if needed."""
+    if target < 1 - RESAMPLE_TOLERANCE:
+        raise HistofastError(f"{what}: finer than the slide's level 0; histofast does not upsample")
+    fits = [i for i, d in enumerate(slide.level_downsamples) if d <= target * (1 + RESAMPLE_TOLERANCE)]
+    level = fits[-1]
+    scale = target / slide.level_downsamples[level]
+    return LevelView(slide, level, 1.0 if abs(scale - 1) <= RESAMPLE_TOLERANCE else scale)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value) and value > 0

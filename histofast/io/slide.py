@@ -1,0 +1,214 @@
+"""``Slide``: the one reader interface, OpenSlide's names and units, whatever decodes the pixels.
+
+Backends (tiled-TIFF direct decoding, OpenSlide, plain images) only say how to fill a region of a
+level; this base class owns validation, the thread pool, white background, thumbnails."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import HistofastError, SlideError
+
+# A job fills part of a region buffer; a region read is a list of independent jobs so a thread pool
+# (or the band streamer's prefetch) can run them in any order.
+Job = Callable[[], None]
+BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
+
+
+class Slide:
+    """A whole-slide image (or a plain image as a one-level slide).
+
+    Coordinates follow OpenSlide: ``read_region`` takes the top-left corner in level-0 pixels and a
+    size in pixels of the requested level. ``read_level_region`` takes both in level pixels.
+    Pixels are uint8 RGB (H, W, 3), no alpha; anything outside the slide reads white.
+    """
+
+    backend = "base"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        level_dimensions: Iterable[tuple[int, int]],
+        level_downsamples: Iterable[float],
+        properties: Mapping[str, str],
+        workers: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in level_downsamples)
+        self.properties: dict[str, str] = dict(properties)
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- what the slide is -------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0 in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def mpp(self) -> float | None:
+        """µm per level-0 pixel (the mean of x and y when both are known), None when unknown."""
+        values = [_float(self.properties.get(f"openslide.mpp-{axis}")) for axis in "xy"]
+        known = [v for v in values if v]
+        return sum(known) / len(known) if known else None
+
+    @property
+    def objective_power(self) -> float | None:
+        """The scanner's objective magnification at level 0 (e.g. 40.0), None when unknown."""
+        return _float(self.properties.get("openslide.objective-power"))
+
+    def tile_shape(self, level: int) -> tuple[int, int]:
+        """(width, height) of the stored tiles of ``level``: reads aligned to it decode each tile once."""
+        return (256, 256)
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample is at most ``downsample`` (OpenSlide's rule)."""
+        fits = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-9)]
+        return fits[-1] if fits else 0
+
+    # -- reading -------------------------------------------------------------------------------
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's ``read_region`` without alpha.
+
+        Args:
+            location: (x, y) top-left corner in level-0 pixels.
+            level: pyramid level.
+            size: (width, height) in pixels of ``level``.
+        Returns:
+            uint8 (height, width, 3) RGB; outside the slide is white.
+        """
+        level = self._level(level)
+        ds = self.level_downsamples[level]
+        x, y = (int(np.floor(v / ds)) for v in _pair(location, "location"))
+        return self.read_level_region(level, (x, y), size)
+
+    def read_level_region(
+        self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Read a region with its corner and size in pixels of ``level``, decoding in the thread pool.
+
+        Args:
+            level: pyramid level.
+            location: (x, y) top-left corner, level pixels (may lie outside the slide).
+            size: (width, height), level pixels.
+            out: optional uint8 (height, width, 3) buffer with packed pixels (rows may be strided).
+        Returns:
+            ``out`` (or a new array) filled with RGB.
+        """
+        jobs, out = self.region_jobs(level, location, size, out)
+        self.run(jobs)
+        return out
+
+    def region_jobs(
+        self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None
+    ) -> tuple[list[Job], np.ndarray]:
+        """The independent jobs that fill ``out`` with a level region (see ``read_level_region``).
+
+        Parts outside the slide are filled here; the jobs fill the rest."""
+        level = self._level(level)
+        x, y = _pair(location, "location")
+        w, h = _pair(size, "size")
+        if w <= 0 or h <= 0:
+            raise HistofastError(f"size={tuple(size)}: width and height must be positive")
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
+        elif out.shape != (h, w, 3) or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
+            raise HistofastError(f"out: expected uint8 ({h}, {w}, 3) with packed pixels, got {out.dtype} {out.shape}")
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if x0 >= x1 or y0 >= y1:
+            out[...] = BACKGROUND
+            return [], out
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            out[...] = BACKGROUND
+        inside = out[y0 - y : y1 - y, x0 - x : x1 - x]
+        return self._jobs(level, x0, y0, x1 - x0, y1 - y0, inside), out
+
+    def run(self, jobs: list[Job]) -> None:
+        """Run jobs in the slide's thread pool and wait; the first failure is raised."""
+        if len(jobs) <= 1 or self.workers == 1:
+            for job in jobs:
+                job()
+            return
+        for future in [self.pool.submit(job) for job in jobs]:
+            future.result()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The decode thread pool (``workers`` threads), created on first use."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="histofast-decode")
+        return self._pool
+
+    def thumbnail(self, max_size: tuple[int, int] = (1024, 1024)) -> np.ndarray:
+        """The whole slide, downsampled to fit in ``max_size`` (width, height) pixels.
+
+        Returns:
+            uint8 (h, w, 3) RGB, aspect ratio kept.
+        """
+        from PIL import Image
+
+        mw, mh = _pair(max_size, "max_size")
+        width, height = self.dimensions
+        scale = max(width / mw, height / mh, 1.0)
+        level = self.get_best_level_for_downsample(scale)
+        lw, lh = self.level_dimensions[level]
+        region = self.read_level_region(level, (0, 0), (lw, lh))
+        size = (max(1, round(width / scale)), max(1, round(height / scale)))
+        return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
+
+    # -- backends implement -------------------------------------------------------------------
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+        """Jobs that fill ``out`` (h, w, 3) with the level region at (x, y), wholly inside the level."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, dimensions={self.dimensions}, "
+                f"levels={self.level_count}, mpp={self.mpp})")
+
+    def _level(self, level: Any) -> int:
+        if not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+            raise HistofastError(
+                f"level={level!r}: {self.path.name} has levels 0..{self.level_count - 1} "
+                f"(dimensions {list(self.level_dimensions)})"
+            )
+        return int(level)
+
+    def _error(self, reason: str) -> SlideError:
+        return SlideError(self.path, reason)
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    try:
+        a, b = value
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        raise HistofastError(f"{name}={value!r}: expected two integers") from None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value and np.isfinite(value) and value > 0 else None

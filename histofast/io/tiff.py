@@ -1,0 +1,148 @@
+"""The fast path for tiled TIFFs (Aperio SVS, generic tiled TIFF): stored tiles decoded directly.
+
+Tile bytes are read with ``os.pread`` and decoded by tifffile's per-tile decoder (imagecodecs:
+libjpeg-turbo, JPEG 2000, deflate, LZW, …) in the slide's thread pool, releasing the GIL.
+OpenSlide still supplies the metadata, and reads any level this path cannot match pixel for pixel."""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from ..errors import SlideError
+from .openslide_slide import OpenSlideSlide
+from .slide import BACKGROUND, Job
+
+# Compressions imagecodecs decodes for tifffile: none, LZW, JPEG, deflate (Adobe and old),
+# JPEG 2000 (Aperio YCbCr and RGB, generic), WebP, JPEG XL, zstd.
+COMPRESSIONS = {1, 5, 7, 8, 32946, 33003, 33005, 34712, 50000, 50001, 50002, 52546}
+VENDORS = ("aperio", "generic-tiff")
+MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
+
+
+class TiffSlide(OpenSlideSlide):
+    """A tiled TIFF whose levels are decoded directly where they match OpenSlide's pixels."""
+
+    backend = "tiff"
+
+    def __init__(self, path: str | os.PathLike, workers: int | None = None) -> None:
+        import tifffile
+
+        super().__init__(path, workers)
+        try:
+            self._tif = tifffile.TiffFile(os.fspath(path))
+        except Exception:
+            self._osr.close()
+            raise
+        self._read = _reader(os.fspath(path))
+        pages = _tiled_pages(self._tif)
+        self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
+        for level, dims in enumerate(self.level_dimensions):
+            self._pages[level] = self._checked(level, pages.get(dims))
+
+    @property
+    def direct_levels(self) -> tuple[int, ...]:
+        """Levels decoded directly from the stored tiles (the others go through OpenSlide)."""
+        return tuple(i for i, page in enumerate(self._pages) if page is not None)
+
+    def tile_shape(self, level: int) -> tuple[int, int]:
+        page = self._pages[level]
+        return (page.tilewidth, page.tilelength) if page is not None else super().tile_shape(level)
+
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+        page = self._pages[level]
+        if page is None:
+            return super()._jobs(level, x, y, w, h, out)
+        tw, th = page.tilewidth, page.tilelength
+        across = -(-page.imagewidth // tw)
+        jobs = []
+        for ty in range(y // th, (y + h - 1) // th + 1):
+            for tx in range(x // tw, (x + w - 1) // tw + 1):
+                x0, y0 = max(tx * tw, x), max(ty * th, y)
+                x1, y1 = min((tx + 1) * tw, x + w), min((ty + 1) * th, y + h)
+                dst = out[y0 - y : y1 - y, x0 - x : x1 - x]
+                jobs.append(self._tile(page, level, ty * across + tx, x0 - tx * tw, y0 - ty * th, dst))
+        return jobs
+
+    def _tile(self, page, level: int, index: int, ox: int, oy: int, dst: np.ndarray) -> Job:
+        """A job decoding stored tile ``index`` and copying its part at (ox, oy) into ``dst``."""
+
+        def job() -> None:
+            tile = self._decode(page, level, index)
+            if tile is None:
+                dst[...] = BACKGROUND
+            else:
+                dst[...] = tile[oy : oy + dst.shape[0], ox : ox + dst.shape[1], :3]
+
+        return job
+
+    def _decode(self, page, level: int, index: int) -> np.ndarray | None:
+        """Stored tile ``index`` of a level as uint8 (tile height, tile width, samples); None if absent."""
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
+            return None
+        data = self._read(offset, count)
+        if len(data) != count:
+            raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes {offset}..{offset + count}, "
+                                        f"the file ends first")
+        try:
+            tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as e:  # imagecodecs raises one class per codec
+            raise SlideError(self.path, f"corrupt tile: level {level} tile {index} does not decode ({e})") from None
+        return tile[0]
+
+    def _checked(self, level: int, page):
+        """``page`` if it is decodable and one of its tiles equals OpenSlide's pixels; else None."""
+        if page is None:
+            return None
+        index = len(page.dataoffsets) // 2
+        across = -(-page.imagewidth // page.tilewidth)
+        x, y = (index % across) * page.tilewidth, (index // across) * page.tilelength
+        w = min(page.tilewidth, page.imagewidth - x)
+        h = min(page.tilelength, page.imagelength - y)
+        try:
+            mine = self._decode(page, level, index)
+        except SlideError:
+            return None  # let OpenSlide read (and report) this level
+        theirs = np.empty((h, w, 3), np.uint8)
+        self.run(super()._jobs(level, x, y, w, h, theirs))
+        mine = np.full_like(theirs, BACKGROUND) if mine is None else mine[:h, :w, :3]
+        return page if np.abs(mine.astype(np.int16) - theirs).max() <= MAX_CHECK_DIFF else None
+
+    def close(self) -> None:
+        super().close()
+        self._tif.close()
+        self._read.close()
+
+
+def _tiled_pages(tif) -> dict[tuple[int, int], object]:
+    """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins."""
+    pages: dict[tuple[int, int], object] = {}
+    for series in tif.series:
+        for level in series.levels:
+            for page in level.pages:
+                ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
+                      and page.bitspersample == 8 and page.samplesperpixel in (3, 4)
+                      and page.planarconfig == 1 and page.imagedepth == 1)
+                if ok:
+                    pages.setdefault((page.imagewidth, page.imagelength), page)
+    return pages
+
+
+class _reader:
+    """Positional reads of one file, safe from many threads (``os.pread`` where the OS has it)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._lock = None if hasattr(os, "pread") else threading.Lock()
+
+    def __call__(self, offset: int, count: int) -> bytes:
+        if self._lock is None:
+            return os.pread(self._fd, count, offset)
+        with self._lock:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            return os.read(self._fd, count)
+
+    def close(self) -> None:
+        os.close(self._fd)
