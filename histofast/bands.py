@@ -12,8 +12,9 @@ import numpy as np
 
 from .io.level import LevelView
 
-CHUNK_BYTES = 32 << 20  # decoded bytes per chunk: a few hundred stored tiles at 16k width
-PREFETCH = 2  # chunks decoding ahead of the one being consumed
+CHUNK_BYTES = 64 << 20  # decoded bytes per chunk: a few hundred stored tiles at 16k width
+PREFETCH = 2  # chunks decoded ahead of the one being consumed
+MEMORY_BUDGET = 512 << 20  # band buffers of very wide levels: fewer chunks ahead rather than more memory
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def stream_bands(
         tile_size, stride: the grid, view pixels.
         margin: extra rows above and below each tile row the consumer needs (e.g. augment shifts).
         chunk_bytes: decoded bytes per chunk read from the slide (default ``CHUNK_BYTES``).
-        prefetch: chunks decoded ahead.
+        prefetch: chunks decoded ahead (fewer when ``MEMORY_BUDGET`` would be exceeded).
     Yields:
         ``Band``s in order; each tile row appears in exactly one band.
     """
@@ -56,8 +57,11 @@ def stream_bands(
     end = min(height, (n_rows - 1) * stride + tile_size + margin)  # no row below this is needed
     align = view.row_alignment
     chunk = max(align, (chunk_bytes or CHUNK_BYTES) // (3 * width) // align * align)
-    window = np.empty((tile_size + 2 * margin + chunk, width, 3), np.uint8)
-    free = [np.empty((chunk, width, 3), np.uint8) for _ in range(max(1, prefetch))]
+    # Each buffer holds a chunk below a head of rows carried over from the previous chunk (fewer than
+    # tile_size + 2·margin are ever still needed), so chunks decode straight into their band.
+    head = tile_size + 2 * margin
+    count = max(2, min(prefetch + 1, MEMORY_BUDGET // ((head + chunk) * width * 3)))
+    free = [np.empty((head + chunk, width, 3), np.uint8) for _ in range(count)]
     inflight: deque = deque()
     next_y = 0
 
@@ -66,33 +70,32 @@ def stream_bands(
         if next_y < end and free:
             h = min(chunk, end - next_y)
             buf = free.pop()
-            futures = [view.slide.pool.submit(job) for job in view.jobs(0, next_y, width, h, buf[:h])]
+            futures = [view.slide.pool.submit(job) for job in view.jobs(0, next_y, width, h, buf[head : head + h])]
             inflight.append((next_y, h, buf, futures))
             next_y += h
 
-    win_y0, win_len, row = 0, 0, 0
+    window, previous, keep_from, row = None, None, 0, 0
     try:
-        for _ in range(len(free)):
+        for _ in range(count - 1):
             submit()
         while row < n_rows:
             y, h, buf, futures = inflight.popleft()
             for future in futures:
                 future.result()
-            skip = min(h, max(0, win_y0 - y))  # rows above the window are no longer needed (stride > tile)
-            window[win_len : win_len + h - skip] = buf[skip:h]
-            win_len += h - skip
-            free.append(buf)
-            submit()
-            have = win_y0 + win_len
+            keep = max(0, y - keep_from)  # rows of the previous band still needed
+            if keep:
+                buf[head - keep : head] = window[len(window) - keep :]
+            window, top = buf[head - keep : head + h], y - keep
+            if previous is not None:
+                free.append(previous)
+                submit()
+            previous = buf
+            have = y + h
             last = n_rows - 1 if have >= end else min(n_rows - 1, (have - tile_size - margin) // stride)
-            if last < row:
-                continue
-            yield Band(window[:win_len], win_y0, range(row, last + 1))
-            row = last + 1
-            keep_from = max(win_y0, row * stride - margin)
-            keep = max(0, have - keep_from)
-            window[:keep] = window[keep_from - win_y0 : win_len]  # numpy buffers overlapping moves
-            win_y0, win_len = (keep_from, keep) if keep else (max(keep_from, have), 0)
+            if last >= row:
+                yield Band(window, top, range(row, last + 1))
+                row = last + 1
+            keep_from = max(top, row * stride - margin)
     finally:
         for _, _, _, futures in inflight:  # stop decoding ahead for a consumer that stopped early
             for future in futures:

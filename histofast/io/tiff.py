@@ -17,7 +17,9 @@ from .slide import BACKGROUND, Job
 # Compressions imagecodecs decodes for tifffile: none, LZW, JPEG, deflate (Adobe and old),
 # JPEG 2000 (Aperio YCbCr and RGB, generic), WebP, JPEG XL, zstd.
 COMPRESSIONS = {1, 5, 7, 8, 32946, 33003, 33005, 34712, 50000, 50001, 50002, 52546}
+JPEG = 7
 VENDORS = ("aperio", "generic-tiff")
+TILES_PER_JOB = 8
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
 
 
@@ -36,6 +38,7 @@ class TiffSlide(OpenSlideSlide):
             self._osr.close()
             raise
         self._read = _reader(os.fspath(path))
+        self._local = threading.local()  # per decode thread: a reusable tile buffer per tile shape
         pages = _tiled_pages(self._tif)
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
         for level, dims in enumerate(self.level_dimensions):
@@ -56,24 +59,25 @@ class TiffSlide(OpenSlideSlide):
             return super()._jobs(level, x, y, w, h, out)
         tw, th = page.tilewidth, page.tilelength
         across = -(-page.imagewidth // tw)
-        jobs = []
+        parts = []  # (tile index, x and y inside the tile, destination)
         for ty in range(y // th, (y + h - 1) // th + 1):
             for tx in range(x // tw, (x + w - 1) // tw + 1):
                 x0, y0 = max(tx * tw, x), max(ty * th, y)
                 x1, y1 = min((tx + 1) * tw, x + w), min((ty + 1) * th, y + h)
-                dst = out[y0 - y : y1 - y, x0 - x : x1 - x]
-                jobs.append(self._tile(page, level, ty * across + tx, x0 - tx * tw, y0 - ty * th, dst))
-        return jobs
+                parts.append((ty * across + tx, x0 - tx * tw, y0 - ty * th, out[y0 - y : y1 - y, x0 - x : x1 - x]))
+        # A few tiles per job: fewer futures (and GIL hand-offs) per decoded megapixel.
+        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB]) for i in range(0, len(parts), TILES_PER_JOB)]
 
-    def _tile(self, page, level: int, index: int, ox: int, oy: int, dst: np.ndarray) -> Job:
-        """A job decoding stored tile ``index`` and copying its part at (ox, oy) into ``dst``."""
+    def _tiles(self, page, level: int, parts: list) -> Job:
+        """A job decoding stored tiles and copying each one's part at (ox, oy) into its destination."""
 
         def job() -> None:
-            tile = self._decode(page, level, index)
-            if tile is None:
-                dst[...] = BACKGROUND
-            else:
-                dst[...] = tile[oy : oy + dst.shape[0], ox : ox + dst.shape[1], :3]
+            for index, ox, oy, dst in parts:
+                tile = self._decode(page, level, index)
+                if tile is None:
+                    dst[...] = BACKGROUND
+                else:
+                    dst[...] = tile[oy : oy + dst.shape[0], ox : ox + dst.shape[1], :3]
 
         return job
 
@@ -87,10 +91,28 @@ class TiffSlide(OpenSlideSlide):
             raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes {offset}..{offset + count}, "
                                         f"the file ends first")
         try:
+            if page.compression == JPEG:
+                return self._decode_jpeg(page, data)
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:  # imagecodecs raises one class per codec
             raise SlideError(self.path, f"corrupt tile: level {level} tile {index} does not decode ({e})") from None
         return tile[0]
+
+    def _decode_jpeg(self, page, data: bytes) -> np.ndarray:
+        """libjpeg-turbo straight into this thread's tile buffer, with tifffile's colourspace rule:
+        no allocation (and no page faults) per tile."""
+        import imagecodecs
+        from tifffile.tifffile import jpeg_decode_colorspace
+
+        shape = (page.tilelength, page.tilewidth, page.samplesperpixel)
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        out = buffers.get(shape)
+        if out is None:
+            out = buffers[shape] = np.empty(shape, np.uint8)
+        colorspace, outcolorspace = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples,
+                                                           page.is_jfif)
+        return imagecodecs.jpeg8_decode(data, tables=page.jpegtables, colorspace=colorspace,
+                                        outcolorspace=outcolorspace, out=out)
 
     def _checked(self, level: int, page):
         """``page`` if it is decodable and one of its tiles equals OpenSlide's pixels; else None."""
