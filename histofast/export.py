@@ -19,7 +19,7 @@ import numpy as np
 from .atomic import atomic_open, atomic_path, atomic_write
 from .augment import Augment
 from .errors import HistofastError, SlideError
-from .grid import TileGrid, iter_tiles
+from .grid import TileGrid, check_grid_args, iter_tiles
 from .io import open_slide
 from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .tfrecord import TFRecordWriter, tile_example
@@ -50,6 +50,8 @@ class ExportOptions:
     shard_tiles: int = SHARD_TILES
 
     def __post_init__(self) -> None:
+        check_grid_args(self.tile_size, self.tile_size if self.stride is None else self.stride, self.hsv_lower,
+                        self.hsv_upper, self.max_white)
         if self.format not in FORMATS:
             raise HistofastError(f"format={self.format!r}: expected one of {', '.join(FORMATS)}")
         if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:

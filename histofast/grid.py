@@ -184,9 +184,9 @@ def tile_grid(
         The ``TileGrid``.
     """
     with _opened(slide) as s:
-        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper)
-        max_white = _max_white(max_white)
-        device = _device(device)
+        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
+                                         max_white)
+        max_white, device = float(max_white), _device(device)
         ratio = np.empty(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
         for band in stream_bands(view, tile_size, stride):
             ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, hsv_lower, hsv_upper, device)
@@ -208,9 +208,11 @@ def iter_tiles(
     max_white: float = 0.5,
     device: str = "cpu",
     **options: Any,
-) -> Iterator[TileBatch]:
+) -> "TileStream":
     """``tile_grid`` and ``TileGrid.tiles`` in one pass: each band is decoded once, scored, and its
     kept tiles cut (and augmented) before the next band is drawn.
+
+    Arguments are checked (and a path opened) at the call, before anything is decoded.
 
     Args:
         slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device:
@@ -220,20 +222,56 @@ def iter_tiles(
             augment: an ``Augment`` (tile k of the epoch gets draw k), or None for the plain tiles.
             epoch: the augmentation epoch.
             out_dtype, layout, mean, std: as for ``ops.augment`` (default uint8 NHWC, no normalisation).
-    Yields:
-        ``TileBatch``es of the kept tiles in row-major order, on ``device``.
+    Returns:
+        A ``TileStream``: iterate it for ``TileBatch``es of the kept tiles in row-major order, on
+        ``device``; its ``grid`` is complete once the stream is exhausted.
     """
-    with _opened(slide) as s:
-        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper)
-        max_white, device = _max_white(max_white), _device(device)
-        ratio = np.empty(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
+    opened = _opened(slide)
+    try:
+        s = opened.slide
+        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
+                                         max_white)
+        max_white, device = float(max_white), _device(device)
+        ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
         grid = _grid(s, view, tile_size, stride, ratio, max_white)
+        _check_cut_options(**options)
+    except BaseException:
+        opened.__exit__()
+        raise
 
-        def score(band: Band) -> None:
-            ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, hsv_lower, hsv_upper,
-                                                                  device)
+    def score(band: Band) -> None:
+        ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, hsv_lower, hsv_upper, device)
 
-        yield from _cut(view, grid, score, device=device, **options)
+    def batches() -> Iterator[TileBatch]:
+        with opened:
+            yield from _cut(view, grid, score, device=device, **options)
+
+    return TileStream(grid, batches())
+
+
+class TileStream:
+    """The batches of ``iter_tiles``; ``grid`` fills in as bands are scored (rows not yet reached read 1.0)."""
+
+    def __init__(self, grid: TileGrid, batches: Iterator[TileBatch]) -> None:
+        self.grid = grid
+        self._batches = batches
+
+    def __iter__(self) -> "TileStream":
+        return self
+
+    def __next__(self) -> TileBatch:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop early: wait for decodes in flight and close a slide opened from a path."""
+        self._batches.close()
+
+
+def _check_cut_options(batch_size: int = 64, augment: Augment | None = None, **_: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise HistofastError(f"batch_size={batch_size!r}: must be a positive integer")
+    if augment is not None and not isinstance(augment, Augment):
+        raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
 
 
 def _cut(
@@ -252,10 +290,7 @@ def _cut(
 ) -> Iterator[TileBatch]:
     """Cut the kept tiles of ``grid`` band by band; ``score(band)`` fills the band's rows of the grid's
     white ratio first (a no-op when the grid is already scored)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise HistofastError(f"batch_size={batch_size!r}: must be a positive integer")
-    if augment is not None and not isinstance(augment, Augment):
-        raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
+    _check_cut_options(batch_size, augment)
     device = _device(device)
     t, stride = grid.tile_size, grid.stride
     reach = augment.reach(t) if augment is not None else 0
@@ -308,14 +343,20 @@ def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any,
     return ratio if isinstance(ratio, np.ndarray) else ratio.cpu().numpy()
 
 
-def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any,
-           lower: Any, upper: Any) -> tuple[LevelView, int, int]:
-    """Validate the grid arguments (before anything is decoded) and choose the view."""
-    stride = tile_size if stride is None else stride
+def check_grid_args(tile_size: Any, stride: Any, hsv_lower: Any, hsv_upper: Any, max_white: Any) -> None:
+    """Raise ``HistofastError`` naming the first bad grid argument (no slide needed)."""
     for name, value in (("tile_size", tile_size), ("stride", stride)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise HistofastError(f"{name}={value!r}: must be a positive integer (pixels)")
-    ops.white_ratio(_WHITE, 1, 1, lower, upper)  # _C checks the HSV bounds once, here, not per band
+    ops.white_ratio(_WHITE, 1, 1, hsv_lower, hsv_upper)  # _C checks the HSV bounds once, here, not per band
+    _max_white(max_white)
+
+
+def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any,
+           lower: Any, upper: Any, max_white: Any) -> tuple[LevelView, int, int]:
+    """Validate the grid arguments (before anything is decoded) and choose the view."""
+    stride = tile_size if stride is None else stride
+    check_grid_args(tile_size, stride, lower, upper, max_white)
     view = select_level(slide, level, mpp, magnification)
     width, height = view.dimensions
     if tile_size > min(width, height):
