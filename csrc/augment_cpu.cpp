@@ -19,7 +19,7 @@ void augment_tiles(const AugmentArgs& a) {
   for (int ch = 0; ch < 3; ++ch)
     for (int v = 0; v < 256; ++v) lut[ch][v] = convert_value<OutT>(static_cast<float>(v), a.mean[ch], a.std[ch]);
 
-#pragma omp parallel
+#pragma omp parallel if (a.n > 1)  // one tile: waking a team costs more than the tile under load
   {
     std::vector<int64_t> off_y(t), off_x(t);
 #pragma omp for schedule(dynamic, 1)
