@@ -57,10 +57,14 @@ def stream_bands(
     end = min(height, (n_rows - 1) * stride + tile_size + margin)  # no row below this is needed
     align = view.row_alignment
     chunk = max(align, (chunk_bytes or CHUNK_BYTES) // (3 * width) // align * align)
+    per_chunk = -(-end // -(-end // chunk))  # the same rows split evenly: no mostly empty last chunk
+    chunk = -(-per_chunk // align) * align
     # Each buffer holds a chunk below a head of rows carried over from the previous chunk (fewer than
     # tile_size + 2·margin are ever still needed), so chunks decode straight into their band.
-    head = tile_size + 2 * margin
-    count = max(2, min(prefetch + 1, MEMORY_BUDGET // ((head + chunk) * width * 3)))
+    head = tile_size + 2 * margin if end > chunk else 0
+    chunks = -(-end // chunk)
+    # Two buffers at least when there are several chunks: the previous one is read until the next is filled.
+    count = min(chunks, max(2, min(prefetch + 1, MEMORY_BUDGET // ((head + chunk) * width * 3))))
     free = [np.empty((head + chunk, width, 3), np.uint8) for _ in range(count)]
     inflight: deque = deque()
     next_y = 0
@@ -76,7 +80,7 @@ def stream_bands(
 
     window, previous, keep_from, row = None, None, 0, 0
     try:
-        for _ in range(count - 1):
+        for _ in range(count):
             submit()
         while row < n_rows:
             y, h, buf, futures = inflight.popleft()

@@ -8,7 +8,7 @@ import csv
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -184,15 +184,13 @@ def tile_grid(
         The ``TileGrid``.
     """
     with _opened(slide) as s:
-        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
-                                         max_white)
-        max_white, device = float(max_white), _device(device)
-        ratio = np.empty(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
-        for band in stream_bands(view, tile_size, stride):
-            ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, hsv_lower, hsv_upper, device)
+        view, grid, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
+                                    max_white, device)
+        for band in stream_bands(view, grid.tile_size, grid.stride):
+            score(band)
             if progress is not None:
                 progress.update(len(band.rows))
-        return _grid(s, view, tile_size, stride, ratio, max_white)
+        return grid
 
 
 def iter_tiles(
@@ -228,19 +226,12 @@ def iter_tiles(
     """
     opened = _opened(slide)
     try:
-        s = opened.slide
-        view, tile_size, stride = _setup(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
-                                         max_white)
-        max_white, device = float(max_white), _device(device)
-        ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
-        grid = _grid(s, view, tile_size, stride, ratio, max_white)
+        view, grid, score = _scorer(opened.slide, tile_size, stride, level, mpp, magnification, hsv_lower,
+                                    hsv_upper, max_white, device)
         _check_cut_options(**options)
     except BaseException:
         opened.__exit__()
         raise
-
-    def score(band: Band) -> None:
-        ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, hsv_lower, hsv_upper, device)
 
     def batches() -> Iterator[TileBatch]:
         with opened:
@@ -267,11 +258,20 @@ class TileStream:
         self._batches.close()
 
 
-def _check_cut_options(batch_size: int = 64, augment: Augment | None = None, **_: Any) -> None:
+def _check_cut_options(
+    batch_size: int = 64, augment: Augment | None = None, epoch: int = 0, out_dtype: str = "uint8",
+    layout: str = "NHWC", mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+    device: str = "cpu",
+) -> None:
+    """Raise for a bad ``_cut`` option (keyword names as ``iter_tiles`` takes them)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise HistofastError(f"batch_size={batch_size!r}: must be a positive integer")
     if augment is not None and not isinstance(augment, Augment):
         raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise HistofastError(f"epoch={epoch!r}: must be a non-negative integer")
+    ops.check_batch_format(out_dtype, layout, mean, std)
+    _device(device)
 
 
 def _cut(
@@ -290,8 +290,7 @@ def _cut(
 ) -> Iterator[TileBatch]:
     """Cut the kept tiles of ``grid`` band by band; ``score(band)`` fills the band's rows of the grid's
     white ratio first (a no-op when the grid is already scored)."""
-    _check_cut_options(batch_size, augment)
-    device = _device(device)
+    _check_cut_options(batch_size, augment, epoch, out_dtype, layout, mean, std, device)
     t, stride = grid.tile_size, grid.stride
     reach = augment.reach(t) if augment is not None else 0
     height = view.dimensions[1]
@@ -368,10 +367,19 @@ def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magn
 _WHITE = np.full((1, 1, 3), 255, np.uint8)
 
 
-def _grid(slide: Slide, view: LevelView, tile_size: int, stride: int, ratio: np.ndarray,
-          max_white: float) -> TileGrid:
-    return TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, max_white, view.downsample,
+def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any, lower: Any,
+            upper: Any, max_white: Any, device: Any) -> tuple[LevelView, TileGrid, Callable[[Band], None]]:
+    """The view, an unscored grid (white ratio 1.0) and ``score(band)``, which fills the band's rows."""
+    view, tile_size, stride = _setup(slide, tile_size, stride, level, mpp, magnification, lower, upper, max_white)
+    device = _device(device)
+    ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
+    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
                     view.scale, view.mpp)
+
+    def score(band: Band) -> None:
+        ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, lower, upper, device)
+
+    return view, grid, score
 
 
 def _max_white(value: Any) -> float:

@@ -171,6 +171,19 @@ def white_ratio(
     return out
 
 
+def check_batch_format(
+    out_dtype: str, layout: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Check ``augment``'s output arguments (before any pixels are read); returns (mean, std) as float triples.
+
+    ``_C`` checks that std is non-zero and finite."""
+    if out_dtype not in OUT_DTYPES:
+        raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
+    if layout not in LAYOUTS:
+        raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
+    return _triple(mean, "mean", float), _triple(std, "std", float)
+
+
 def augment(
     region: Any,
     origins: Any,
@@ -218,15 +231,12 @@ def augment(
     flip = np.zeros(n, np.bool_) if flip is None else _host(flip, "flip", np.bool_)
     shift = np.zeros((n, 2), np.int64) if shift is None else _host(shift, "shift", np.int64, (2,))
     angle = np.zeros(n, np.float64) if angle is None else _host(angle, "angle", np.float64)
-    if out_dtype not in OUT_DTYPES:
-        raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
-    if layout not in LAYOUTS:
-        raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
+    mean, std = check_batch_format(out_dtype, layout, mean, std)
     if out is None:
         shape = (n, 3, tile_size, tile_size) if layout == "NCHW" else (n, tile_size, tile_size, 3)
         out = kind.empty(shape, out_dtype)
     _C.augment(
         _for_c(region), _for_c(_check_out(out, kind)), tile_size, origins, rot90, flip, shift, angle,
-        _triple(mean, "mean", float), _triple(std, "std", float), layout, kind.stream(),
+        mean, std, layout, kind.stream(),
     )
     return out

@@ -46,6 +46,7 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     if vendor is None:
         if backend != "auto":
             raise SlideError(path, f"backend={backend!r}: OpenSlide does not recognise this file")
+        _not_a_broken_slide(path)
         return ImageSlide(path, workers)
     if backend == "openslide" or vendor not in VENDORS:
         if backend == "tiff":
@@ -56,6 +57,24 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
         slide.close()
         return OpenSlideSlide(path, workers)
     return slide
+
+
+def _not_a_broken_slide(path: Path) -> None:
+    """Raise for a tiled TIFF OpenSlide rejects (a damaged slide): it must not open as a flat image."""
+    import openslide
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tiled = tif.pages.first.is_tiled
+    except Exception:  # not a TIFF, or not even a readable one: Pillow decides
+        return
+    if tiled:
+        try:
+            openslide.OpenSlide(os.fspath(path)).close()
+        except openslide.OpenSlideError as e:
+            raise SlideError(path, f"a tiled TIFF that OpenSlide cannot read ({e})") from None
+        raise SlideError(path, "a tiled TIFF that OpenSlide does not recognise")
 
 
 __all__ = ["ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..errors import SlideError
-from .slide import Job, Slide
+from .slide import Job, Slide, composite_on_white
 
 
 class ImageSlide(Slide):
@@ -20,8 +20,13 @@ class ImageSlide(Slide):
 
         try:
             with Image.open(path) as im:
-                self._pixels = np.asarray(im.convert("RGB"))
                 fmt = im.format or "image"
+                if im.has_transparency_data:  # transparent pixels read white, as OpenSlide's do
+                    rgba = np.asarray(im.convert("RGBA"))
+                    self._pixels = np.empty(rgba.shape[:2] + (3,), np.uint8)
+                    composite_on_white(rgba, self._pixels)
+                else:
+                    self._pixels = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise SlideError(path, f"not a slide or image that OpenSlide or Pillow can read ({e})") from None
         except OSError as e:  # Pillow's truncated/corrupt data

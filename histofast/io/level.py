@@ -20,8 +20,10 @@ RESAMPLE_PIECE = 1024  # view pixels per resampled piece (width), one job each
 class LevelView:
     """Pixels of ``slide`` level ``level``, resampled by ``scale`` (level pixels per view pixel; 1 = as stored).
 
-    The view is the whole level resized to ``(floor(w / scale), floor(h / scale))`` with Pillow's
-    antialiased bilinear filter; reading any region of it gives the pixels of that whole image."""
+    A resampled view has ``(floor(w / scale), floor(h / scale))`` pixels; view pixel (x, y) is centred
+    on level position ((x + ½)·scale, (y + ½)·scale) and filtered with an antialiased triangle
+    (bilinear) kernel of radius ``scale``. Its weights depend only on the pixel's position, so a
+    region reads the same however the view is cut into pieces."""
 
     slide: Slide
     level: int
@@ -62,23 +64,35 @@ class LevelView:
         return out
 
     def _resampled(self, x: int, y: int, w: int, h: int, out: np.ndarray) -> Job:
-        from PIL import Image
-
         def job() -> None:
-            # Read the level region under the piece plus the filter's reach, then resize only the
-            # piece's box: Pillow then weighs the same level pixels as for the whole-level resize.
             lw, lh = self.slide.level_dimensions[self.level]
-            reach = math.ceil(self.scale) + 1
-            sx0, sy0 = max(0, math.floor(x * self.scale) - reach), max(0, math.floor(y * self.scale) - reach)
-            sx1 = min(lw, math.ceil((x + w) * self.scale) + reach)
-            sy1 = min(lh, math.ceil((y + h) * self.scale) + reach)
-            jobs, source = self.slide.region_jobs(self.level, (sx0, sy0), (sx1 - sx0, sy1 - sy0))
+            cols, wx = _taps(x, w, self.scale, lw)
+            rows, wy = _taps(y, h, self.scale, lh)
+            c0, r0 = cols.min(), rows.min()
+            jobs, source = self.slide.region_jobs(self.level, (c0, r0), (cols.max() + 1 - c0, rows.max() + 1 - r0))
             for part in jobs:  # already inside a pool job: run inline
                 part()
-            box = (x * self.scale - sx0, y * self.scale - sy0, (x + w) * self.scale - sx0, (y + h) * self.scale - sy0)
-            out[...] = np.asarray(Image.fromarray(source).resize((w, h), Image.Resampling.BILINEAR, box=box))
+            across = np.zeros((source.shape[0], w, 3), np.float32)
+            for k in range(cols.shape[1]):  # the same terms in the same order for every piece
+                across += wx[:, k, None] * source[:, cols[:, k] - c0]
+            down = np.zeros((h, w, 3), np.float32)
+            for k in range(rows.shape[1]):
+                down += wy[:, k, None, None] * across[rows[:, k] - r0]
+            out[...] = np.floor(down + 0.5).clip(0, 255)
 
         return job
+
+
+def _taps(start: int, n: int, scale: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights of view pixels start..start+n−1 along an axis of ``size`` level pixels:
+    int64 and float32 (n, taps); taps outside the level get weight 0 (the rest renormalised)."""
+    centre = (np.arange(start, start + n) + 0.5) * scale
+    taps = math.ceil(2 * scale) + 2
+    index = np.floor(centre - scale).astype(np.int64)[:, None] + np.arange(taps)
+    weight = np.clip(1 - np.abs((index + 0.5 - centre[:, None]) / scale), 0, None)
+    weight[(index < 0) | (index >= size)] = 0
+    weight /= weight.sum(1, keepdims=True)
+    return index.clip(0, size - 1), weight.astype(np.float32)
 
 
 def select_level(

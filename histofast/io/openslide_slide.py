@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from ..errors import SlideError
-from .slide import Job, Slide
+from .slide import Job, Slide, composite_on_white
 
 PIECE_TILES = 4  # pieces of 4×4 stored tiles: big enough to amortise a call, small enough to spread
 
@@ -62,15 +62,6 @@ class OpenSlideSlide(Slide):
     def close(self) -> None:
         super().close()
         self._osr.close()
-
-
-def composite_on_white(rgba: np.ndarray, out: np.ndarray) -> None:
-    """Write RGBA (straight alpha, as openslide-python returns it) over white into RGB ``out``."""
-    out[...] = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if (alpha != 255).any():
-        a = alpha[..., None].astype(np.uint16)
-        out[...] = ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def openslide_error(path: str | os.PathLike, error: Exception, where: str = "") -> SlideError:

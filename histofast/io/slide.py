@@ -43,6 +43,7 @@ class Slide:
         self.properties: dict[str, str] = dict(properties)
         self.workers = workers or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
 
     # -- what the slide is -------------------------------------------------------------------
     @property
@@ -114,6 +115,8 @@ class Slide:
         """The independent jobs that fill ``out`` with a level region (see ``read_level_region``).
 
         Parts outside the slide are filled here; the jobs fill the rest."""
+        if self._closed:
+            raise self._error("the slide is closed")
         level = self._level(level)
         x, y = _pair(location, "location")
         w, h = _pair(size, "size")
@@ -172,6 +175,7 @@ class Slide:
         raise NotImplementedError
 
     def close(self) -> None:
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -212,3 +216,12 @@ def _float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value and np.isfinite(value) and value > 0 else None
+
+
+def composite_on_white(rgba: np.ndarray, out: np.ndarray) -> None:
+    """Write RGBA (straight alpha, as openslide-python and Pillow give it) over white into RGB ``out``."""
+    out[...] = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if (alpha != 255).any():
+        a = alpha[..., None].astype(np.uint16)
+        out[...] = ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)

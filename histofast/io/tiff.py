@@ -118,7 +118,9 @@ class TiffSlide(OpenSlideSlide):
         """``page`` if it is decodable and one of its tiles equals OpenSlide's pixels; else None."""
         if page is None:
             return None
-        index = len(page.dataoffsets) // 2
+        # OpenSlide reads level pixel x at level-0 x·downsample, blending when that is fractional:
+        # compare at the origin then, which maps exactly at any downsample.
+        index = len(page.dataoffsets) // 2 if self.level_downsamples[level].is_integer() else 0
         across = -(-page.imagewidth // page.tilewidth)
         x, y = (index % across) * page.tilewidth, (index // across) * page.tilelength
         w = min(page.tilewidth, page.imagewidth - x)
