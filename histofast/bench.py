@@ -284,7 +284,7 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
     report = {
         "benchmark": "tiles_per_second",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine_info": {"histofast": _machine_info(), "load_average": {"before": load_before, "after": load_after}},
+        "machine_info": {"histofast": machine_info(), "load_average": {"before": load_before, "after": load_after}},
         "slide": slide_info,
         "config": {"tile_size": tile, "strides": strides, "repeats": repeats, "warmups": 1, "threads": threads,
                    "wait_idle_s": args.wait_idle,
@@ -656,8 +656,9 @@ def _fmt_ratio(value: float | None) -> str:
 
 # --- machine and environment -------------------------------------------------------------------------------
 
-def _machine_info() -> dict[str, Any]:
-    """benchmarks/conftest.py's machine record (build, git sha, cores, GPU) plus CPU model and library versions."""
+def machine_info() -> dict[str, Any]:
+    """The machine record every benchmark JSON carries: build, git sha (and dirty flag), cores, GPU, CPU model,
+    platform and library versions (benchmarks/conftest.py uses it too)."""
     from . import build_info, cuda_available
 
     repo = Path(__file__).resolve().parents[1]

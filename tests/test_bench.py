@@ -1,0 +1,21 @@
+"""`histofast bench` runs end to end on a small generated slide and reports every method and target
+(a smoke test: speed is measured by running it, never asserted here)."""
+from __future__ import annotations
+
+import json
+
+from histofast.cli import main
+
+
+def test_bench_smoke(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--size", "1536", "--repeats", "1", "--recipe-tiles", "2", "-q",
+            "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for method in ("(a) recipe", "(b) decode", "(c) tile_grid", "(d) iter_tiles", "(d') two_pass"):
+        assert method in out
+    data = json.loads(report.read_text())
+    assert "tile_grid >= 10x recipe at stride 256" in {t["target"] for t in data["targets"]}
+    assert not data["checks"]["problems"]  # the recipe and histofast chose the same tiles
+    assert data["machine_info"]["histofast"]["cores"] >= 1
