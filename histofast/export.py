@@ -102,13 +102,13 @@ def export_slide(
     manifest = directory / "manifest.csv"
     settings = directory / "settings.json"
     key = options.key()
-    if manifest.exists() and settings.exists():
-        if json.loads(settings.read_text()) == key:
-            rows = _read_manifest(manifest)
-            total = len(_read_manifest(directory / "grid.csv"))
-            return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory), rows=rows)
-    if settings.exists() and json.loads(settings.read_text()) != key:
+    previous = json.loads(settings.read_text()) if settings.exists() else key
+    if previous != key:
         raise SlideError(path, f"{directory} holds an export with other settings; use another --out or remove it")
+    if manifest.exists():
+        rows = _read_manifest(manifest)
+        total = len(_read_manifest(directory / "grid.csv"))
+        return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory), rows=rows)
     with open_slide(path, workers=workers) as slide:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(settings, json.dumps(key, indent=1).encode())
