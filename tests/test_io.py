@@ -390,7 +390,7 @@ def test_bad_backend_and_levels(svs, fast, plain_images):
     with pytest.raises(SlideError, match="OpenSlide does not recognise"):
         histofast.open_slide(plain_images["png"], backend="openslide")
     for level in (7, -1, 3, 1.0, "0"):
-        with pytest.raises(HistofastError, match=rf"level={level!r}: .* has levels 0..2"):
+        with pytest.raises(HistofastError, match=rf"level={level!r}: .* has levels 0: 3000×2200, 1: 750×550, 2: 187×137$"):
             fast.read_level_region(level, (0, 0), (10, 10))
         with pytest.raises(HistofastError, match=rf"level={level!r}"):
             fast.read_region((0, 0), level, (10, 10))

@@ -106,27 +106,22 @@ def select_level(
     given = [name for name, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
     if len(given) > 1:
         raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
-    levels = ", ".join(f"{i}: {w}×{h}" for i, (w, h) in enumerate(slide.level_dimensions))
     if mpp is not None:
         if not _positive(mpp):
             raise HistofastError(f"mpp={mpp!r}: must be a positive number (µm per pixel)")
         if slide.mpp is None:
             raise HistofastError(f"mpp={mpp}: {slide.path.name} has no µm-per-pixel metadata; "
-                                 f"choose a level with level= instead (levels {levels})")
+                                 f"choose a level with level= instead (levels {slide.levels_text})")
         return _view_for_downsample(slide, mpp / slide.mpp, f"mpp={mpp} (level 0 is {slide.mpp:.4g} µm/pixel)")
     if magnification is not None:
         if not _positive(magnification):
             raise HistofastError(f"magnification={magnification!r}: must be a positive number (e.g. 20 for 20×)")
         if slide.objective_power is None:
             raise HistofastError(f"magnification={magnification}: {slide.path.name} has no objective-power metadata; "
-                                 f"choose a level with level= instead (levels {levels})")
+                                 f"choose a level with level= instead (levels {slide.levels_text})")
         return _view_for_downsample(slide, slide.objective_power / magnification,
                                     f"magnification={magnification} (level 0 is {slide.objective_power:g}×)")
-    if level is None:
-        level = 0
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < slide.level_count:
-        raise HistofastError(f"level={level!r}: {slide.path.name} has levels {levels}")
-    return LevelView(slide, int(level))
+    return LevelView(slide, slide.check_level(0 if level is None else level))
 
 
 def _view_for_downsample(slide: Slide, target: float, what: str) -> LevelView:

@@ -67,6 +67,11 @@ class Slide:
         """The scanner's objective magnification at level 0 (e.g. 40.0), None when unknown."""
         return _float(self.properties.get("openslide.objective-power"))
 
+    @property
+    def levels_text(self) -> str:
+        """The levels for messages: "0: 16384×16384, 1: 4096×4096"."""
+        return ", ".join(f"{i}: {w}×{h}" for i, (w, h) in enumerate(self.level_dimensions))
+
     def tile_shape(self, level: int) -> tuple[int, int]:
         """(width, height) of the stored tiles of ``level``: reads aligned to it decode each tile once."""
         return (256, 256)
@@ -87,7 +92,7 @@ class Slide:
         Returns:
             uint8 (height, width, 3) RGB; outside the slide is white.
         """
-        level = self._level(level)
+        level = self.check_level(level)
         ds = self.level_downsamples[level]
         x, y = (int(np.floor(v / ds)) for v in _pair(location, "location"))
         return self.read_level_region(level, (x, y), size)
@@ -116,8 +121,8 @@ class Slide:
 
         Parts outside the slide are filled here; the jobs fill the rest."""
         if self._closed:
-            raise self._error("the slide is closed")
-        level = self._level(level)
+            raise SlideError(self.path, "the slide is closed")
+        level = self.check_level(level)
         x, y = _pair(location, "location")
         w, h = _pair(size, "size")
         if w <= 0 or h <= 0:
@@ -190,16 +195,11 @@ class Slide:
         return (f"{type(self).__name__}({str(self.path)!r}, dimensions={self.dimensions}, "
                 f"levels={self.level_count}, mpp={self.mpp})")
 
-    def _level(self, level: Any) -> int:
-        if not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
-            raise HistofastError(
-                f"level={level!r}: {self.path.name} has levels 0..{self.level_count - 1} "
-                f"(dimensions {list(self.level_dimensions)})"
-            )
+    def check_level(self, level: Any) -> int:
+        """``level`` as an int; ``HistofastError`` naming the slide's levels when there is no such level."""
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+            raise HistofastError(f"level={level!r}: {self.path.name} has levels {self.levels_text}")
         return int(level)
-
-    def _error(self, reason: str) -> SlideError:
-        return SlideError(self.path, reason)
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
