@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -297,8 +297,7 @@ def _writable(out: Path) -> None:
     """Create ``out`` and check files can be written in it, before any slide is read."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".histofast-write-test"):
-            pass
+        atomic_write(out / ".histofast-write-test", b"")
         (out / ".histofast-write-test").unlink()
     except OSError as e:
         raise HistofastError(f"--out {out}: not a writable directory ({e.strerror or e})") from None

@@ -2,12 +2,10 @@
 pyramidal Aperio-style JPEG slides streamed band by band, and class-folder region datasets (NORM/SCLC/SC/ADC)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import operator
 import os
 import pathlib
-import secrets
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from .atomic import atomic_open, atomic_path, atomic_write
 from .errors import HistofastError
 
 # Stain colours, RGB.
@@ -288,20 +287,6 @@ def _check_slide_args(width: int, height: int, tissue_fraction: float, tile_size
         _positive_int(workers, "workers")
 
 
-@contextlib.contextmanager
-def _atomic(path: pathlib.Path) -> Iterator[str]:
-    """A temporary file name beside `path` that becomes `path` only when the block succeeds; on any error
-    nothing is left behind."""
-    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))  # mkstemp would force mode 0600
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_slide(
     path: str | os.PathLike,
     width: int,
@@ -351,7 +336,7 @@ def write_slide(
     description = (_description(width, height, tile_size, quality, None)
                    + f"|AppMag = {magnification:g}|MPP = {mpp:g}")
     bigtiff = width * height * 3 > 2**32 - 2**25  # tifffile's own rule for raw data: safe for any JPEG size
-    with _atomic(path) as tmp, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
+    with atomic_path(path) as tmp, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
             tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         tiles = _SlideTiles(pool, tile_size, quality)
         tif.write(tiles.level0(model, width, height, quarter), shape=(height, width, 3), dtype=np.uint8,
@@ -580,10 +565,9 @@ def write_region_dataset(
             patient = i % patients
             image = region_image(label, size, _key(seed, 6, stream, i), stains[patient])
             name = f"{label}/{label}_{i:03d}{suffix}"
-            with _atomic(root / name) as tmp:
-                pathlib.Path(tmp).write_bytes(_image_bytes(image, fmt))
+            atomic_write(root / name, _image_bytes(image, fmt))
             rows.append((name, label, f"P{c * patients + patient:03d}"))
-    with _atomic(root / "manifest.csv") as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_open(root / "manifest.csv", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("path", "label", "patient"))
         writer.writerows(rows)
