@@ -2,7 +2,6 @@
 atomic shard + DALI index writing, and a pure-Python reader."""
 from __future__ import annotations
 
-import functools
 import numbers
 import os
 import struct
@@ -11,14 +10,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Union
 
-import numpy as np
+import google_crc32c
 
 from .errors import HistofastError
-
-try:  # optional accelerator (36 KB wheel, SSE4.2/ARMv8 CRC instructions); numpy otherwise
-    import google_crc32c
-except ImportError:  # pragma: no cover - depends on the environment
-    google_crc32c = None
 
 __all__ = [
     "TILE_FEATURES", "TILE_FORMATS", "TFRecordWriter", "crc32c", "dali_features", "decode_example",
@@ -40,109 +34,12 @@ TILE_FORMATS = ("jpg", "png")
 
 # ----------------------------------------------------------------------------------------- CRC32C
 
-_POLY = 0x82F63B78  # Castagnoli polynomial, bit-reflected as TFRecord (and iSCSI) use it
 _MASK_DELTA = 0xA282EAD8
-_SHORT = 512  # below this many bytes a plain Python loop beats numpy's per-call overhead
-_LANE = 32  # bytes per lane in the numpy path: measured fastest for 10 KB - 1 MB records
-
-
-def _byte_table() -> np.ndarray:
-    t = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        t = np.where(t & 1, (t >> 1) ^ np.uint32(_POLY), t >> 1).astype(np.uint32)
-    return t
-
-
-_TABLE = _byte_table()
-_TABLE_LIST = _TABLE.tolist()
-_UNIT = np.uint32(1) << np.arange(32, dtype=np.uint32)
-
-
-def _lookup16(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) 65536-entry tables of the GF(2)-linear map on 32-bit registers that sends
-    unit vector j to images[j]: map(s) = low[s & 0xFFFF] ^ high[s >> 16]."""
-    bytes_ = []
-    for i in range(4):
-        t = np.zeros(256, np.uint32)
-        for bit in range(8):
-            t[1 << bit: 2 << bit] = t[: 1 << bit] ^ images[8 * i + bit]
-        bytes_.append(t)
-    return ((bytes_[1][:, None] ^ bytes_[0][None, :]).ravel(),
-            (bytes_[3][:, None] ^ bytes_[2][None, :]).ravel())
-
-
-def _apply(lookup: tuple[np.ndarray, np.ndarray], s: np.ndarray) -> np.ndarray:
-    return lookup[0].take(s & 0xFFFF) ^ lookup[1].take(s >> 16)
-
-
-def _advance4_images() -> np.ndarray:
-    images = _UNIT
-    for _ in range(4):
-        images = _TABLE.take(images & 0xFF) ^ (images >> 8)
-    return images
-
-
-_ADVANCE4 = _lookup16(_advance4_images())  # register after 4 more bytes, the data XORed in first
-
-
-@functools.lru_cache(maxsize=None)
-def _shift(level: int) -> tuple[np.ndarray, np.ndarray]:
-    """Map that advances the register over _LANE * 2**level zero bytes (built by doubling)."""
-    if level == 0:
-        images = _UNIT
-        for _ in range(_LANE // 4):
-            images = _apply(_ADVANCE4, images)
-    else:
-        half = _shift(level - 1)
-        images = _apply(half, _apply(half, _UNIT))
-    return _lookup16(images)
-
-
-def _crc32c_numpy(data: bytes) -> int:
-    """CRC32C in numpy: 150-300 MB/s on 100 KB on a 2-core VM (Python byte by byte: ~9 MB/s).
-
-    The CRC register is GF(2)-linear in (initial value, data), so the data is cut into lanes
-    of _LANE bytes that are all advanced together (a vectorised slicing-by-4 with 16-bit
-    tables), then neighbouring lanes are merged pairwise,
-    crc(A + B) = shift_len(B)(crc(A)) ^ crc(B), in log2(lanes) vectorised rounds. The initial 0xFFFFFFFF is XORed into the first four data
-    bytes, which is equivalent, so every lane starts from 0 and zero-padding on the left is free.
-    """
-    n = len(data)
-    if n < _SHORT:
-        s = 0xFFFFFFFF
-        for b in data:
-            s = _TABLE_LIST[(s ^ b) & 0xFF] ^ (s >> 8)
-        return s ^ 0xFFFFFFFF
-    pad = -n % _LANE
-    buf = np.zeros(pad + n, np.uint8)
-    buf[pad:] = np.frombuffer(data, np.uint8)
-    buf[pad:pad + 4] ^= 0xFF
-    words = buf.view("<u4").reshape(-1, _LANE // 4).T.copy()  # row j: word j of every lane
-    s = np.zeros(words.shape[1], np.uint32)
-    low, high = np.empty_like(s), np.empty_like(s)
-    for w in words:
-        np.bitwise_xor(s, w, out=s)
-        np.bitwise_and(s, 0xFFFF, out=low)
-        np.right_shift(s, 16, out=high)
-        _ADVANCE4[0].take(low, out=low)
-        _ADVANCE4[1].take(high, out=high)
-        np.bitwise_xor(low, high, out=s)
-    level = 0
-    while s.size > 1:
-        if s.size & 1:  # a zero lane in front stands for zero bytes, which leave a zero register
-            s = np.concatenate((np.zeros(1, np.uint32), s))
-        s = _apply(_shift(level), s[0::2]) ^ s[1::2]
-        level += 1
-    return int(s[0]) ^ 0xFFFFFFFF
 
 
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``: google-crc32c's C code when installed, numpy otherwise."""
-    if not isinstance(data, bytes):
-        data = bytes(data)
-    if google_crc32c is not None and google_crc32c.implementation == "c":
-        return google_crc32c.value(data)
-    return _crc32c_numpy(data)
+    """CRC-32C (Castagnoli) of ``data``, as TFRecord frames use it (google-crc32c: C where built)."""
+    return google_crc32c.value(bytes(data))
 
 
 def masked_crc32c(data: bytes) -> int:
