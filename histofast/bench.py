@@ -23,6 +23,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .io.tiff import TILES_PER_JOB
+from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+
 PROG = "histofast bench"
 HELP = "time the seed's OpenSlide+OpenCV recipe, the JPEG decode limit, tile_grid and iter_tiles on one slide"
 DESCRIPTION = """\
@@ -41,10 +44,10 @@ The table goes to stdout, progress to stderr, everything (with machine and build
 
 TILE_SIZE = 512
 MAX_WHITE = 0.5
-HSV_LOWER, HSV_UPPER = (0, 0, 200), (180, 30, 255)  # histofast.ops.DEFAULT_HSV_LOWER/UPPER, the paper's bounds
+HSV_LOWER, HSV_UPPER = DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER  # the paper's bounds, as tile_grid's defaults
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH_SIZE = 64
-DECODE_TILES_PER_JOB = 8  # (b): stored tiles per pool job, as histofast's tiled-TIFF reader
+DECODE_TILES_PER_JOB = TILES_PER_JOB  # (b): stored tiles per pool job, as histofast's tiled-TIFF reader
 SYNTH_SEED, SYNTH_TISSUE = 0, 0.5
 DEFAULT_SIZE, QUICK_SIZE = 16384, 4096
 DEFAULT_RECIPE_TILES, QUICK_RECIPE_TILES = 1024, 32  # ~10-20 s at the recipe's ~60-100 tiles/s on one core
@@ -813,7 +816,3 @@ def _methods(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of {','.join(METHODS)}")
     return list(dict.fromkeys(names))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import numpy as np
 from . import ops
 from .atomic import atomic_open
 from .augment import Augment
-from .bands import Band, grid_rows, stream_bands
+from .bands import Band, stream_bands
 from .errors import HistofastError, SlideError
 from .io import Slide, open_slide
 from .io.level import LevelView, select_level
