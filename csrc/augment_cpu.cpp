@@ -49,8 +49,11 @@ void augment_tiles(const AugmentArgs& a) {
         (transposed ? off_x : off_y)[j] = row_off;
         (transposed ? off_y : off_x)[j] = col_off;
       }
-      for (int64_t x0 = 0; x0 < t; x0 += kBlock) {
-        const int64_t x1 = x0 + kBlock < t ? x0 + kBlock : t;
+      // Column blocks keep a transposed tile's source columns in cache; other tiles read and write
+      // whole rows, which streams better.
+      const int64_t block = transposed ? kBlock : t;
+      for (int64_t x0 = 0; x0 < t; x0 += block) {
+        const int64_t x1 = x0 + block < t ? x0 + block : t;
         for (int64_t y = 0; y < t; ++y) {
           const uint8_t* src = img.data + off_y[y];
           if (a.layout == Layout::NCHW) {
