@@ -243,6 +243,19 @@ def test_zero_tissue_keeps_nothing_and_full_tissue_keeps_everything(slides):
     assert sum(len(b) for b in iter_tiles(slides["full"], 256, 128)) == full.white_ratio.size
 
 
+def test_batches_are_recycled_only_once_released(slides):
+    kept = list(iter_tiles(slides["full"], 128, 64, batch_size=5))  # every batch held: none recycled
+    assert len({id(b.images) for b in kept}) == len(kept) > 3
+    seen, views = set(), []
+    for k, batch in enumerate(iter_tiles(slides["full"], 128, 64, batch_size=5)):
+        np.testing.assert_array_equal(batch.images, kept[k].images)
+        seen.add(id(batch.images))
+        if k == 1:
+            views.append(batch.images[:1])  # a view keeps its batch from being reused
+    assert len(seen) < len(kept)  # released batches were written again
+    np.testing.assert_array_equal(views[0], kept[1].images[:1])
+
+
 def test_iter_tiles_grid_equals_tile_grid_at_a_resampled_view(slides):
     reference = tile_grid(slides["half"], 128, 100, mpp=0.5)
     stream = iter_tiles(slides["half"], 128, 100, mpp=0.5)
