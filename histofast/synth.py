@@ -557,7 +557,7 @@ def write_region_dataset(
     root = pathlib.Path(directory)
     suffix = ".png" if fmt == "png" else ".jpg"
     rows = []
-    for c, label in enumerate(classes):
+    for label in classes:
         (root / label).mkdir(parents=True, exist_ok=True)
         stream = list(_TEXTURES).index(label)  # by name, so a class looks the same whatever else is listed
         stains = [np.random.default_rng(_key(seed, 5, stream, p)).normal(0, 6, (4, 3)) for p in range(patients)]
@@ -566,7 +566,7 @@ def write_region_dataset(
             image = region_image(label, size, _key(seed, 6, stream, i), stains[patient])
             name = f"{label}/{label}_{i:03d}{suffix}"
             atomic_write(root / name, _image_bytes(image, fmt))
-            rows.append((name, label, f"P{c * patients + patient:03d}"))
+            rows.append((name, label, f"{label}-P{patient:02d}"))  # ids independent of the classes order
     with atomic_open(root / "manifest.csv", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("path", "label", "patient"))
