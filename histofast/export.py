@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic import atomic_open, atomic_path, atomic_write
+from .encode import encode_image
 from .augment import Augment
 from .errors import HistofastError, SlideError
 from .grid import TileGrid, check_grid_args, iter_tiles
@@ -178,7 +179,7 @@ class _TileWriter:
         self._drain(limit=4 * self.workers)
 
     def _encode(self, tile: np.ndarray, fmt: str) -> Any:
-        return self._pool.submit(encode_tile, np.ascontiguousarray(tile), fmt, self.options.quality)
+        return self._pool.submit(encode_image, np.ascontiguousarray(tile), fmt, self.options.quality)
 
     def _drain(self, limit: int = 0) -> None:
         """Write encoded files until at most ``limit`` are pending (bounds memory)."""
@@ -215,17 +216,6 @@ class _TileWriter:
                 if future is not None:
                     future.cancel()
             self._pool.shutdown(wait=True)
-
-
-def encode_tile(tile: np.ndarray, fmt: str, quality: int = 90) -> bytes:
-    """A uint8 (T, T, 3) RGB tile as JPEG (libjpeg-turbo at ``quality``) or PNG bytes."""
-    import imagecodecs
-
-    if fmt == "jpg":
-        return bytes(imagecodecs.jpeg8_encode(tile, level=quality))
-    if fmt == "png":
-        return bytes(imagecodecs.png_encode(tile))
-    raise HistofastError(f"format={fmt!r}: expected 'jpg' or 'png'")
 
 
 def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int = 2048) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Union
 
 import google_crc32c
 
+from .encode import IMAGE_FORMATS
 from .errors import HistofastError
 
 __all__ = [
@@ -30,7 +31,7 @@ TILE_FEATURES: Mapping[str, str] = {
     "image": "bytes", "label": "int64", "slide": "bytes", "x": "int64", "y": "int64",
     "level": "int64", "tile_size": "int64", "format": "bytes",
 }
-TILE_FORMATS = ("jpg", "png")
+TILE_FORMATS = IMAGE_FORMATS
 
 # ----------------------------------------------------------------------------------------- CRC32C
 

@@ -101,7 +101,7 @@ def test_interrupted_export_resumes_without_duplicates_or_gaps(slide, grid, tmp_
     import histofast.export as export
 
     options = ExportOptions(TILE, STRIDE, format=fmt, shard_tiles=5)
-    encode, calls = export.encode_tile, []
+    encode, calls = export.encode_image, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -109,12 +109,12 @@ def test_interrupted_export_resumes_without_duplicates_or_gaps(slide, grid, tmp_
             raise OSError("disk full (simulated)")
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(export, "encode_tile", failing)
+    monkeypatch.setattr(export, "encode_image", failing)
     [result] = export_slides([slide], tmp_path, options, progress=False)
     assert result.status == "failed" and "disk full" in result.error
     assert not (tmp_path / "case-01" / "manifest.csv").exists() and not _leftovers(tmp_path)
     written = {p.name for p in (tmp_path / "case-01").iterdir()}
-    monkeypatch.setattr(export, "encode_tile", encode)
+    monkeypatch.setattr(export, "encode_image", encode)
     [result] = export_slides([slide], tmp_path, options, progress=False)
     assert result.status == "done" and result.kept == len(grid)
     rows = _manifest(tmp_path / "case-01" / "manifest.csv")

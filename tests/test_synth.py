@@ -251,7 +251,7 @@ def test_region_dataset_deterministic_and_jpeg(tmp_path):
     assert (a / "manifest.csv").read_bytes() == (b / "manifest.csv").read_bytes()
     for row in manifest(a):
         assert (a / row["path"]).read_bytes() == (b / row["path"]).read_bytes()
-    c = synth.write_region_dataset(tmp_path / "c", classes=("NORM",), n_per_class=2, size=64, fmt="jpeg",
+    c = synth.write_region_dataset(tmp_path / "c", classes=("NORM",), n_per_class=2, size=64, fmt="jpg",
                                    patients_per_class=2)
     rows = manifest(c)
     assert [r["path"] for r in rows] == ["NORM/NORM_000.jpg", "NORM/NORM_001.jpg"]
