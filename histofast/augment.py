@@ -55,11 +55,23 @@ class Augment:
             dict with ``rot90`` int64 (n,), ``flip`` bool (n,), ``shift`` int64 (n, 2) as (dx, dy)
             level pixels, ``angle`` float64 (n,) degrees — the keyword arguments of ``ops.augment``.
         """
-        if n < 0 or start < 0 or epoch < 0:
-            raise HistofastError(f"n={n}, epoch={epoch}, start={start}: must be non-negative")
+        if n < 0 or start < 0:
+            raise HistofastError(f"n={n}, start={start}: must be non-negative")
+        return self.draw_at(np.arange(start, start + n, dtype=np.int64), epoch)
+
+    def draw_at(self, index: Any, epoch: int = 0) -> dict[str, np.ndarray]:
+        """Parameters for the tiles numbered ``index`` (int64 (n,), any order) of ``epoch``, as ``draw``."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        if epoch < 0 or (index < 0).any():
+            raise HistofastError(f"epoch={epoch}, index: must be non-negative")
         key = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint64)
-        bits = np.random.Philox(key=key, counter=start).random_raw(4 * n).reshape(n, 4)
         # Philox yields 4 words per counter step: one step per tile keeps tiles independent of batching.
+        # One generator per run of consecutive indices (a whole batch, usually).
+        runs = np.flatnonzero(np.diff(index) != 1) + 1
+        bits = np.concatenate(
+            [np.random.Philox(key=key, counter=int(run[0])).random_raw(4 * len(run)).reshape(-1, 4)
+             for run in np.split(index, runs) if len(run)] or [np.empty((0, 4), np.uint64)])
+        n = len(index)
         span = np.uint64(2 * self.max_shift + 1)
         uniform = (bits[:, 0] >> np.uint64(11)).astype(np.float64) * 2.0**-53
         return {

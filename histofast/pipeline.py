@@ -1,0 +1,366 @@
+"""``histofast.Pipeline``, the one object training scripts use, and ``TileDataset``, the same engine as
+a PyTorch ``IterableDataset``; ``Pipeline`` feeds it through NVIDIA DALI or a plain ``DataLoader``.
+
+Both backends run the streams of ``histofast.engine`` and so give the same batches in the same
+order for the same seed, shard, epoch and number of streams."""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import engine
+from .augment import Augment
+from .errors import HistofastError
+from .grid import TileGrid, _device
+from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+from .sources import resolve
+
+BACKENDS = ("auto", "dali", "torch")
+DALI_INSTALL = "pip install histofast[dali]"
+_DEFAULT = object()  # "Augment(rot90=True, flip=True, max_shift=16, seed=seed)"
+
+
+class TileDataset(torch.utils.data.IterableDataset):
+    """Kept tissue tiles of many slides, augmented and batched, as a PyTorch ``IterableDataset``.
+
+    Grids are scored once, here (a slide that fails is logged, left out and listed in ``failed``);
+    each iteration is one epoch. Items are whole batches: use ``DataLoader(ds, batch_size=None)``.
+
+    In the main process the dataset runs ``workers`` streams in threads and takes their batches in
+    turn; in a ``DataLoader`` worker it runs stream ``id`` of ``num_workers``, and the loader takes
+    the workers' batches in turn: the same order when ``num_workers == workers``. Threads are the
+    faster choice (decoding and ``_C`` release the GIL; batches need no trip through shared memory).
+
+    Args:
+        source: slide paths, a manifest CSV (``path,label[,patient]``), a class-folder directory,
+            a list of ``SlideSource`` (``histofast.split``'s result) or of ``TileGrid``s.
+        tile_size, stride: grid pixels of the chosen level (stride defaults to ``tile_size``).
+        labels: class names for a list of paths, one per path. classes: the class names in index
+            order (default: the sorted label names); a label outside them is an error.
+        level / mpp / magnification, hsv_lower, hsv_upper, max_white: as for ``histofast.tile_grid``.
+        mode: "tiles" (one sample per kept tile) or "images" (one sample per kept window of
+            ``image_size`` at stride ``image_size``, cut into its patch grid of ``tile_size`` at ``stride``).
+        augment: an ``Augment`` (sample k of the epoch gets draw k, whatever the order); None: none.
+            Default: ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``.
+        batch_size: samples per batch. dtype: "float32", "float16" or "uint8".
+        mean, std: per channel, in units of pixel / 255 (the default gives [0, 1]).
+        shuffle: permute blocks of slide area over all slides, then samples within windows of blocks.
+        seed: the shuffle (and default augmentation) seed; ``set_epoch`` gives each epoch its draw.
+        shard: ``(rank, world_size)``: this process's share; all shards together hold every kept
+            sample exactly once per epoch and differ by at most one sample.
+        drop_last: drop the epoch's last partial batch.
+        workers: streams run in threads in the main process (default: CPU cores, at most 4).
+        threads: decode threads per process (default: CPU cores / processes).
+        progress: a tqdm bar while grids are scored.
+    Yields:
+        dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
+        ``label`` int64 (B,) (−1 when unlabelled); ``slide`` int64 (B,) (index into ``slides``);
+        ``x``, ``y`` int64 (B,): the tile's or window's corner in level-0 pixels.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        tile_size: int = 512,
+        stride: int | None = 256,
+        *,
+        labels: Sequence[Any] | None = None,
+        classes: Sequence[str] | None = None,
+        level: int | None = None,
+        mpp: float | None = None,
+        magnification: float | None = None,
+        max_white: float = 0.5,
+        hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
+        hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
+        mode: str = "tiles",
+        image_size: int = 2560,
+        augment: Augment | None = _DEFAULT,  # type: ignore[assignment]
+        batch_size: int = 64,
+        dtype: str = "float32",
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        shuffle: bool = True,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+        workers: int | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise HistofastError(f"seed={seed!r}: must be a non-negative integer")
+        self.shard = engine.check_shard(shard)
+        self.workers = _count(workers, "workers", min(4, os.cpu_count() or 1))
+        self.threads = None if threads is None else _count(threads, "threads", 1)
+        if augment is _DEFAULT:
+            augment = Augment(rot90=True, flip=True, max_shift=16, seed=int(seed))
+        if isinstance(source, Sequence) and not isinstance(source, str) and source and \
+                all(isinstance(g, TileGrid) for g in source):
+            items: list = list(source)
+        else:
+            items = resolve(source, labels)
+        self.samples = engine.build_samples(
+            items, classes=classes, tile_size=tile_size, stride=stride, level=level, mpp=mpp,
+            magnification=magnification, hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white,
+            mode=mode, image_size=image_size, augment=augment, batch_size=batch_size, dtype=dtype,
+            mean=mean, std=std, progress=progress)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.epoch = 0
+
+    @property
+    def slides(self) -> list[str]:
+        """The slide paths; a batch's ``slide`` indexes this list."""
+        return self.samples.slides
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; a batch's ``label`` indexes this list."""
+        return self.samples.classes
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Slides left out (path → reason): while scoring, or mid-epoch (in this process)."""
+        return self.samples.failed
+
+    @property
+    def num_samples(self) -> int:
+        """Kept samples of this shard per epoch (before ``drop_last``)."""
+        return engine.shard_size(int(self.samples.offsets[-1]), self.shard)
+
+    def __len__(self) -> int:
+        """Batches per epoch of this shard."""
+        return engine.batch_count(self.samples, self.shard, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s shuffle and augmentation draw (call before iterating, as with ``DistributedSampler``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise HistofastError(f"epoch={epoch!r}: must be a non-negative integer")
+        self.epoch = int(epoch)
+
+    def streams(self, device: str = "cpu") -> list[engine.Stream]:
+        """This process's streams for the current epoch (one in a ``DataLoader`` worker)."""
+        info = torch.utils.data.get_worker_info()
+        count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
+        threads = self.threads or engine.decode_threads(info.num_workers if info is not None else 1)
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
+        allocate = _shared_empty if info is not None else _empty
+        return [engine.Stream(self.samples, engine.plan(self.samples, self.epoch, self.shard, count, s,
+                                                        shuffle=self.shuffle, seed=self.seed,
+                                                        drop_last=self.drop_last),
+                              self.epoch, pool, device, self.drop_last, allocate) for s in mine]
+
+    def batches(self, device: str = "cpu", prefetch: int = 2) -> Iterator[dict[str, Any]]:
+        """One epoch of batches on ``device`` (what iterating does, on the CPU)."""
+        streams = self.streams(device)
+        pool = streams[0].pool
+        in_worker = torch.utils.data.get_worker_info() is not None  # there, the loader runs ahead
+        running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in streams]
+        try:
+            for batch in engine.merge(running):
+                yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
+        finally:
+            for it in running:
+                it.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.batches()
+
+
+class Pipeline:
+    """Tissue tiles of many slides, augmented on the device, as ready PyTorch batches.
+
+    ``for batch in pipe`` is one epoch; ``len(pipe)`` its batches; ``pipe.set_epoch(e)`` before each
+    epoch gives a new shuffle and augmentation draw, reproducible from ``seed``.
+
+    Args:
+        source and the sample, batch and order arguments: as for ``TileDataset``.
+        backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
+            from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
+            over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches.
+        device: "cpu" or "cuda[:i]": where blocks are augmented and every batch tensor lives.
+        workers: streams run in threads (default: CPU cores, at most 4); the order depends on it.
+        prefetch: batches made ahead per stream (and DALI's prefetch queue depth).
+    Batches:
+        dicts of torch tensors on ``device``: ``image``, ``label``, ``slide``, ``x``, ``y`` as ``TileDataset``.
+    """
+
+    def __init__(self, source: Any, tile_size: int = 512, stride: int | None = 256, *, backend: str = "auto",
+                 device: str = "cpu", workers: int | None = None, prefetch: int = 2, **options: Any) -> None:
+        if backend not in BACKENDS:
+            raise HistofastError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = "dali" if _dali_installed() else "torch"
+        elif backend == "dali" and not _dali_installed():
+            raise HistofastError(f"backend='dali': NVIDIA DALI is not installed ({DALI_INSTALL}), "
+                                 "or use backend='torch'")
+        self.device = _device(device)
+        self.prefetch = _count(prefetch, "prefetch", 1)
+        self.backend = backend
+        self.dataset = TileDataset(source, tile_size, stride, workers=workers, **options)
+
+    @classmethod
+    def from_tfrecord(cls, paths: Any, **options: Any) -> "TFRecordPipeline":
+        """Read TFRecord shards written by ``histofast tile --format tfrecord``; see ``TFRecordPipeline``."""
+        from .tfrecord_pipeline import TFRecordPipeline
+
+        return TFRecordPipeline(paths, **options)
+
+    slides = property(lambda self: self.dataset.slides, doc="The slide paths; ``batch['slide']`` indexes it.")
+    classes = property(lambda self: self.dataset.classes, doc="Class names; ``batch['label']`` indexes it.")
+    failed = property(lambda self: self.dataset.failed, doc="Slides left out: path → reason.")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if len(self) == 0:
+            return iter(())
+        if self.backend == "torch":
+            return self._torch()
+        return self._dali()
+
+    def __repr__(self) -> str:
+        s = self.dataset.samples
+        return (f"Pipeline({len(s.slides)} slides, {self.dataset.num_samples} {s.mode}, {len(self)} batches of "
+                f"{s.batch_size}, backend={self.backend!r}, device={self.device!r})")
+
+    def _torch(self) -> Iterator[dict[str, torch.Tensor]]:
+        # The dataset's own stream threads do the work, on the device; no worker processes, so
+        # batches need no trip through shared memory.
+        for batch in self.dataset.batches(self.device, self.prefetch):
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
+        from nvidia.dali import fn, pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        gpu = self.device != "cpu"
+        source = _DaliSource(self.dataset.batches(self.device if gpu else "cpu", self.prefetch), self.prefetch)
+        device_id = (torch.device(self.device).index or 0) if gpu else None
+
+        # A pipeline per epoch: DALI asks an external source for the next epoch before this one
+        # ends, which would run ahead of set_epoch.
+        @pipeline_def(batch_size=self.dataset.samples.batch_size, num_threads=self.dataset.workers,
+                      device_id=device_id, prefetch_queue_depth=self.prefetch)
+        def pipe():
+            return tuple(fn.external_source(source=source, num_outputs=len(engine.FIELDS), batch=True,
+                                            device="gpu" if gpu else "cpu", no_copy=True))
+
+        iterator = DALIGenericIterator(pipe(), list(engine.FIELDS), last_batch_policy=LastBatchPolicy.PARTIAL,
+                                       auto_reset=False)
+        try:
+            for out in iterator:
+                yield out[0]
+        finally:
+            source.close()
+
+
+class _DaliSource:
+    """An epoch's batches as DALI external-source tuples; keeps the last few alive for ``no_copy``."""
+
+    def __init__(self, batches: Iterator[dict[str, Any]], prefetch: int) -> None:
+        self._batches = batches
+        self._alive: list = []
+        self._keep = prefetch + 2  # batches DALI may still read: its queue, the one running, the output
+
+    def __iter__(self) -> "_DaliSource":
+        return self
+
+    def __next__(self) -> tuple:
+        batch = next(self._batches)
+        cuda = batch["image"].is_cuda
+        out = tuple(batch[k].to(batch["image"].device) if cuda else batch[k].numpy() for k in engine.FIELDS)
+        self._alive = (self._alive + [out])[-self._keep :]
+        return out
+
+    def close(self) -> None:
+        self._batches.close()
+        self._alive = []
+
+
+class _Ahead:
+    """Runs an iterator in a thread, ``depth`` items ahead; its errors are raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator[Any], depth: int) -> None:
+        self._it, self._queue = it, queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="histofast-stream", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put((self._END, e))
+        finally:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> "_Ahead":
+        return self
+
+    def __next__(self) -> Any:
+        item, error = self._queue.get()
+        if error is not None:
+            raise error
+        if item is self._END:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    return torch.empty(shape, dtype=getattr(torch, dtype))
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    """A CPU tensor born in shared memory: a DataLoader worker sends it without copying (as ``default_collate``)."""
+    dt = getattr(torch, dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * torch.empty(0, dtype=dt).element_size())
+    return torch.empty(0, dtype=dt).set_(storage, 0, shape)
+
+
+def _dali_installed() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _count(value: Any, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise HistofastError(f"{name}={value!r}: must be a positive integer")
+    return int(value)
