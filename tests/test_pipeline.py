@@ -258,3 +258,48 @@ def test_cuda_pipeline_equals_cpu(slides, backend):
     for x, y in zip(cpu, gpu):
         assert y["image"].is_cuda and y["label"].is_cuda
         assert all(torch.equal(x[k], y[k].cpu()) for k in engine.FIELDS)
+
+
+def test_from_tfrecord_reads_exported_tiles_back(make_slide, tmp_path, openslide_level):
+    pytest.importorskip("nvidia.dali")
+    from histofast.export import ExportOptions, export_slides
+
+    path = make_slide(1000, 800, seed=6)
+    export_slides([path], tmp_path / "out", ExportOptions(tile_size=128, format="tfrecord", quality=95, label=2,
+                                                          shard_tiles=10), progress=False)
+    grid = hf.tile_grid(path, 128)
+    aug = hf.Augment(max_shift=6, seed=1)
+    level = openslide_level(path, 0)
+    seen = []
+    for world in (1, 2):
+        for rank in range(world):
+            pipe = hf.Pipeline.from_tfrecord(tmp_path / "out", augment=aug, batch_size=8, shard=(rank, world),
+                                             shuffle=True, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+            pipe.set_epoch(1)
+            done = 0
+            for b in pipe:
+                assert b["image"].shape[1:] == (3, 128, 128) and set(b["label"].tolist()) == {2}
+                for j in range(len(b["x"])):
+                    k = int(np.flatnonzero((grid.coords == (int(b["x"][j]), int(b["y"][j]))).all(1))[0])
+                    tile = level[grid.level_coords[k, 1] :, grid.level_coords[k, 0] :][:128, :128]
+                    p = aug.draw_at([(done + j) * world + rank], 1)
+                    errors = []
+                    for turn in (0, 1):  # the tile's own draw, and the same draw turned once more
+                        ref = augment_reference(tile, np.zeros((1, 2), np.int64), 128, (p["rot90"] + turn) % 4,
+                                                p["flip"], p["shift"], (0.5,) * 3, (0.25,) * 3, "float32", "NCHW")
+                        errors.append(np.abs(b["image"][j].numpy() - ref[0]).mean() * 0.25 * 255)
+                    # JPEG in the shard: the synthetic texture loses ~6 levels; a wrong draw loses far more
+                    assert errors[0] < 8 and errors[0] < 0.5 * errors[1]
+                    if world == 2:
+                        seen.append(k)
+                done += len(b["x"])
+    assert sorted(seen) == list(range(len(grid)))
+
+
+def test_from_tfrecord_bad_paths(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(hf.HistofastError, match="no .tfrecord shards"):
+        hf.Pipeline.from_tfrecord(tmp_path)
+    (tmp_path / "a.tfrecord").write_bytes(b"")
+    with pytest.raises(hf.HistofastError, match="no DALI index a.tfrecord.idx"):
+        hf.Pipeline.from_tfrecord(tmp_path / "a.tfrecord")
