@@ -296,7 +296,7 @@ def _cut(
     reach = augment.reach(t) if augment is not None else 0
     height = view.dimensions[1]
     shape = (batch_size, 3, t, t) if layout == "NCHW" else (batch_size, t, t, 3)
-    buffers = _BatchBuffers(shape, out_dtype, device)
+    buffers = BatchBuffers(shape, out_dtype, device)
     batch, filled, done = None, 0, 0
     parts: list[tuple[np.ndarray, ...]] = []
 
@@ -410,15 +410,15 @@ def _to_device(pixels: np.ndarray, device: str) -> Any:
     return torch.from_numpy(pixels).to(device, non_blocking=False)
 
 
-class _BatchBuffers:
+class BatchBuffers:
     """Batch arrays, recycled once nothing outside holds them any more.
 
     A fresh 200 MB batch costs its page faults (about a quarter of the augment time on the CPU);
     in ``for batch in stream`` the batch before last is free again by the time the next is cut.
     A batch the caller still references (or any view of it) is never reused."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, device: str) -> None:
-        self.shape, self.dtype, self.device = shape, dtype, device
+    def __init__(self, shape: tuple[int, ...], dtype: str, device: str, watch: int = 2) -> None:
+        self.shape, self.dtype, self.device, self.watch = shape, dtype, device, watch
         self._given: list[Any] = []
 
     def take(self) -> Any:
@@ -432,7 +432,7 @@ class _BatchBuffers:
                 break
         else:
             array = np.empty(self.shape, self.dtype)
-            if len(self._given) >= 2:
+            if len(self._given) >= self.watch:
                 self._given.pop(0)  # the caller keeps that one: stop watching it
         self._given.append(array)
         return array

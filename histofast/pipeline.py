@@ -145,21 +145,23 @@ class TileDataset(torch.utils.data.IterableDataset):
             raise HistofastError(f"epoch={epoch!r}: must be a non-negative integer")
         self.epoch = int(epoch)
 
-    def streams(self, device: str = "cpu") -> list[engine.Stream]:
-        """This process's streams for the current epoch (one in a ``DataLoader`` worker)."""
+    def streams(self, device: str = "cpu", watch: int = 2) -> list[engine.Stream]:
+        """This process's streams for the current epoch (one in a ``DataLoader`` worker); ``watch``:
+        batches a consumer may hold before their arrays are no longer recycled."""
         info = torch.utils.data.get_worker_info()
         count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
         threads = self.threads or engine.decode_threads(info.num_workers if info is not None else 1)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
-        allocate = _shared_empty if info is not None else _empty
+        allocate = _shared_empty if info is not None else None
         return [engine.Stream(self.samples, engine.plan(self.samples, self.epoch, self.shard, count, s,
                                                         shuffle=self.shuffle, seed=self.seed,
                                                         drop_last=self.drop_last),
-                              self.epoch, pool, device, self.drop_last, allocate) for s in mine]
+                              self.epoch, pool, device, self.drop_last, allocate, watch) for s in mine]
 
-    def batches(self, device: str = "cpu", prefetch: int = 2) -> Iterator[dict[str, Any]]:
-        """One epoch of batches on ``device`` (what iterating does, on the CPU)."""
-        streams = self.streams(device)
+    def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
+        """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the
+        consumer keeps alive at once."""
+        streams = self.streams(device, watch=prefetch + held + 1)
         pool = streams[0].pool
         in_worker = torch.utils.data.get_worker_info() is not None  # there, the loader runs ahead
         running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in streams]
@@ -247,7 +249,8 @@ class Pipeline:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         gpu = self.device != "cpu"
-        source = _DaliSource(self.dataset.batches(self.device if gpu else "cpu", self.prefetch), self.prefetch)
+        source = _DaliSource(self.dataset.batches(self.device if gpu else "cpu", self.prefetch, self.prefetch + 2),
+                             self.prefetch)
         device_id = (torch.device(self.device).index or 0) if gpu else None
 
         # A pipeline per epoch: DALI asks an external source for the next epoch before this one
@@ -337,10 +340,6 @@ class _Ahead:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
-    return torch.empty(shape, dtype=getattr(torch, dtype))
 
 
 def _shared_empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
