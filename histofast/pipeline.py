@@ -10,7 +10,7 @@ import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from .errors import HistofastError
 from .grid import TileGrid, _device
 from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .sources import resolve
+
+if TYPE_CHECKING:
+    from .tfrecord_pipeline import TFRecordPipeline
 
 BACKENDS = ("auto", "dali", "torch")
 DALI_INSTALL = "pip install histofast[dali]"
