@@ -13,6 +13,7 @@ import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -57,13 +58,31 @@ class Samples:
     std: tuple[float, float, float]
     failed: dict[str, str] = field(default_factory=dict)  # slide path -> reason, filled while scoring
 
-    @property
+    # Derived once (the grids never change): the streams index these per block and per batch.
+    @cached_property
     def counts(self) -> np.ndarray:
+        """int64 (slides,) kept samples per slide."""
         return np.array([0 if g is None else len(g) for g in self.grids], np.int64)
 
-    @property
+    @cached_property
     def offsets(self) -> np.ndarray:
+        """int64 (slides + 1,): slide i's samples are numbered ``offsets[i] .. offsets[i + 1] - 1``."""
         return np.concatenate([[0], np.cumsum(self.counts)])
+
+    @cached_property
+    def owner(self) -> np.ndarray:
+        """int64 (N,) each sample's slide."""
+        return np.repeat(np.arange(len(self.grids)), self.counts)
+
+    @cached_property
+    def level_coords(self) -> np.ndarray:
+        """int64 (N, 2) each sample's grid-pixel (x, y) in its slide's grid."""
+        return _stacked([g.level_coords for g in self.grids if g is not None])
+
+    @cached_property
+    def coords(self) -> np.ndarray:
+        """int64 (N, 2) each sample's level-0 (x, y)."""
+        return _stacked([g.coords for g in self.grids if g is not None])
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -74,10 +93,35 @@ class Samples:
         n = ops.grid_shape(side, side, t, self.stride)
         return (n[0] * n[1], 3, t, t)
 
-    @property
+    @cached_property
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample's block, and the samples in block order.
+
+        Returns:
+            ``block_of`` int64 (N,) indexed by sample number, and ``order`` int64 (N,): sample numbers
+            grouped by block (blocks numbered slide by slide, row-major), row-major within a block."""
+        block_of, base = [], 0
+        for grid in self.grids:
+            if grid is None or len(grid) == 0:
+                continue
+            per = max(1, (BLOCK_PIXELS - grid.tile_size) // grid.stride + 1)  # cells per block side
+            rows, cols = np.nonzero(grid.keep)
+            key = (rows // per) * (grid.shape[1] // per + 1) + cols // per
+            _, local = np.unique(key, return_inverse=True)
+            block_of.append(base + local.reshape(-1))
+            base += local.max() + 1
+        block_of = np.concatenate(block_of).astype(np.int64)
+        assert len(block_of) == self.offsets[-1]
+        return block_of, np.argsort(block_of, kind="stable")
+
+    @cached_property
     def grids_sample_size(self) -> int:
         """Side of one sample's cell in the grids (the tile, or the image window)."""
         return next(g.tile_size for g in self.grids if g is not None)
+
+
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty((0, 2), np.int64)
 
 
 def build_samples(
@@ -163,27 +207,6 @@ class Window:
     blocks: np.ndarray  # int64 (n,) block numbers
 
 
-def blocks(samples: Samples) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample's block, and the samples in block order.
-
-    Returns:
-        ``block_of`` int64 (N,) indexed by sample number, and ``order`` int64 (N,): sample numbers
-        grouped by block (blocks numbered slide by slide, row-major), row-major within a block."""
-    offsets, block_of, base = samples.offsets, [], 0
-    for i, grid in enumerate(samples.grids):
-        if grid is None or len(grid) == 0:
-            continue
-        per = max(1, (BLOCK_PIXELS - grid.tile_size) // grid.stride + 1)  # cells per block side
-        rows, cols = np.nonzero(grid.keep)
-        key = (rows // per) * (grid.shape[1] // per + 1) + cols // per
-        _, local = np.unique(key, return_inverse=True)
-        block_of.append(base + local.reshape(-1))
-        base += local.max() + 1
-    block_of = np.concatenate(block_of).astype(np.int64)
-    assert len(block_of) == offsets[-1]
-    return block_of, np.argsort(block_of, kind="stable")
-
-
 def check_shard(shard: Any) -> tuple[int, int]:
     """``(rank, world_size)`` with 0 ≤ rank < world_size."""
     try:
@@ -215,7 +238,7 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], streams: int, str
     are dealt to streams in contiguous runs (only the last stream's last batch can be partial);
     with ``shuffle`` each window's samples are permuted. Batches are then taken round-robin over
     the streams (``merge``)."""
-    block_of, order = blocks(samples)
+    block_of, order = samples.blocks
     if shuffle:
         rng = np.random.default_rng([seed, epoch])
         first = np.flatnonzero(np.r_[True, np.diff(block_of[order]) != 0])
@@ -297,8 +320,6 @@ class Stream:
         self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
         self._slides: OrderedDict[int, Slide] = OrderedDict()
         self._skip: set[int] = set()  # slides that failed in this stream: the rest of them is skipped
-        self._owner = np.repeat(np.arange(len(samples.grids)), samples.counts)  # sample -> slide
-        self._coords = [None if g is None else g.level_coords for g in samples.grids]
         size = samples.grids_sample_size
         self._reach = samples.augment.reach(size) if samples.augment is not None else 0
         self._patches = None
@@ -319,7 +340,7 @@ class Stream:
         b = self.samples.batch_size
         ahead: deque = deque()
         pending: list[tuple[np.ndarray, list[_Region]]] = []
-        k = 0
+        waiting = k = 0  # samples in pending; windows submitted
         while k < len(self.windows) or ahead:
             while k < len(self.windows) and len(ahead) < 2:  # this window and the next are decoding
                 ahead.append(self._read(self.windows[k]))
@@ -327,10 +348,12 @@ class Stream:
             window, regions, futures = ahead.popleft()
             ids, region_of = self._finish(window, regions, futures)
             pending.append((ids, region_of))
-            while sum(len(p[0]) for p in pending) >= b:
+            waiting += len(ids)
+            while waiting >= b:
                 yield self._cut(pending, b)
-        if pending and sum(len(p[0]) for p in pending) and not self.drop_last:
-            yield self._cut(pending, sum(len(p[0]) for p in pending))
+                waiting -= b
+        if waiting and not self.drop_last:
+            yield self._cut(pending, waiting)
 
     def _slide(self, i: int) -> Slide:
         slide = self._slides.pop(i, None) or open_slide(self.samples.slides[i], workers=1)
@@ -346,7 +369,7 @@ class Stream:
         size, reach = self.samples.grids_sample_size, self._reach
         for block in np.unique(window.blocks):
             ids = window.ids[window.blocks == block]
-            i = int(self._owner[ids[0]])
+            i = int(self.samples.owner[ids[0]])
             region = regions[block] = _Region(i, 0, 0)
             grid = self.samples.grids[i]
             if i in self._skip:
@@ -354,7 +377,7 @@ class Stream:
                 continue
             try:
                 view = grid.view(self._slide(i))
-                xy = self._coords[i][ids - self.samples.offsets[i]]
+                xy = self.samples.level_coords[ids]
                 width, height = view.dimensions
                 x0, y0 = np.maximum(xy.min(0) - reach, 0)
                 x1, y1 = np.minimum(xy.max(0) + size + reach, (width, height))
@@ -404,7 +427,7 @@ class Stream:
                 pending[0] = (head_ids[take:], head_regions[take:])
         s = self.samples
         ids = np.asarray(ids, np.int64)
-        slide = self._owner[ids]
+        slide = s.owner[ids]
         image = self._empty((n, *s.sample_shape))
         out = image.numpy() if self.device == "cpu" else image
         start = 0
@@ -413,10 +436,7 @@ class Stream:
                 continue
             self._augment(regions[start], ids[start:k], out[start:k])
             start = k
-        level0 = np.empty((n, 2), np.int64)
-        for i in np.unique(slide):
-            at = slide == i
-            level0[at] = s.grids[i].coords[ids[at] - s.offsets[i]]
+        level0 = s.coords[ids]
         return {"image": image, "label": s.labels[slide], "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
 
     def _empty(self, shape: tuple[int, ...]) -> Any:
@@ -430,8 +450,7 @@ class Stream:
 
     def _augment(self, region: _Region, ids: np.ndarray, out: Any) -> None:
         s = self.samples
-        i = region.slide
-        origins = self._coords[i][ids - s.offsets[i]] - (region.x0, region.y0)
+        origins = s.level_coords[ids] - (region.x0, region.y0)
         params = s.augment.draw_at(ids, self.epoch) if s.augment is not None else {}
         if s.mode == "tiles":
             ops.augment(region.pixels, origins, s.tile_size, **params, mean=s.mean, std=s.std,
