@@ -20,7 +20,7 @@ import numpy as np
 
 from . import ops
 from .augment import Augment
-from .errors import HistofastError
+from .errors import HistofastError, check_count
 from .grid import BatchBuffers, TileGrid, check_grid_args, tile_grid
 from .io import Slide, open_slide
 from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
@@ -153,8 +153,7 @@ def build_samples(
         raise HistofastError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
     stride = tile_size if stride is None else stride
     check_grid_args(tile_size, stride, hsv_lower, hsv_upper, max_white)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise HistofastError(f"batch_size={batch_size!r}: must be a positive integer")
+    check_count(batch_size, "batch_size")
     if augment is not None and not isinstance(augment, Augment):
         raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
     mean, std = ops.check_batch_format(dtype, "NCHW", mean, std)

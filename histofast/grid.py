@@ -17,7 +17,7 @@ from . import ops
 from .atomic import atomic_open
 from .augment import Augment
 from .bands import Band, stream_bands
-from .errors import HistofastError, SlideError
+from .errors import HistofastError, SlideError, check_count
 from .io import Slide, open_slide
 from .io.level import LevelView, select_level
 from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
@@ -265,12 +265,10 @@ def _check_cut_options(
     device: str = "cpu",
 ) -> None:
     """Raise for a bad ``_cut`` option (keyword names as ``iter_tiles`` takes them)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise HistofastError(f"batch_size={batch_size!r}: must be a positive integer")
+    check_count(batch_size, "batch_size")
     if augment is not None and not isinstance(augment, Augment):
         raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise HistofastError(f"epoch={epoch!r}: must be a non-negative integer")
+    check_count(epoch, "epoch", 0)
     ops.check_batch_format(out_dtype, layout, mean, std)
     _device(device)
 

@@ -12,12 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from . import engine
 from .augment import Augment
-from .errors import HistofastError
+from .errors import HistofastError, check_count
 from .grid import TileGrid, _device
 from .ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .sources import resolve
@@ -98,8 +97,7 @@ class TileDataset(torch.utils.data.IterableDataset):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise HistofastError(f"seed={seed!r}: must be a non-negative integer")
+        check_count(seed, "seed", 0)
         self.shard = engine.check_shard(shard)
         self.workers = _count(workers, "workers", min(4, os.cpu_count() or 1))
         self.threads = None if threads is None else _count(threads, "threads", 1)
@@ -144,9 +142,7 @@ class TileDataset(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s shuffle and augmentation draw (call before iterating, as with ``DistributedSampler``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise HistofastError(f"epoch={epoch!r}: must be a non-negative integer")
-        self.epoch = int(epoch)
+        self.epoch = check_count(epoch, "epoch", 0)
 
     def streams(self, device: str = "cpu", watch: int = 2) -> list[engine.Stream]:
         """This process's streams for the current epoch (one in a ``DataLoader`` worker); ``watch``:
@@ -361,8 +357,5 @@ def _dali_installed() -> bool:
 
 
 def _count(value: Any, name: str, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise HistofastError(f"{name}={value!r}: must be a positive integer")
-    return int(value)
+    """A positive integer argument; None means ``default``."""
+    return default if value is None else check_count(value, name)
