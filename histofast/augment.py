@@ -40,6 +40,28 @@ class Augment:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise HistofastError(f"seed={self.seed!r}: must be a non-negative integer")
 
+    @classmethod
+    def parse(cls, spec: str | None, seed: int = 0) -> Augment | None:
+        """``"rot90,flip,shift=16,angle=10"`` (the ``--augment`` syntax) → an ``Augment``; None or "" → None."""
+        if not spec:
+            return None
+        kwargs: dict[str, Any] = {"rot90": False, "flip": False, "seed": seed}
+        for part in spec.split(","):
+            name, _, value = part.strip().partition("=")
+            try:
+                if name in ("rot90", "flip") and not value:
+                    kwargs[name] = True
+                elif name == "shift":
+                    kwargs["max_shift"] = int(value)
+                elif name == "angle":
+                    kwargs["max_angle"] = float(value)
+                else:
+                    raise ValueError
+            except ValueError:
+                raise HistofastError(f"augment={spec!r}: {part!r} is not rot90, flip, shift=PIXELS or "
+                                     "angle=DEGREES") from None
+        return cls(**kwargs)
+
     def reach(self, tile_size: int) -> int:
         """Pixels beyond a tile's window (each side) that its transformed tile can read.
 
