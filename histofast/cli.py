@@ -1,5 +1,6 @@
 """The `histofast` command: `tile` exports tissue tiles of slides, `demo` runs it on a generated
-slide, `bench` measures tiles per second against the naive recipe and the decode limit."""
+slide, `bench` measures tiles per second against the naive recipe and the decode limit, `train` and
+`evaluate` fit and score the models."""
 from __future__ import annotations
 
 import argparse
@@ -26,37 +27,15 @@ def _slides(items: Sequence[str]) -> list[str]:
     return paths
 
 
-def _augment(spec: str | None, seed: int):
-    """--augment "rot90,flip,shift=16,angle=10" → Augment (None for no spec)."""
-    from . import Augment, HistofastError
-
-    if not spec:
-        return None
-    kwargs: dict = {"rot90": False, "flip": False, "seed": seed}
-    for part in spec.split(","):
-        name, _, value = part.strip().partition("=")
-        try:
-            if name in ("rot90", "flip") and not value:
-                kwargs[name] = True
-            elif name == "shift":
-                kwargs["max_shift"] = int(value)
-            elif name == "angle":
-                kwargs["max_angle"] = float(value)
-            else:
-                raise ValueError
-        except ValueError:
-            raise HistofastError(f"--augment {spec!r}: {part!r} is not rot90, flip, shift=PIXELS or angle=DEGREES") from None
-    return Augment(**kwargs)
-
-
 def _export(args: argparse.Namespace, paths: Sequence[str]) -> int:
+    from .augment import Augment
     from .export import ExportOptions, export_slides
 
     options = ExportOptions(
         tile_size=args.tile_size, stride=args.stride, level=args.level, mpp=args.mpp,
         magnification=args.magnification, max_white=args.max_white, hsv_lower=tuple(args.hsv_lower),
         hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
-        augment=_augment(args.augment, args.seed),
+        augment=Augment.parse(args.augment, args.seed),
     )
     start = time.perf_counter()
     results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
@@ -111,6 +90,39 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
 
     return bench.run(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, from_arguments, given_values
+    from .train import describe, fit, read_checkpoint
+
+    if args.resume:  # the checkpoint's settings, with the flags given on top (fit checks which may change)
+        saved = read_checkpoint(args.resume)["config"]
+        config = TrainConfig.from_dict({**saved, **given_values(args)}, f"checkpoint {args.resume}")
+    else:
+        config = from_arguments(args)
+    result = fit(config, resume=args.resume, progress=False if args.quiet else None)
+    print(describe(result.history))
+    if result.best:
+        print(f"best: {result.best['metric']} {result.best['value']:.4f} at epoch {result.best['epoch'] + 1} "
+              f"→ {result.best_checkpoint}")
+    print(f"last: {result.checkpoint}; history, steps and plots in {config.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.checkpoint, args.data, tta=args.tta, out=args.out, device=args.device,
+                      batch_size=args.batch_size, workers=args.workers, progress=False if args.quiet else None)
+    if not result.reports:
+        print("no labelled slides: predictions only", file=sys.stderr)
+    print(result.table())
+    for row in result.slides:
+        print(f"{row['slide']}: {row['predicted']} ({row['samples']} samples{', label ' + row['label'] if row['label'] else ''})")
+    if args.out:
+        print(f"metrics.json, slides.csv and plots in {args.out}")
+    return 0
 
 
 def _tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: str) -> None:
@@ -176,8 +188,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(run=_bench)
 
+    from . import config
+
+    train = commands.add_parser(
+        "train", help="train a model (two-level CNN or a baseline) on labelled slides",
+        description="Train on a manifest CSV (path,label[,patient]), class folders or TFRecord shards. Validation "
+        "is a patient-disjoint split of DATA unless --val-data is given. Writes OUT/last.pt after every epoch, "
+        "OUT/best.pt, history.jsonl, steps.jsonl and curves/ROC/confusion plots. two_level_cnn trains level 1 "
+        "(patches) for --patch-epochs, then level 2 (frozen patch maps) for --epochs, then end to end for "
+        "--finetune-epochs.",
+    )
+    config.add_arguments(train)
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt exactly")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("-v", "--verbose", action="store_true", help="log every --log-interval batches and epoch")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a checkpoint on labelled slides: tables, ROC and confusion plots, slide predictions",
+        description="Cut DATA as the checkpoint's training did (no augmentation), predict, and print per-class "
+        "precision, recall and AUC at patch, image and slide level (a slide's prediction is the mean of its "
+        "images' or tiles' probabilities).",
+    )
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt or last.pt of 'histofast train'")
+    evaluate.add_argument("data", metavar="DATA", help="manifest CSV, class folders, slide file or TFRecord shards")
+    evaluate.add_argument("--tta", type=int, choices=(1, 8), default=1,
+                          help="8: average the 8 dihedral views (rot90 × flip) of every input (default 1)")
+    evaluate.add_argument("--out", metavar="DIR", help="write metrics.json, slides.csv and plots here")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    evaluate.add_argument("--batch-size", type=int, help="default: the training run's")
+    evaluate.add_argument("--workers", type=int, help="Pipeline streams (default: the training run's)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(run=_evaluate)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .errors import HistofastError
 
     try:
