@@ -113,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    if args.out is None:
+        args.out = os.fspath(Path(args.checkpoint).parent / f"evaluate-{Path(args.data).stem}-tta{args.tta}")
     result = evaluate(args.checkpoint, args.data, tta=args.tta, out=args.out, device=args.device,
                       batch_size=args.batch_size, workers=args.workers, progress=False if args.quiet else None)
     if not result.reports:
@@ -120,8 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(result.table())
     for row in result.slides:
         print(f"{row['slide']}: {row['predicted']} ({row['samples']} samples{', label ' + row['label'] if row['label'] else ''})")
-    if args.out:
-        print(f"metrics.json, slides.csv and plots in {args.out}")
+    print(f"metrics.json, slides.csv and plots in {args.out}")
     return 0
 
 
@@ -214,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("data", metavar="DATA", help="manifest CSV, class folders, slide file or TFRecord shards")
     evaluate.add_argument("--tta", type=int, choices=(1, 8), default=1,
                           help="8: average the 8 dihedral views (rot90 × flip) of every input (default 1)")
-    evaluate.add_argument("--out", metavar="DIR", help="write metrics.json, slides.csv and plots here")
+    evaluate.add_argument("--out", metavar="DIR", help="write metrics.json, slides.csv and plots here "
+                          "(default: evaluate-<data>-tta<N> beside the checkpoint)")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     evaluate.add_argument("--batch-size", type=int, help="default: the training run's")
     evaluate.add_argument("--workers", type=int, help="Pipeline streams (default: the training run's)")

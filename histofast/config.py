@@ -119,7 +119,27 @@ class TrainConfig:
         if unknown:
             raise HistofastError(f"{source}: unknown keys {', '.join(unknown)}; the keys are those of "
                                  "'histofast train --help' with '_' for '-'")
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """A file's value as the field's type: YAML reads ``1e-3`` as a string, JSON ``1`` as an int for a float."""
+    kind, options = _parser_type(hint)
+    if value is None or kind is None:
+        return value
+    if options.get("nargs"):
+        if not isinstance(value, (list, tuple)):
+            raise HistofastError(f"{name}={value!r}: expected a list")
+        return [_coerce(v, kind, f"{name}[{i}]") for i, v in enumerate(value)]
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise HistofastError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+        if kind is float or number == value or isinstance(value, str):
+            return number
+    return value
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
     pipe = make_pipeline(config, data, train=False, classes=classes, device="cpu" if dev.type == "cpu" else str(dev))
     stage = "image" if state["model"] == "two_level_cnn" else "train"
     with torch.no_grad():
-        result = run_epoch(model, pipe, stage, config, dev, desc="evaluate", progress=progress, tta=tta)
+        result = run_epoch(model, pipe, stage, config, dev, len(classes), desc="evaluate", progress=progress, tta=tta)
     reps = reports(result, classes)
     for r in reps.values():
         r.loss = None  # a slide- or image-level mean of patch losses would mislead

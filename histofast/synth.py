@@ -399,7 +399,8 @@ def _nuclei(key: int, ys: np.ndarray, xs: np.ndarray, spacing: int, radius: tupl
     dx = xs[None, :].astype(f32) - cx.astype(f32)[at]
     cos, sin = np.cos(angle).astype(f32)[at], np.sin(angle).astype(f32)[at]
     along, across = dx * cos + dy * sin, dy * cos - dx * sin
-    return along * along * inv_a2[at] + across * across * inv_b2[at] < 1
+    with np.errstate(invalid="ignore"):  # absent nuclei: 0 · inf = NaN, and NaN < 1 is False, as wanted
+        return along * along * inv_a2[at] + across * across * inv_b2[at] < 1
 
 
 def _glands(key: int, ys: np.ndarray, xs: np.ndarray, spacing: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,13 +24,12 @@ from .config import TrainConfig
 from .errors import HistofastError
 from .models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
 from .sources import resolve, split
-from .tta import dihedral_views
+from .tta import dihedral_views, mean_over_views
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "histofast.checkpoint/1"
 TWO_LEVEL_STAGES = ("patch", "image", "finetune")  # level 1 on patches, level 2 on frozen maps, end to end
-LEVELS = ("patch", "image", "slide")
 
 
 class TrainingError(HistofastError):
@@ -114,8 +113,8 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
         return dict(tile_size=config.tile_size, image_size=image_size_of(config),
                     patch_stride=config.stride or config.tile_size, patch_widths=list(config.patch_widths),
                     image_widths=list(config.image_widths))
-    if config.model in ("googlenet", "inception_v3"):
-        return dict(aux_logits=config.aux_logits)
+    if config.model in ("googlenet", "inception_v3"):  # torchvision's ImageNet weights expect their input transform
+        return dict(aux_logits=config.aux_logits, transform_input=bool(config.pretrained))
     return {}
 
 
@@ -138,6 +137,12 @@ class Outputs:
     image: torch.Tensor | None
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled samples (label ≥ 0); 0 for a batch with none (not NaN)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
+    return total / (labels >= 0).sum().clamp_min(1)
+
+
 def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage: str, *,
             input_size: int | None = None, channels_last: bool = False) -> Outputs:
     """Run ``images`` ([N, 3, T, T] tiles or [N, P, 3, t, t] images) through ``model`` for ``stage``.
@@ -150,11 +155,8 @@ def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage:
             maps = model.patch_maps(images)
         patch_logits = model.patch_net.head(maps).flatten(0, 1)
         patch_labels = labels.repeat_interleave(model.num_patches)
-        image_logits = None if stage == "patch" and model.training else model.image_net(maps)
-        if stage == "patch":
-            loss = F.cross_entropy(patch_logits.float(), patch_labels, ignore_index=-1)
-        else:
-            loss = F.cross_entropy(image_logits.float(), labels, ignore_index=-1)
+        image_logits = None if stage == "patch" else model.image_net(maps)  # level 1: the image net is untrained
+        loss = _loss(patch_logits, patch_labels) if stage == "patch" else _loss(image_logits, labels)
         image = None if image_logits is None else image_logits.detach().float().softmax(1)
         return Outputs(loss, patch_logits.detach().float().softmax(1), image)
     per_image = images.ndim == 5
@@ -166,9 +168,9 @@ def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage:
     out = model(x)
     logits, aux = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
     y = labels.repeat_interleave(images.shape[1]) if per_image else labels
-    loss = F.cross_entropy(logits.float(), y, ignore_index=-1)
+    loss = _loss(logits, y)
     for weight, a in zip(getattr(model, "aux_weights", ()), aux):
-        loss = loss + weight * F.cross_entropy(a.float(), y, ignore_index=-1)
+        loss = loss + weight * _loss(a, y)
     patch = logits.detach().float().softmax(1)
     return Outputs(loss, patch, patch.view(len(images), -1, patch.shape[1]).mean(1) if per_image else None)
 
@@ -215,7 +217,7 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool, c
     if channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     if compile:  # in place, so state_dict keys and the two-level methods stay as they are
-        for m in (model.patch_net, model.image_net) if isinstance(model, TwoLevelCNN) else (model,):
+        for m in (model.patch_net.stages, model.image_net) if isinstance(model, TwoLevelCNN) else (model,):
             m.compile()
     return model
 
@@ -243,12 +245,20 @@ def _check_finite(losses: list[torch.Tensor], first: int, where: str, checkpoint
     if len(bad):
         kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists()
                 else "no checkpoint was written yet")
-        raise TrainingError(f"loss is {values[bad[0]].item()} at {where} batch {first + int(bad[0])}: stopped; {kept} "
+        raise TrainingError(f"loss is {values[bad[0]].item()} at {where} batch {first + int(bad[0]) + 1}: stopped; {kept} "
                             "(try a lower --lr, or --amp off)")
 
 
+def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Training labels must be class indices (one device sync per epoch)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise HistofastError(f"{where}: label {low if low < 0 else high} is not a class index 0..{num_classes - 1} "
+                             "(TFRecord shards exported without --label, or --classes too short?)")
+
+
 def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: str, config: TrainConfig,
-              device: torch.device, *, optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
+              device: torch.device, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
               desc: str = "", progress: bool = False, on_log: Any = None, checkpoint: Path | None = None,
               tta: int = 1) -> EpochResult:
     """One pass over ``pipe``: training when ``optimizer`` is given (else evaluation, no gradients).
@@ -263,7 +273,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         model.patch_net.eval()  # frozen: its BatchNorm keeps its statistics
     dtype = amp_dtype(config.amp, device)
     losses: list[torch.Tensor] = []
-    counts: list[int] = []
+    counts: list[torch.Tensor] = []
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("patch", "image", "label", "slide")}
     checked = 0
     total = len(pipe) if hasattr(pipe, "__len__") else None
@@ -276,13 +286,15 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         if config.max_batches and i >= config.max_batches:
             break
         images, labels = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+        if train and i == 0:
+            _check_labels(labels, num_classes, where)
         views = dihedral_views(images, tta)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
                 torch.set_grad_enabled(train):
             outs = [forward(model, v, labels, stage, input_size=config.input_size,
                             channels_last=config.channels_last and device.type == "cuda") for v in views]
         out = outs[0] if len(outs) == 1 else Outputs(
-            torch.stack([o.loss for o in outs]).mean(), torch.stack([o.patch for o in outs]).mean(0),
+            torch.stack([o.loss for o in outs]).mean(), mean_over_views([o.patch for o in outs], images),
             None if outs[0].image is None else torch.stack([o.image for o in outs]).mean(0))
         if train:
             optimizer.zero_grad(set_to_none=True)
@@ -290,7 +302,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
             scaler.step(optimizer)
             scaler.update()
         losses.append(out.loss.detach())
-        counts.append(len(labels))
+        counts.append((labels >= 0).sum())  # the loss is a mean over labelled samples
         keep["patch"].append(out.patch)
         keep["image"].append(out.image)
         keep["label"].append(labels)
@@ -308,7 +320,8 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     if not losses:
         raise HistofastError(f"{where}: the data gave no batches (no tissue tiles kept?)")
     _check_finite(losses[checked:], checked, where, checkpoint)
-    loss = float(np.average(torch.stack(losses).float().cpu().numpy(), weights=counts))
+    weights = torch.stack(counts).cpu().numpy()
+    loss = float(np.average(torch.stack(losses).float().cpu().numpy(), weights=weights)) if weights.sum() else float("nan")
     cpu = {k: None if not v or v[0] is None else torch.cat(v).cpu().numpy() for k, v in keep.items()}
     labels = cpu["label"]
     per = len(cpu["patch"]) // len(labels)
@@ -396,6 +409,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- fit
 
 
+# Settings a resumed run may change without changing its course (both backends give the same batches).
+_RESUME_MAY_CHANGE = ("epochs", "patch_epochs", "finetune_epochs", "device", "backend", "log_interval", "out",
+                      "max_batches")
+
+
 @dataclass
 class FitResult:
     """What ``fit`` leaves: the per-epoch ``history`` records, the best epoch, the output files."""
@@ -410,14 +428,15 @@ def _monitor(has_images: bool) -> str:
     return "image_acc" if has_images else "patch_acc"
 
 
-def _write_outputs(out: Path, history: list[dict[str, Any]], val_reports: dict[str, metrics.Report]) -> None:
+def _write_outputs(out: Path, history: list[dict[str, Any]], reps: dict[str, metrics.Report]) -> None:
+    """history.jsonl and curves.png, and the ROC and confusion plots of ``reps`` (validation, else training)."""
     with atomic_open(out / "history.jsonl") as f:
         f.writelines(json.dumps(r) + "\n" for r in history)
     plots.plot_history(history, out / "curves.png")
-    level = "image" if "image" in val_reports else "patch"
-    if level in val_reports:
-        plots.plot_roc(val_reports[level], out / "roc.png", title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
-        plots.plot_confusion(val_reports[level], out / "confusion.png",
+    level = "image" if "image" in reps else "patch"
+    if level in reps:
+        plots.plot_roc(reps[level], out / "roc.png", title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
+        plots.plot_confusion(reps[level], out / "confusion.png",
                              title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
 
 
@@ -444,7 +463,8 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
 
     Args:
         resume: a ``last.pt`` to continue from: the run goes on exactly as if it had not stopped (same
-            weights, optimizer, scheduler, RNG, data order); ``config`` may raise ``epochs``.
+            weights, optimizer, scheduler, RNG, data order; bit for bit on the CPU, up to cuDNN's
+            nondeterministic kernels on a GPU); ``config`` may add epochs to the last stage.
         progress: tqdm bars (default: when stderr is a terminal).
     Raises:
         TrainingError: a non-finite loss (the message names the epoch and batch; ``last.pt`` keeps the last
@@ -456,6 +476,8 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     if resume is not None:
         state = read_checkpoint(resume)
         saved = TrainConfig.from_dict(state["config"], f"checkpoint {resume}")
+        if config.workers is None:
+            config = dataclasses.replace(config, workers=saved.workers)
         changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESUME_MAY_CHANGE
                    and getattr(saved, f.name) != getattr(config, f.name)]
         if changed:
@@ -464,6 +486,9 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
                                  f"{', '.join(_RESUME_MAY_CHANGE)} may change)")
     device = resolve_device(config.device)
     out = Path(config.out)
+    if state is None and (out / "last.pt").exists():
+        raise HistofastError(f"out={config.out}: holds the run of {out / 'last.pt'}; resume it (--resume) or choose "
+                             "another --out")
     out.mkdir(parents=True, exist_ok=True)
     train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
     if config.workers is None and hasattr(train_pipe, "dataset"):  # the order depends on it: pin it for resume
@@ -490,6 +515,9 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     has_images = image_size_of(config) is not None
     optimizer = scheduler = None
     current = None
+    if state is not None and [r["stage"] for r in history] != schedule[:start]:
+        raise HistofastError(f"resume={os.fspath(resume)}: its {start} epochs were {[r['stage'] for r in history]}, "
+                             f"but these settings schedule {schedule[:start]} for them; only later stages may grow")
     if state is not None and start > 0:
         current = schedule[start - 1]
         optimizer, scheduler = _optimizer(config, model, current, schedule.count(current))
@@ -517,17 +545,17 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
             log.info("epoch %d (%s) batch %d: loss %.4f, %.1f samples/s", epoch + 1, stage, batch, loss, rate)
 
         lr = optimizer.param_groups[0]["lr"]
-        train_result = run_epoch(model, train_pipe, stage, config, device, optimizer=optimizer, scaler=scaler,
+        train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer, scaler=scaler,
                                  desc=f"epoch {epoch + 1}/{len(schedule)} {stage}", progress=progress,
                                  on_log=on_log, checkpoint=last)
         if scheduler is not None:
             scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr,
-                                  "train": summary(train_result, reports(train_result, classes))}
+        train_reports = reports(train_result, classes)
+        record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr, "train": summary(train_result, train_reports)}
         val_reports: dict[str, metrics.Report] = {}
         if val_pipe is not None:
             with torch.no_grad():
-                val_result = run_epoch(model, val_pipe, stage, config, device, desc=f"epoch {epoch + 1} val",
+                val_result = run_epoch(model, val_pipe, stage, config, device, len(classes), desc=f"epoch {epoch + 1} val",
                                        progress=progress, checkpoint=last)
             val_reports = reports(val_result, classes)
             record["val"] = summary(val_result, val_reports)
@@ -545,16 +573,14 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
             "scaler": scaler.state_dict() if scaler.is_enabled() else None, "epoch": epoch + 1, "stage": stage,
             "best": best, "history": history, "rng": _rng_state(),
         }
-        save_checkpoint(last, checkpoint)
-        if improved:
+        if improved:  # best first: last.pt never names a best epoch that best.pt does not hold
             save_checkpoint(best_path, checkpoint)
+        save_checkpoint(last, checkpoint)
         _append_steps(out / "steps.jsonl", steps, keep_before=epoch if epoch == start and start > 0 else None)
-        _write_outputs(out, history, val_reports)
+        _write_outputs(out, history, val_reports or train_reports)
         log.info("epoch %d/%d (%s): %s", epoch + 1, len(schedule), stage, _epoch_line(record))
     return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
 
-
-_RESUME_MAY_CHANGE = ("epochs", "patch_epochs", "finetune_epochs", "device", "log_interval", "out", "max_batches")
 
 
 def _epoch_line(record: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import torch
 from .errors import HistofastError
 
 TTA = (1, 8)
+VIEWS = [(k, flip) for flip in (False, True) for k in range(4)]  # (quarter turns, flip) of dihedral_views' order
 
 
 def dihedral(images: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -33,4 +34,20 @@ def dihedral_views(images: torch.Tensor, tta: int) -> list[torch.Tensor]:
     """``tta`` 1: [images]; 8: the 8 dihedral views (rot90 × flip), as the two-level seed's test vote."""
     if tta not in TTA:
         raise HistofastError(f"tta={tta!r}: expected 1 or 8")
-    return [images] if tta == 1 else [dihedral(images, k, f) for f in (False, True) for k in range(4)]
+    return [images] if tta == 1 else [dihedral(images, k, f) for k, f in VIEWS]
+
+
+def mean_over_views(probabilities: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Mean of per-patch (or per-tile) probabilities over the views of ``dihedral_views(images, len(...))``.
+
+    A view of a patch grid moves the patches; each view's rows are put back in the original patch order first.
+    probabilities: one (N·P, C) (or (N, C) for tiles) tensor per view. Returns the same shape."""
+    if images.ndim == 4 or len(probabilities) == 1:
+        return torch.stack(probabilities).mean(0)
+    n, p = len(images), images.shape[1]
+    index = torch.arange(p, device=images.device).view(1, p, 1, 1, 1)
+    total = torch.zeros_like(probabilities[0]).view(n, p, -1)
+    for (k, flip), probs in zip(VIEWS, probabilities):
+        order = dihedral(index, k, flip).flatten()  # view patch j shows original patch order[j]
+        total[:, order] += probs.view(n, p, -1)
+    return (total / len(probabilities)).view(-1, total.shape[-1])

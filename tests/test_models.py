@@ -111,6 +111,8 @@ def test_two_level_bad_input():
         PatchNet(2, 64, (4, 8))
     with pytest.raises(HistofastError, match="map_size=6: must be divisible by 4"):
         ImageLevelNet(4, 6)
+    with pytest.raises(HistofastError, match=r"map_size=4: must be divisible by 8 \(patch tile_size by 64\)"):
+        ImageLevelNet(4, 4, widths=(8, 8, 8))
 
 
 @pytest.mark.parametrize("size", [16, 64, 99])
@@ -229,3 +231,26 @@ def test_dihedral_of_patch_grids_turns_the_whole_image(image, tile, stride):
     assert len(dihedral_views(x, 8)) == 8 and dihedral_views(x, 1)[0] is x
     with pytest.raises(HistofastError, match="tta=4: expected 1 or 8"):
         dihedral_views(x, 4)
+
+
+def test_mean_over_views_puts_patches_back_in_place():
+    """Per-patch predictions of the 8 views of a patch grid, averaged patch by patch: a function of each
+    patch's content that is invariant to turns gives back exactly its value on the original patches."""
+    from histofast.tta import mean_over_views
+
+    images = randn(2, 9, 3, 8, 8)
+    views = dihedral_views(images, 8)
+    score = [v.flatten(2).sort(-1).values[..., -3:].reshape(-1, 3) for v in views]  # turn-invariant "probabilities"
+    torch.testing.assert_close(mean_over_views(score, images), score[0], rtol=0, atol=1e-6)
+    tiles = randn(4, 3, 8, 8)
+    assert mean_over_views([tiles.flatten(1)[:, :2]] * 8, tiles).shape == (4, 2)
+
+
+@pytest.mark.gpu
+def test_two_level_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = two_level_cnn(3, 64, 320, 32, **TINY).eval()
+    x = randn(2, 3, 320, 320)
+    expected = model(x)
+    got = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3)  # cuDNN may use TF32

@@ -135,6 +135,8 @@ def test_resume_refuses_changed_settings(regions, tmp_path):
     fit(cfg, progress=False)
     with pytest.raises(HistofastError, match="other settings of lr"):
         fit(config(regions, tmp_path, epochs=2, patch_epochs=0, lr=0.1), resume=tmp_path / "run" / "last.pt")
+    with pytest.raises(HistofastError, match="holds the run of .*last.pt; resume it"):
+        fit(cfg)  # a second run into the same folder would overwrite the first
 
 
 def test_nan_loss_stops_naming_the_batch_and_keeps_the_last_good_checkpoint(regions, tmp_path, monkeypatch):
@@ -152,7 +154,7 @@ def test_nan_loss_stops_naming_the_batch_and_keeps_the_last_good_checkpoint(regi
 
     monkeypatch.setattr(train, "forward", forward)
     cfg = config(regions, tmp_path, epochs=2, patch_epochs=0, log_interval=50)
-    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2/2 image batch 0: stopped; the last good "
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2/2 image batch 1: stopped; the last good "
                                             r"checkpoint is .*last.pt"):
         fit(cfg, progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
@@ -173,6 +175,30 @@ def test_evaluate_with_tta_and_slide_aggregation(regions, tmp_path):
     assert {p.name for p in (tmp_path / "ev").iterdir()} >= {"metrics.json", "slides.csv", "roc_image.png",
                                                              "confusion_slide.png"}
     assert "macro AUC" in eight.table()
+
+
+def test_evaluate_unlabelled_slides_gives_predictions_only(regions, tmp_path):
+    from histofast.evaluate import evaluate
+
+    fit(config(regions, tmp_path, epochs=1, patch_epochs=0), progress=False)
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text(f"path\n{regions}/NORM/NORM_000.png\n{regions}/SC/SC_001.png\n")
+    ev = evaluate(tmp_path / "run" / "last.pt", unlabelled, device="cpu", progress=False)
+    assert ev.reports == {} and [r["label"] for r in ev.slides] == ["", ""]
+    assert {r["predicted"] for r in ev.slides} <= {"ADC", "NORM", "SC", "SCLC"}
+
+
+def test_resume_refuses_a_shifted_stage_schedule(regions, tmp_path, monkeypatch):
+    cfg = config(regions, tmp_path, epochs=1, patch_epochs=1)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, progress=False)
+    longer = config(regions, tmp_path, epochs=1, patch_epochs=2)  # fine: level 1 is still running
+    assert fit(longer, resume=tmp_path / "run" / "last.pt", progress=False).history[1]["stage"] == "patch"
+    with pytest.raises(HistofastError, match=r"its 3 epochs were \['patch', 'patch', 'image'\], but these settings "
+                                             r"schedule \['patch', 'image', 'image'\]"):
+        fit(config(regions, tmp_path, epochs=2, patch_epochs=1), resume=tmp_path / "run" / "last.pt")
 
 
 def test_evaluate_refuses_a_checkpoint_that_does_not_fit(regions, tmp_path):
@@ -228,6 +254,12 @@ def test_config_files_and_flags_agree(tmp_path):
         assert from_arguments(parser.parse_args(["--config", str(tmp_path / name)])) == flags
     override = from_arguments(parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--batch-size", "2"]))
     assert override.batch_size == 2 and override.model == "simple_cnn"
+    (tmp_path / "floats.yaml").write_text("data: d.csv\nlr: 1e-3\nweight_decay: 1e-4\nepochs: '3'\n")
+    floats = from_arguments(parser.parse_args(["--config", str(tmp_path / "floats.yaml")]))
+    assert (floats.lr, floats.weight_decay, floats.epochs) == (1e-3, 1e-4, 3)  # YAML reads 1e-3 as a string
+    (tmp_path / "wrong.yaml").write_text("data: d.csv\nlr: fast\n")
+    with pytest.raises(HistofastError, match="lr='fast': expected a number"):
+        from_arguments(parser.parse_args(["--config", str(tmp_path / "wrong.yaml")]))
     (tmp_path / "bad.yaml").write_text("data: d.csv\nbatchsize: 8\n")
     with pytest.raises(HistofastError, match="bad.yaml: unknown keys batchsize"):
         from_arguments(parser.parse_args(["--config", str(tmp_path / "bad.yaml")]))
@@ -250,3 +282,35 @@ def test_train_and_evaluate_commands(regions, tmp_path, capsys):
     assert "patch level" in printed and "slide level" in printed and "NORM_000.png" in printed
     assert main(["train", str(regions / "manifest.csv"), "--model", "resnet", "--out", str(out)]) == 2
     assert "histofast train: model='resnet': unknown" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_fit_and_evaluate_on_cuda(regions, tmp_path, amp):
+    """All three stages on the GPU (augmentation on the device, channels-last, autocast), then evaluation."""
+    from histofast.evaluate import evaluate
+
+    result = fit(config(regions, tmp_path, epochs=1, patch_epochs=1, finetune_epochs=1, device="cuda", amp=amp),
+                 progress=False)
+    assert all(r["train"]["loss"] == r["train"]["loss"] for r in result.history)  # finite: fit checks inf/NaN
+    ev = evaluate(result.checkpoint, regions / "manifest.csv", tta=8, device="cuda", progress=False)
+    assert ev.reports["image"].count == 16
+
+
+def test_fit_on_tfrecord_shards(regions, tmp_path):
+    """Tiles exported by `histofast tile --format tfrecord` (one class per export, --label) train a tile model."""
+    pytest.importorskip("nvidia.dali")
+    from histofast.export import ExportOptions, export_slides
+
+    for split, index in (("train", (0, 1)), ("val", (2, 3))):
+        for label, name in enumerate(("NORM", "SC")):
+            export_slides([regions / name / f"{name}_00{i}.png" for i in index], tmp_path / split / name,
+                          ExportOptions(tile_size=64, stride=64, format="tfrecord", label=label), progress=False)
+    cfg = TrainConfig(data=str(tmp_path / "train"), val_data=str(tmp_path / "val"), classes=["NORM", "SC"],
+                      model="simple_cnn", tile_size=64, batch_size=32, epochs=1, out=str(tmp_path / "run"),
+                      device="cpu", workers=1)
+    result = fit(cfg, progress=False)
+    val = result.history[0]["val"]
+    assert val["patch"]["count"] == 4 * 25 and "slide" not in val  # TFRecord batches carry no slide index
+    with pytest.raises(HistofastError, match="name the classes with --classes"):
+        fit(TrainConfig(data=str(tmp_path / "train"), out=str(tmp_path / "x")), progress=False)

@@ -111,9 +111,10 @@ class ImageLevelNet(nn.Module):
         self.num_maps = check_count(num_maps, "num_maps")
         self.map_size = check_count(map_size, "map_size")
         self.num_classes = check_count(num_classes, "num_classes")
-        if map_size % 4:
-            raise HistofastError(f"map_size={map_size}: must be divisible by 4 (patch tile_size by 32)")
-        widths = _widths(widths, "widths", 2)
+        widths = _widths(widths, "widths", 1)
+        if map_size % (1 << len(widths)):  # each stage halves the maps
+            raise HistofastError(f"map_size={map_size}: must be divisible by {1 << len(widths)} (patch tile_size by "
+                                 f"{8 << len(widths)})")
         cins = (num_maps,) + widths[:-1]
         self.stages = nn.Sequential(*(_stage(c, w, True) for c, w in zip(cins, widths)))
         self.to_map = nn.Conv2d(widths[-1], 1, 1)
