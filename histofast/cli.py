@@ -121,7 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("no labelled slides: predictions only", file=sys.stderr)
     print(result.table())
     for row in result.slides:
-        print(f"{row['slide']}: {row['predicted']} ({row['samples']} samples{', label ' + row['label'] if row['label'] else ''})")
+        label = f", label {row['label']}" if row["label"] else ""
+        print(f"{row['slide']}: {row['predicted']} ({row['samples']} samples{label})")
     print(f"metrics.json, slides.csv and plots in {args.out}")
     return 0
 
@@ -224,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.set_defaults(run=_evaluate)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     from .errors import HistofastError
 
     try:

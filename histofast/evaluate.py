@@ -27,6 +27,7 @@ class Evaluation:
     classes: list[str]
 
     def table(self) -> str:
+        """The per-class table of every level, as ``histofast evaluate`` prints it."""
         return "\n\n".join(f"{level} level\n{r.table()}" for level, r in self.reports.items())
 
 

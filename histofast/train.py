@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ def image_size_of(config: TrainConfig) -> int | None:
 
 
 def is_tfrecord(source: Any) -> bool:
+    """Whether ``source`` is a TFRecord shard or a folder holding some (``Pipeline.from_tfrecord`` data)."""
     p = Path(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
     return p is not None and (p.suffix == ".tfrecord" or (p.is_dir() and next(p.rglob("*.tfrecord"), None) is not None))
 
@@ -177,6 +178,8 @@ def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage:
 
 def _optimizer(config: TrainConfig, model: nn.Module, stage: str, n_epochs: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer of ``stage``'s trainable parameters (level 1: the patch net, level 2: the image net), and
+    SGD's step decay over the stage's ``n_epochs`` (×0.1 at ``lr_steps``, default a third and two thirds)."""
     if isinstance(model, TwoLevelCNN) and stage != "finetune":
         module = model.patch_net if stage == "patch" else model.image_net
     else:
@@ -191,6 +194,7 @@ def _optimizer(config: TrainConfig, model: nn.Module, stage: str, n_epochs: int
 
 
 def resolve_device(device: str) -> torch.device:
+    """"auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N" → a torch device that exists here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -258,8 +262,9 @@ def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
 
 
 def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: str, config: TrainConfig,
-              device: torch.device, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
-              desc: str = "", progress: bool = False, on_log: Any = None, checkpoint: Path | None = None,
+              device: torch.device, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None,
+              scaler: torch.amp.GradScaler | None = None, desc: str = "", progress: bool = False,
+              on_log: Callable[[int, float, int], None] | None = None, checkpoint: Path | None = None,
               tta: int = 1) -> EpochResult:
     """One pass over ``pipe``: training when ``optimizer`` is given (else evaluation, no gradients).
 
@@ -425,6 +430,7 @@ class FitResult:
 
 
 def _monitor(has_images: bool) -> str:
+    """The accuracy that picks best.pt: image level when there are images, else tile level."""
     return "image_acc" if has_images else "patch_acc"
 
 

@@ -1,5 +1,5 @@
 """histofast.models: the two-level CNN and SimpleCNN (shapes, init, patch cutting against the Pipeline),
-build_model, load_pretrained's key-layout mapping and freeze; histofast.tta's dihedral views."""
+build_model, load_pretrained's key-layout mapping and freeze."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,6 @@ from torch import nn
 from histofast import HistofastError
 from histofast.models import (GoogLeNet, ImageLevelNet, PatchNet, SimpleCNN, TwoLevelCNN, build_model, freeze,
                               load_pretrained, two_level_cnn)
-from histofast.tta import dihedral, dihedral_views
 
 TINY = dict(patch_widths=(4, 8, 8, 8), image_widths=(8, 8))
 
@@ -212,38 +211,6 @@ def test_freeze_unknown_layer():
     with pytest.raises(HistofastError, match="until='Mixed_7a': not a layer of SimpleCNN; its layers are features, "
                                              "classifier"):
         freeze(SimpleCNN(2), "Mixed_7a")
-
-
-# ------------------------------------------------------------------ TTA
-
-
-@pytest.mark.parametrize("image, tile, stride", [(320, 64, 64), (320, 64, 32)])
-def test_dihedral_of_patch_grids_turns_the_whole_image(image, tile, stride):
-    model = two_level_cnn(2, tile, image, stride, **TINY)
-    x = randn(2, 3, image, image)
-    for flip in (False, True):
-        for k in range(4):
-            whole = torch.rot90(x, k, (2, 3))
-            whole = whole.flip(3) if flip else whole
-            turned = dihedral(model.patches(x), k, flip)
-            assert torch.equal(turned, model.patches(whole))
-            assert torch.equal(dihedral(x, k, flip), whole)
-    assert len(dihedral_views(x, 8)) == 8 and dihedral_views(x, 1)[0] is x
-    with pytest.raises(HistofastError, match="tta=4: expected 1 or 8"):
-        dihedral_views(x, 4)
-
-
-def test_mean_over_views_puts_patches_back_in_place():
-    """Per-patch predictions of the 8 views of a patch grid, averaged patch by patch: a function of each
-    patch's content that is invariant to turns gives back exactly its value on the original patches."""
-    from histofast.tta import mean_over_views
-
-    images = randn(2, 9, 3, 8, 8)
-    views = dihedral_views(images, 8)
-    score = [v.flatten(2).sort(-1).values[..., -3:].reshape(-1, 3) for v in views]  # turn-invariant "probabilities"
-    torch.testing.assert_close(mean_over_views(score, images), score[0], rtol=0, atol=1e-6)
-    tiles = randn(4, 3, 8, 8)
-    assert mean_over_views([tiles.flatten(1)[:, :2]] * 8, tiles).shape == (4, 2)
 
 
 @pytest.mark.gpu

@@ -30,6 +30,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_model_name(name: str) -> str:
+    """``name`` when it is one of ``MODELS``; otherwise an error listing them."""
     if name not in MODELS:
         raise HistofastError(f"model={name!r}: unknown; expected one of {', '.join(MODELS)}")
     return name
