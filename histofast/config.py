@@ -100,6 +100,10 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise HistofastError(f"{f.name}={getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
+        if self.model == "two_level_cnn":
+            ignored = [k for k in ("input_size", "aux_logits") if getattr(self, k)]
+            if ignored:
+                raise HistofastError(f"{', '.join(ignored)}: not used by two_level_cnn (baseline-model settings)")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise HistofastError(f"classes={self.classes}: need at least two distinct class names")
 

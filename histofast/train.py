@@ -241,7 +241,8 @@ class EpochResult:
     batches: int
 
 
-def _check_finite(losses: list[torch.Tensor], first: int, where: str, checkpoint: Path | None) -> None:
+def _check_finite(losses: list[torch.Tensor], first: int, where: str, checkpoint: Path | None,
+                  training: bool) -> None:
     if not losses:
         return
     values = torch.stack(losses).float().cpu()
@@ -249,8 +250,9 @@ def _check_finite(losses: list[torch.Tensor], first: int, where: str, checkpoint
     if len(bad):
         kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists()
                 else "no checkpoint was written yet")
-        raise TrainingError(f"loss is {values[bad[0]].item()} at {where} batch {first + int(bad[0]) + 1}: stopped; {kept} "
-                            "(try a lower --lr, or --amp off)")
+        hint = "try a lower --lr, or --amp off" if training else "the model's weights or the input are not finite"
+        raise TrainingError(f"loss is {values[bad[0]].item()} at {where} batch {first + int(bad[0]) + 1}: stopped; "
+                            f"{kept} ({hint})")
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
@@ -315,7 +317,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         seen += len(labels)
         bar.update()
         if (i + 1) % config.log_interval == 0:
-            _check_finite(losses[checked:], checked, where, checkpoint)
+            _check_finite(losses[checked:], checked, where, checkpoint, train)
             checked = len(losses)
             recent = torch.stack(losses[-config.log_interval:]).mean().item()
             bar.set_postfix(loss=f"{recent:.4f}")
@@ -324,7 +326,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     bar.close()
     if not losses:
         raise HistofastError(f"{where}: the data gave no batches (no tissue tiles kept?)")
-    _check_finite(losses[checked:], checked, where, checkpoint)
+    _check_finite(losses[checked:], checked, where, checkpoint, train)
     weights = torch.stack(counts).cpu().numpy()
     loss = float(np.average(torch.stack(losses).float().cpu().numpy(), weights=weights)) if weights.sum() else float("nan")
     cpu = {k: None if not v or v[0] is None else torch.cat(v).cpu().numpy() for k, v in keep.items()}

@@ -34,3 +34,11 @@ def test_config_files_and_flags_agree(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: d.csv\nbatchsize: 8\n")
     with pytest.raises(HistofastError, match="bad.yaml: unknown keys batchsize"):
         from_arguments(parser.parse_args(["--config", str(tmp_path / "bad.yaml")]))
+
+
+def test_baseline_settings_are_refused_for_the_two_level_model():
+    from histofast.config import TrainConfig
+
+    with pytest.raises(HistofastError, match="input_size, aux_logits: not used by two_level_cnn"):
+        TrainConfig(data="d.csv", input_size=299, aux_logits=True)
+    assert TrainConfig(data="d.csv", model="inception_v3", input_size=299, aux_logits=True).input_size == 299

@@ -155,7 +155,7 @@ def test_nan_loss_stops_naming_the_batch_and_keeps_the_last_good_checkpoint(regi
     monkeypatch.setattr(train, "forward", forward)
     cfg = config(regions, tmp_path, epochs=2, patch_epochs=0, log_interval=50)
     with pytest.raises(TrainingError, match=r"loss is nan at epoch 2/2 image batch 1: stopped; the last good "
-                                            r"checkpoint is .*last.pt"):
+                                            r"checkpoint is .*last.pt \(try a lower --lr"):
         fit(cfg, progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
