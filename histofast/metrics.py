@@ -27,17 +27,22 @@ def _in_range(values: np.ndarray, name: str, num_classes: int) -> None:
         raise HistofastError(f"{name}: value {bad} out of range, expected 0..{num_classes - 1}")
 
 
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    """A real-valued ``array`` as float64; NaN, infinities and non-real dtypes raise."""
+    if array.dtype.kind not in "fiu":
+        raise HistofastError(f"{name}: dtype {array.dtype}, expected a real dtype")
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        raise HistofastError(f"{name}: contains NaN or infinite values, expected finite numbers")
+    return array
+
+
 def _probabilities(probabilities: object) -> np.ndarray:
     """``probabilities`` as a finite float64 (N, C) array."""
     array = np.asarray(probabilities)
     if array.ndim != 2:
         raise HistofastError(f"probabilities: shape {array.shape}, expected (N, C)")
-    if array.dtype.kind not in "fiu":
-        raise HistofastError(f"probabilities: dtype {array.dtype}, expected a real dtype")
-    array = array.astype(np.float64, copy=False)
-    if not np.isfinite(array).all():
-        raise HistofastError("probabilities: contains NaN or infinite values, expected finite numbers")
-    return array
+    return _finite(array, "probabilities")
 
 
 def confusion_matrix(labels: object, predictions: object, num_classes: int) -> np.ndarray:
@@ -78,11 +83,7 @@ def roc_curve(scores: object, positives: object) -> tuple[np.ndarray, np.ndarray
     scores = np.asarray(scores)
     if scores.ndim != 1 or scores.size == 0:
         raise HistofastError(f"scores: shape {scores.shape}, expected a non-empty 1-D array")
-    if scores.dtype.kind not in "fiu":
-        raise HistofastError(f"scores: dtype {scores.dtype}, expected a real dtype")
-    scores = scores.astype(np.float64, copy=False)
-    if not np.isfinite(scores).all():
-        raise HistofastError("scores: contains NaN or infinite values, expected finite numbers")
+    scores = _finite(scores, "scores")
     positives = np.asarray(positives)
     if positives.shape != scores.shape:
         raise HistofastError(f"positives: shape {positives.shape} does not match scores {scores.shape}")
