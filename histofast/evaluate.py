@@ -15,8 +15,8 @@ import torch
 from . import metrics, plots
 from .atomic import atomic_open
 from .config import TrainConfig
-from .train import (finest_predictions, make_pipeline, model_from_checkpoint, prepare_model, read_checkpoint,
-                    reports, resolve_device, run_epoch)
+from .train import (EpochResult, make_pipeline, model_from_checkpoint, prepare_model, read_checkpoint,
+                    reports, resolve_device, run_epoch, slide_predictions)
 
 @dataclass
 class Evaluation:
@@ -47,9 +47,9 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         device, batch_size, workers: override the training run's.
     """
     state = read_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"], f"checkpoint {checkpoint}")
     overrides = {k: v for k, v in (("batch_size", batch_size), ("workers", workers)) if v is not None}
-    config = TrainConfig.from_dict({**config.to_dict(), **overrides, "device": device, "max_batches": None})
+    config = TrainConfig.from_dict({**state["config"], **overrides, "device": device, "max_batches": None},
+                                   f"checkpoint {checkpoint}")
     classes = list(state["classes"])
     dev = resolve_device(device)
     model = prepare_model(model_from_checkpoint(state, os.fspath(checkpoint)), dev, config.channels_last, False)
@@ -70,15 +70,12 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
     return evaluation
 
 
-def _slide_rows(result: Any, slides: list[str] | None, classes: list[str]) -> list[dict[str, Any]]:
+def _slide_rows(result: EpochResult, slides: list[str] | None, classes: list[str]) -> list[dict[str, Any]]:
     if result.slides is None or slides is None:
         return []
-    probs, groups, labels = finest_predictions(result)
-    ids, mean, counts = metrics.aggregate(probs, groups)
-    label = dict(zip(groups[::-1], labels[::-1]))
     return [{"slide": slides[i], "samples": int(n), "predicted": classes[int(p.argmax())],
-             "label": classes[label[i]] if label[i] >= 0 else "", **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
-            for i, p, n in zip(ids, mean, counts)]
+             "label": classes[y] if y >= 0 else "", **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
+            for i, p, n, y in zip(*slide_predictions(result))]
 
 
 def _write(out: Path, evaluation: Evaluation, tta: int, checkpoint: str) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from .augment import Augment
 from .config import TrainConfig
 from .errors import HistofastError
 from .models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
+from .pipeline import Pipeline
 from .sources import resolve, split
 from .tta import dihedral_views, mean_over_views
 
@@ -61,11 +62,7 @@ def make_pipeline(config: TrainConfig, source: Any, *, train: bool, classes: lis
         if image_size_of(config):
             raise HistofastError(f"data={os.fspath(source)}: TFRecord shards hold tiles; {config.model} with images "
                                  "needs slides or regions (a manifest or class folders)")
-        from .pipeline import Pipeline
-
         return Pipeline.from_tfrecord(source, **common)
-    from .pipeline import Pipeline
-
     size = image_size_of(config)
     return Pipeline(source, config.tile_size, config.stride, backend=config.backend, classes=classes,
                     mode="images" if size else "tiles", image_size=size or 2560, level=config.level, mpp=config.mpp,
@@ -347,21 +344,23 @@ def reports(result: EpochResult, classes: list[str]) -> dict[str, metrics.Report
     if result.image is not None:
         out["image"] = metrics.classification_report(result.image[labelled], result.labels[labelled], classes)
     if result.slides is not None:
-        probs, slides, labels = finest_predictions(result)
-        ok = labels >= 0
-        ids, mean, _ = metrics.aggregate(probs[ok], slides[ok])
-        first = dict(zip(slides[ok][::-1], labels[ok][::-1]))
-        out["slide"] = metrics.classification_report(mean, np.array([first[s] for s in ids]), classes)
+        _, mean, _, slide_labels = slide_predictions(result)
+        ok = slide_labels >= 0
+        out["slide"] = metrics.classification_report(mean[ok], slide_labels[ok], classes)
     return out
 
 
-def finest_predictions(result: EpochResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, slide, label) of the predictions a slide's prediction averages: its images', or
-    its tiles' (patches') when there is no image prediction."""
+def slide_predictions(result: EpochResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per slide of the epoch (sorted by index): slide index (S,), mean probabilities (S, C) of its images
+    (or of its tiles, patches, when there is no image prediction), how many (S,), and its label (S,)."""
     if result.image is not None:
-        return result.image, result.slides, result.labels
-    per = len(result.patch) // len(result.labels)
-    return result.patch, np.repeat(result.slides, per), result.patch_labels
+        probs, slides, labels = result.image, result.slides, result.labels
+    else:
+        per = len(result.patch) // len(result.labels)
+        probs, slides, labels = result.patch, np.repeat(result.slides, per), result.patch_labels
+    ids, mean, counts = metrics.aggregate(probs, slides)
+    _, first = np.unique(slides, return_index=True)  # a slide's samples share its label
+    return ids, mean, counts, labels[first]
 
 
 def summary(result: EpochResult, reps: dict[str, metrics.Report]) -> dict[str, Any]:
@@ -385,7 +384,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A histofast checkpoint, read with ``torch.load(weights_only=True)``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # reads only what is used
     except FileNotFoundError:
         raise HistofastError(f"checkpoint {os.fspath(path)}: no such file") from None
     except Exception as e:
@@ -448,15 +447,12 @@ def _write_outputs(out: Path, history: list[dict[str, Any]], reps: dict[str, met
                              title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
 
 
-def _append_steps(path: Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]], keep_before: int | None) -> None:
-    """Append log-interval records to steps.jsonl; on resume first drop the records of epochs ≥ ``keep_before``."""
-    old = []
-    if keep_before is not None and path.exists():
-        old = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < keep_before]
+def _append_steps(path: Path, records: list[dict[str, Any]], epoch: int) -> None:
+    """Append ``epoch``'s log-interval records to steps.jsonl (atomically), dropping any records of ``epoch``
+    or later that an interrupted run left there."""
+    old = path.read_text().splitlines() if path.exists() else []
     with atomic_open(path) as f:
-        if keep_before is None and path.exists():
-            f.write(path.read_text())
-        f.writelines(line + "\n" for line in old)
+        f.writelines(line + "\n" for line in old if json.loads(line)["epoch"] < epoch)
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
@@ -584,7 +580,7 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         if improved:  # best first: last.pt never names a best epoch that best.pt does not hold
             save_checkpoint(best_path, checkpoint)
         save_checkpoint(last, checkpoint)
-        _append_steps(out / "steps.jsonl", steps, keep_before=epoch if epoch == start and start > 0 else None)
+        _append_steps(out / "steps.jsonl", steps, epoch)
         _write_outputs(out, history, val_reports or train_reports)
         log.info("epoch %d/%d (%s): %s", epoch + 1, len(schedule), stage, _epoch_line(record))
     return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
