@@ -9,6 +9,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
-    from histofast.bench import machine_info as histofast_machine_info
+    from histofast.utils.machine import machine_info as histofast_machine_info
 
     machine_info["histofast"] = histofast_machine_info()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from histofast.bench import machine_info
+from histofast.utils.machine import machine_info
 from histofast.models import MODELS, build_model
-from histofast.train import amp_dtype, forward, prepare_model, resolve_device
+from histofast.train.loop import amp_dtype, forward, prepare_model, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

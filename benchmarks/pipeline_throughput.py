@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import histofast as hf
-from histofast.bench import machine_info
+from histofast.utils.machine import machine_info
 
 
 class OpenSlideTiles(torch.utils.data.Dataset):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--stride", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers = Pipeline streams")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers = Pipeline lanes")
     p.add_argument("--repeats", type=int, default=3, help="epochs timed per pipeline (median)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "histofast" / "bench")

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from histofast import split, synth
-from histofast.bench import machine_info
-from histofast.config import TrainConfig
+from histofast.utils.machine import machine_info
+from histofast.train.config import TrainConfig
 from histofast.models import MODELS
-from histofast.sources import write_manifest
+from histofast.data.sources import write_manifest
 from histofast.train import fit, model_from_checkpoint, read_checkpoint
 
 TARGET = 0.95

@@ -1,29 +1,41 @@
 """histofast: histopathology slides to GPU-ready training batches, fast.
 
-``histofast.open_slide`` reads slides; ``histofast.tile_grid`` finds the tissue tiles of a level
-(the paper's OpenCV HSV test, exactly) and ``iter_tiles``/``TileGrid.tiles`` cut them in batches;
-``histofast.ops`` holds the kernels; ``histofast.Augment`` draws seeded geometric augmentation;
-``histofast.Pipeline`` (or ``TileDataset``) feeds training batches through DALI or PyTorch."""
+In the order the data flows: ``histofast.io`` reads slides (``open_slide``); ``histofast.tiling`` finds the
+tissue tiles of a level (``tile_grid``, the paper's OpenCV HSV test, exactly) and cuts them in batches
+(``iter_tiles``, ``TileGrid.tiles``); ``histofast.ops`` holds the kernels and ``histofast.Augment`` draws
+seeded geometric augmentation; ``histofast.export`` writes tiles and TFRecord shards; ``histofast.data``
+feeds training batches through DALI or PyTorch (``Pipeline``, ``TileDataset``, ``split``);
+``histofast.models`` and ``histofast.train`` train and evaluate the models; ``histofast.synth`` generates
+slides. ``import histofast`` does not import PyTorch: what needs it loads on first use."""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from . import ops, synth
 from .augment import Augment
 from .build import build_info, cuda_available
+from .data.sources import SlideSource, split
 from .errors import HistofastError, SlideError
-from .grid import TileBatch, TileGrid, iter_tiles, tile_grid
 from .io import Slide, open_slide
-from .sources import SlideSource, split
+from .tiling import TileBatch, TileGrid, iter_tiles, tile_grid
 
-_NEEDS_TORCH = ("Pipeline", "TileDataset")
+_NEEDS_TORCH = {"Pipeline": "histofast.data.pipeline", "TileDataset": "histofast.data.dataset"}
+# Subpackages reached as attributes (``histofast.train.fit``, ``histofast.evaluate.evaluate``) load on first use.
+_LAZY_MODULES = {
+    "cli": "histofast.cli", "data": "histofast.data", "export": "histofast.export", "models": "histofast.models",
+    "train": "histofast.train", "evaluate": "histofast.train.evaluate", "utils": "histofast.utils",
+    "benchmark": "histofast.benchmark",
+}
 
 
-def __getattr__(name: str):  # Pipeline needs PyTorch: import it on first use, not with histofast
+def __getattr__(name: str) -> Any:
     if name in _NEEDS_TORCH:
-        from . import pipeline
-
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'histofast' has no attribute {name!r}")
 
 

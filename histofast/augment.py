@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import ops
+from .checks import check_count
 from .errors import HistofastError
 
 
@@ -33,12 +34,10 @@ class Augment:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_shift, (int, np.integer)) or self.max_shift < 0:
-            raise HistofastError(f"max_shift={self.max_shift!r}: must be a non-negative integer (pixels)")
+        check_count(self.max_shift, "max_shift", 0, unit="pixels")
         if not np.isfinite(self.max_angle) or not 0 <= self.max_angle <= 180:
             raise HistofastError(f"max_angle={self.max_angle!r}: must lie in [0, 180] degrees")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise HistofastError(f"seed={self.seed!r}: must be a non-negative integer")
+        check_count(self.seed, "seed", 0)
 
     @classmethod
     def parse(cls, spec: str | None, seed: int = 0) -> Augment | None:

@@ -16,6 +16,9 @@ from .errors import HistofastError
 
 DEFAULT_HSV_LOWER = (0, 0, 200)
 DEFAULT_HSV_UPPER = (180, 30, 255)
+# torchvision's ImageNet normalisation (units of pixel / 255): the ``mean``/``std`` of pretrained models' inputs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 OUT_DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("NCHW", "NHWC")
 

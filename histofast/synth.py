@@ -1,9 +1,8 @@
 """Synthetic H&E-like data for demos, tests and benchmarks (nothing is ever downloaded): tissue images,
-pyramidal Aperio-style JPEG slides streamed band by band, and class-folder region datasets (NORM/SCLC/SC/ADC)."""
+pyramidal Aperio-style JPEG slides written band by band, and class-folder region datasets (NORM/SCLC/SC/ADC)."""
 from __future__ import annotations
 
 import csv
-import operator
 import os
 import pathlib
 from collections import deque
@@ -15,9 +14,10 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from .atomic import atomic_open, atomic_path, atomic_write
-from .encode import IMAGE_FORMATS, encode_image
+from .checks import check_count
 from .errors import HistofastError
+from .utils.atomic import atomic_open, atomic_path, atomic_write
+from .utils.encode import IMAGE_FORMATS, encode_image
 
 # Stain colours, RGB.
 _BACKGROUND = np.array([242, 240, 244], np.uint8)
@@ -43,7 +43,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _key(*parts: int) -> int:
-    """A 64-bit stream key from integers (seed, stream number, ...); distinct tuples give unrelated streams."""
+    """A 64-bit random key from integers (seed, purpose number, ...); distinct tuples give unrelated draws."""
     h = np.zeros(1, _U64)
     for part in parts:
         h = _mix(h ^ _U64(part & _MASK64))
@@ -108,7 +108,7 @@ class _Tissue:
 
     @classmethod
     def build(cls, height: int, width: int, seed: int, tissue_fraction: float, period: int) -> _Tissue:
-        blob_key, nucleus_key, noise_key = (_key(seed, stream) for stream in (1, 2, 3))
+        blob_key, nucleus_key, noise_key = (_key(seed, purpose) for purpose in (1, 2, 3))
         blob_cell = float(max(16, min(height, width) // 6))
         # The threshold is the tissue_fraction quantile of the blob field, read on a ≤ 512×512 sample grid
         # so it costs the same for any slide size.
@@ -147,16 +147,6 @@ class _Tissue:
         delta = np.stack([np.zeros(3, np.uint8), _STROMA - _BACKGROUND, _NUCLEUS - _BACKGROUND])
         out += np.take(delta, labels, axis=0)
         return out
-
-
-def _positive_int(value: object, name: str) -> int:
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        number = 0
-    if number < 1:
-        raise HistofastError(f"{name}={value!r}: must be a positive integer")
-    return number
 
 
 def _check_fraction(tissue_fraction: float) -> None:
@@ -272,20 +262,20 @@ def _page_options(description: str, mpp: float, downsample: float, quality: int)
 
 def _check_slide_args(width: int, height: int, tissue_fraction: float, tile_size: int, quality: int,
                       mpp: float, magnification: float, min_level_size: int, workers: int | None) -> None:
-    _positive_int(width, "width")
-    _positive_int(height, "height")
+    check_count(width, "width")
+    check_count(height, "height")
     _check_fraction(tissue_fraction)
-    if _positive_int(tile_size, "tile_size") % 16:
+    if check_count(tile_size, "tile_size") % 16:
         raise HistofastError(f"tile_size={tile_size}: must be a positive multiple of 16")
-    if not 1 <= _positive_int(quality, "quality") <= 100:
+    if not 1 <= check_count(quality, "quality") <= 100:
         raise HistofastError(f"quality={quality}: must lie in 1..100")
     if not mpp > 0:
         raise HistofastError(f"mpp={mpp}: must be > 0 (µm per level-0 pixel)")
     if not magnification > 0:
         raise HistofastError(f"magnification={magnification}: must be > 0")
-    _positive_int(min_level_size, "min_level_size")
+    check_count(min_level_size, "min_level_size")
     if workers is not None:
-        _positive_int(workers, "workers")
+        check_count(workers, "workers")
 
 
 def write_slide(
@@ -543,10 +533,10 @@ def write_region_dataset(
     classes = list(classes)
     if not classes or len(set(classes)) != len(classes) or any(c not in _TEXTURES for c in classes):
         raise HistofastError(f"classes={classes!r}: must be distinct names among {sorted(_TEXTURES)}")
-    _positive_int(n_per_class, "n_per_class")
-    _positive_int(size, "size")
+    check_count(n_per_class, "n_per_class")
+    check_count(size, "size")
     patients = max(1, n_per_class // 4) if patients_per_class is None else patients_per_class
-    if not 1 <= _positive_int(patients, "patients_per_class") <= n_per_class:
+    if not 1 <= check_count(patients, "patients_per_class") <= n_per_class:
         raise HistofastError(f"patients_per_class={patients}: must lie in 1..n_per_class={n_per_class}")
     if fmt not in IMAGE_FORMATS:
         raise HistofastError(f"fmt={fmt!r}: must be one of {', '.join(IMAGE_FORMATS)}")
@@ -555,11 +545,11 @@ def write_region_dataset(
     rows = []
     for label in classes:
         (root / label).mkdir(parents=True, exist_ok=True)
-        stream = list(_TEXTURES).index(label)  # by name, so a class looks the same whatever else is listed
-        stains = [np.random.default_rng(_key(seed, 5, stream, p)).normal(0, 6, (4, 3)) for p in range(patients)]
+        kind = list(_TEXTURES).index(label)  # by name, so a class looks the same whatever else is listed
+        stains = [np.random.default_rng(_key(seed, 5, kind, p)).normal(0, 6, (4, 3)) for p in range(patients)]
         for i in range(n_per_class):
             patient = i % patients
-            image = region_image(label, size, _key(seed, 6, stream, i), stains[patient])
+            image = region_image(label, size, _key(seed, 6, kind, i), stains[patient])
             name = f"{label}/{label}_{i:03d}{suffix}"
             atomic_write(root / name, encode_image(image, fmt, quality=95, png_level=1))
             rows.append((name, label, f"{label}-P{patient:02d}"))  # ids independent of the classes order

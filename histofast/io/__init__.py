@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import SlideError
 from .image import ImageSlide
@@ -13,7 +14,7 @@ from .openslide_slide import OpenSlideSlide
 from .slide import Slide
 from .tiff import VENDORS, TiffSlide
 
-BACKENDS = ("auto", "tiff", "openslide", "image")
+SLIDE_BACKENDS = ("auto", "tiff", "openslide", "image")
 
 
 def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int | None = None) -> Slide:
@@ -32,8 +33,8 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     import openslide
 
     path = Path(path)
-    if backend not in BACKENDS:
-        raise SlideError(path, f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend not in SLIDE_BACKENDS:
+        raise SlideError(path, f"backend={backend!r}: expected one of {', '.join(SLIDE_BACKENDS)}")
     if not path.exists():
         raise SlideError(path, "no such file")
     if path.is_dir():
@@ -77,4 +78,19 @@ def _not_a_broken_slide(path: Path) -> None:
         raise SlideError(path, "a tiled TIFF that OpenSlide does not recognise")
 
 
-__all__ = ["ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]
+class opened:
+    """Use an open ``Slide`` as it is, or open a path for the duration of a ``with`` block."""
+
+    def __init__(self, slide: Slide | str | os.PathLike) -> None:
+        self._owned = not isinstance(slide, Slide)
+        self.slide = open_slide(slide) if self._owned else slide
+
+    def __enter__(self) -> Slide:
+        return self.slide
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._owned:
+            self.slide.close()
+
+
+__all__ = ["ImageSlide", "OpenSlideSlide", "SLIDE_BACKENDS", "Slide", "TiffSlide", "open_slide", "opened"]

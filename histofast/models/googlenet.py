@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import HistofastError, check_count
+from ..checks import check_count
+from ..errors import HistofastError
+from ..ops import IMAGENET_MEAN, IMAGENET_STD
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -34,8 +34,8 @@ def check_images(images: Tensor, minimum: int, needs: str) -> None:
 def imagenet_to_unit_range(x: Tensor) -> Tensor:
     """``transform_input``: ImageNet-normalised images ((x - mean) / std) → the [-1, 1] scaling ((x - 0.5) / 0.5)
     of the weights torchvision ported from TensorFlow (GoogLeNet's and Inception v3's ImageNet weights)."""
-    scale = x.new_tensor([s / 0.5 for s in _IMAGENET_STD]).view(1, 3, 1, 1)
-    shift = x.new_tensor([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN]).view(1, 3, 1, 1)
+    scale = x.new_tensor([s / 0.5 for s in IMAGENET_STD]).view(1, 3, 1, 1)
+    shift = x.new_tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)
     return x * scale + shift
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import check_count
+from ..checks import check_count
 from .googlenet import BasicConv2d, check_images, imagenet_to_unit_range
 
 

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import HistofastError, check_count
+from ..checks import check_count
+from ..errors import HistofastError
 
 
 class SimpleCNN(nn.Module):

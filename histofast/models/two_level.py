@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import HistofastError, check_count
+from ..checks import check_count
+from ..errors import HistofastError
 from ..ops import grid_shape
 
 DOWNSAMPLES = 3  # PatchNet: 512 → 64 (the seed's text; its code's five downsamples contradict its 64×64 linear)

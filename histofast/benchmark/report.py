@@ -1,0 +1,188 @@
+"""The results of ``histofast bench``: timings per method (``Result``), ratios against the recipe and the
+decode limit measured in the same run, the targets, the consistency checks, the table and the JSON record."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .methods import MAX_WHITE, Work
+from .options import LABELS
+
+# (name, method, reference, minimum ratio of MP/s, stride or None for every stride measured)
+TARGETS = (
+    ("tile_grid >= 10x recipe at stride 256", "tile_grid", "recipe", 10.0, 256),
+    ("tile_grid >= 0.85x decode limit", "tile_grid", "decode", 0.85, None),
+    ("iter_tiles >= 0.7x decode limit", "iter_tiles", "decode", 0.7, None),
+)
+
+
+@dataclass
+class Result:
+    method: str
+    stride: int | None
+    work: Work | None = None
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # this process, all threads
+    others: list[float | None] = field(default_factory=list)  # CPU seconds other processes used meanwhile
+
+    @property
+    def cores(self) -> float:
+        """Cores this process kept busy: median CPU over median wall time."""
+        return statistics.median(self.cpu) / self.median
+
+    @property
+    def others_cores(self) -> float | None:
+        """Cores other processes on the machine kept busy meanwhile (None where /proc/stat is unreadable)."""
+        known = [o for o in self.others if o is not None]
+        return statistics.median(known) / self.median if known else None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    def rate(self, amount: float) -> float:
+        return amount / self.median
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.rate(self.work.area) / 1e6
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.rate(self.work.tiles)
+
+
+
+def find(results: list[Result], method: str, stride: int | None) -> Result | None:
+    return next((r for r in results if r.method == method and (stride is None or r.stride == stride)), None)
+
+
+def _ratio(result: Result, reference: Result | None, best: bool = False) -> float | None:
+    """MP/s of ``result`` over the reference's (the recipe at the same stride, or the decode limit), from the
+    medians, or from the fastest runs with ``best`` (other load only ever adds time)."""
+    if reference is None or result is reference:
+        return None
+    if best:
+        return result.work.area / min(result.wall) / (reference.work.area / min(reference.wall))
+    return result.mp_per_s / reference.mp_per_s
+
+
+def _references(result: Result, results: list[Result]) -> tuple[Result | None, Result | None]:
+    recipe = find(results, "recipe", result.stride) if result.stride is not None else None
+    return recipe, find(results, "decode", None)
+
+
+def result_json(r: Result, results: list[Result]) -> dict[str, Any]:
+    recipe, decode = _references(r, results)
+    extra = {k: v for k, v in r.work.extra.items() if k != "white_ratio"}
+    return {
+        "method": r.method, "label": LABELS[r.method], "stride": r.stride,
+        "wall_s": r.wall, "cpu_s": r.cpu, "others_cpu_s": r.others, "median_s": r.median, "min_s": min(r.wall),
+        "max_s": max(r.wall), "cpu_median_s": statistics.median(r.cpu), "cores_used": r.cores,
+        "others_cores": r.others_cores,
+        "tiles_scored": r.work.tiles, "tiles_out": r.work.kept, "area_px": r.work.area,
+        "tiles_per_s": r.tiles_per_s, "tiles_out_per_s": r.rate(r.work.kept), "mp_per_s": r.mp_per_s,
+        "ratio_vs_recipe": _ratio(r, recipe), "ratio_vs_decode": _ratio(r, decode),
+        "ratio_vs_decode_of_mins": _ratio(r, decode, best=True),
+        # Per unit of level area, the decode limit's CPU seconds over this method's: how much of the CPU it
+        # spends decoding, whatever else ran on the machine meanwhile.
+        "cpu_ratio_vs_decode": None if decode is None or r is decode else
+        statistics.median(decode.cpu) / decode.work.area / (statistics.median(r.cpu) / r.work.area), **extra,
+    }
+
+
+def check_targets(results: list[Result], strides: list[int]) -> list[dict[str, Any]]:
+    out = []
+    for name, method, reference, minimum, at in TARGETS:
+        for stride in ([at] if at is not None else strides):
+            r = find(results, method, stride)
+            ref = find(results, reference, stride if reference == "recipe" else None)
+            measured = r is not None and ref is not None
+            ratio = _ratio(r, ref) if measured else None
+            best = _ratio(r, ref, best=True) if measured else None
+            out.append({"target": name, "method": method, "reference": reference, "stride": stride,
+                        "minimum": minimum, "ratio": ratio, "ratio_of_fastest_runs": best,
+                        "passed": None if ratio is None else ratio >= minimum})
+    return out
+
+
+def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> dict[str, Any]:
+    """The methods did the same work: the recipe's keep decisions on its rows equal tile_grid's, and the
+    one-pass and two-pass streams delivered exactly the tiles tile_grid keeps."""
+    checks: dict[str, Any] = {"problems": []}
+    for stride, rows in recipe_rows.items():
+        recipe, grid = find(results, "recipe", stride), find(results, "tile_grid", stride)
+        if recipe is None or grid is None:
+            continue
+        ours = grid.work.extra["white_ratio"][rows].astype(np.float64)
+        theirs = recipe.work.extra["white_ratio"]
+        differ = int(((ours <= MAX_WHITE) != (theirs <= MAX_WHITE)).sum())
+        checks[f"recipe_vs_tile_grid_stride{stride}"] = {
+            "tiles": int(theirs.size), "keep_differs": differ,
+            "max_abs_white_ratio_diff": float(np.abs(ours - theirs).max())}
+        if differ:
+            checks["problems"].append(f"stride {stride}: {differ} of {theirs.size} recipe keep decisions differ "
+                                      f"from tile_grid's")
+    for r in results:
+        if r.method in ("iter_tiles", "two_pass"):
+            grid = find(results, "tile_grid", r.stride)
+            if grid is not None and grid.work.kept != r.work.kept:
+                checks["problems"].append(f"stride {r.stride}: {r.method} delivered {r.work.kept} tiles, "
+                                          f"tile_grid keeps {grid.work.kept}")
+    return checks
+
+
+def print_table(results: list[Result], targets: list[dict], slide: dict, threads: int, machine: dict) -> None:
+    w, h = slide["level0_dimensions"]
+    dirty = " (dirty)" if machine.get("git_dirty") else ""
+    print(f"histofast {machine['version']} @ {machine['git_sha'][:10]}{dirty}, "
+          f"{machine['cores']} cores ({machine['cpu']}), {threads} decode threads, avx2={machine['avx2']}, "
+          f"OpenMP threads={machine['cpu_threads']}, cuda_compiled={machine['cuda_compiled']}, gpu={machine['gpu']}")
+    print(f"slide {Path(slide['path']).name}: {w}×{h}, {slide['file_bytes'] / 2**20:.0f} MiB, {slide['compression']} "
+          f"{slide['tile_width']}×{slide['tile_height']} tiles, backend {slide['histofast_backend']}")
+    print("seconds: median of the timed runs (min–max). MP/s: level-0 area credited per second. Ratios: of MP/s\n"
+          "(at one stride the same as of tiles/s). cpu: cores this process kept busy; others: cores other processes\n"
+          "on the machine kept busy meanwhile (their load only ever slows a run down).\n")
+    header = (f"{'method':<15}{'stride':>7}{'seconds':>9}{'(min–max)':>15}{'tiles/s':>9}{'MP/s':>8}"
+              f"{'× (a)':>8}{'× (b)':>7}{'kept/s':>8}{'cpu':>6}{'others':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        recipe, decode = _references(r, results)
+        ra, rb = _ratio(r, recipe), _ratio(r, decode)
+        spread = f"({min(r.wall):.2f}–{max(r.wall):.2f})"
+        tiles = "—" if r.method == "decode" else f"{r.tiles_per_s:,.0f}"
+        kept = f"{r.rate(r.work.kept):,.0f}" if r.method in ("iter_tiles", "two_pass") else "—"
+        others = "?" if r.others_cores is None else f"{r.others_cores:.1f}"
+        print(f"{LABELS[r.method]:<15}{r.stride or '—':>7}{r.median:>9.2f}{spread:>15}{tiles:>9}{r.mp_per_s:>8.1f}"
+              f"{_fmt_ratio(ra):>8}{_fmt_ratio(rb):>7}{kept:>8}{r.cores:>6.1f}{others:>8}")
+    decode = find(results, "decode", None)
+    if decode is not None:
+        print(f"\n(b) decodes all {decode.work.tiles} stored tiles of level 0: "
+              f"{decode.tiles_per_s:,.0f} stored tiles/s")
+    for r in results:
+        if r.method == "recipe":
+            print(f"(a) at stride {r.stride} scores {r.work.tiles} of the grid's tiles "
+                  f"({len(r.work.extra['white_ratio'])} whole rows spread over the level)")
+    for r in results:
+        if r.method in ("iter_tiles", "two_pass"):
+            print(f"{LABELS[r.method]} at stride {r.stride} delivers {r.work.kept} kept tiles in "
+                  f"{r.work.extra['batches']} batches")
+    print("\ntargets (ratio of medians; of the fastest runs in brackets):")
+    for t in targets:
+        verdict = "not measured" if t["passed"] is None else ("PASS" if t["passed"] else "FAIL")
+        ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}× ({t['ratio_of_fastest_runs']:.2f}×)"
+        print(f"  {verdict:<13}{t['target']:<40} stride {t['stride']:<5}{ratio}")
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
+
+
+def method_name(r: Result) -> str:
+    return LABELS[r.method] + (f" stride {r.stride}" if r.stride is not None else "")
+

@@ -1,0 +1,83 @@
+"""What several ``histofast`` commands share: expanding SLIDE arguments, the tiling options, and the export
+run behind ``tile`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
+                  ".png", ".jpg", ".jpeg"}
+
+
+def slide_paths(items: Sequence[str]) -> list[str]:
+    """SLIDE arguments with folders expanded to the slide and image files directly inside them."""
+    paths: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(os.fspath(f) for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file())
+        else:
+            paths.append(item)
+    return paths
+
+
+def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: str) -> None:
+    """The grid, filter, format and augmentation options of ``tile`` and ``demo``."""
+    p.add_argument("--tile-size", type=int, default=512, metavar="PX", help="tile side in pixels (default 512)")
+    p.add_argument("--stride", type=int, default=stride, metavar="PX",
+                   help=f"grid step in pixels (default {stride or 'the tile size'}); < tile size overlaps")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--level", type=int, help="pyramid level to tile (default 0, full resolution)")
+    which.add_argument("--mpp", type=float, help="target µm per pixel: nearest finer level, resampled if >5%% off")
+    which.add_argument("--magnification", type=float, metavar="X", help="target magnification, e.g. 20 for 20×")
+    p.add_argument("--max-white", type=float, default=0.5, metavar="F",
+                   help="keep tiles whose white fraction is at most F (default 0.5)")
+    p.add_argument("--hsv-lower", type=int, nargs=3, default=(0, 0, 200), metavar=("H", "S", "V"),
+                   help="OpenCV HSV lower bound of 'white' (default 0 0 200)")
+    p.add_argument("--hsv-upper", type=int, nargs=3, default=(180, 30, 255), metavar=("H", "S", "V"),
+                   help="OpenCV HSV upper bound of 'white' (default 180 30 255)")
+    p.add_argument("--format", choices=("jpg", "png", "tfrecord", "none"), default=fmt,
+                   help=f"how to write kept tiles (default {fmt}); tfrecord writes shards + DALI index files")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
+    p.add_argument("--label", type=int, default=-1, help="class label stored in TFRecords (default -1: none)")
+    p.add_argument("--augment", metavar="SPEC",
+                   help='geometric augmentation of written tiles, e.g. "rot90,flip,shift=16,angle=10"')
+    p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
+    p.add_argument("--workers", type=int, metavar="N", help="decode/encode threads (default: all cores)")
+    p.add_argument("--qc", action="store_true", help="write qc.png: thumbnail with kept tiles outlined")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
+    """Export ``paths`` with the tiling options of ``args`` into ``args.out``; print a summary; the exit status."""
+    from ..augment import Augment
+    from ..export import ExportOptions, export_slides
+
+    options = ExportOptions(
+        tile_size=args.tile_size, stride=args.stride, level=args.level, mpp=args.mpp,
+        magnification=args.magnification, max_white=args.max_white, hsv_lower=tuple(args.hsv_lower),
+        hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
+        augment=Augment.parse(args.augment, args.seed),
+    )
+    start = time.perf_counter()
+    results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
+                            progress=False if args.quiet else None)
+    seconds = time.perf_counter() - start
+    done = [r for r in results if r.status == "done"]
+    skipped = [r for r in results if r.status == "skipped"]
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"FAILED {r.slide}: {r.error}", file=sys.stderr)
+    for r in done + skipped:
+        if r.kept == 0:
+            print(f"warning: {r.slide}: no tissue tiles (all {r.total} tiles are more than "
+                  f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)
+    kept, total = sum(r.kept for r in done), sum(r.total for r in done)
+    print(f"{len(done)} slides tiled, {len(skipped)} already done, {len(failed)} failed; "
+          f"tiles kept {kept}/{total}; {seconds:.1f} s; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
+          f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written; manifest {Path(args.out) / 'manifest.csv'}")
+    return 1 if failed else 0

@@ -1,0 +1,32 @@
+"""What the Pipeline kinds share (``TileDataset``, ``Pipeline``, ``TFRecordPipeline``): the batch keys, the
+backends, the default augmentation and lane count. One private module, so none imports another's privates."""
+from __future__ import annotations
+
+import os
+
+from ..augment import Augment
+
+PIPELINE_BACKENDS = ("auto", "dali", "torch")
+DALI_INSTALL = "pip install histofast[dali]"
+BATCH_KEYS = ("image", "label", "slide", "x", "y")  # every batch's keys, in DALI's output order
+DEFAULT_AUGMENT = object()  # the ``augment=`` default: ``default_augment(seed)``
+
+
+def default_augment(augment: object, seed: int) -> Augment | None:
+    """``augment`` as given, or for ``DEFAULT_AUGMENT`` ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``."""
+    if augment is DEFAULT_AUGMENT:
+        return Augment(rot90=True, flip=True, max_shift=16, seed=int(seed))
+    return augment  # type: ignore[return-value]
+
+
+def default_workers() -> int:
+    """Lanes run in threads when ``workers=`` is not given: the CPU cores, at most 4."""
+    return min(4, os.cpu_count() or 1)
+
+
+def dali_installed() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,226 @@
+"""``TileDataset``: the sample engine as a PyTorch ``IterableDataset`` whose items are whole batches. It runs
+its lanes in threads in the main process, or one lane per ``DataLoader`` worker; both give the same
+batches in the same order for the same seed, shard, epoch and number of lanes."""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..augment import Augment
+from ..checks import check_count, count_or_default
+from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+from ..tiling import TileGrid
+from ._options import DEFAULT_AUGMENT, default_augment, default_workers
+from .lanes import Lane, decode_threads
+from .plan import batch_count, check_shard, merge, plan, shard_size
+from .samples import build_samples
+from .sources import resolve
+
+
+class TileDataset(torch.utils.data.IterableDataset):
+    """Kept tissue tiles of many slides, augmented and batched, as a PyTorch ``IterableDataset``.
+
+    Grids are scored once, here (a slide that fails is logged, left out and listed in ``failed``);
+    each iteration is one epoch. Items are whole batches: use ``DataLoader(ds, batch_size=None)``.
+
+    In the main process the dataset runs ``workers`` lanes (``histofast.data.lanes``) in threads and takes their batches in
+    turn; in a ``DataLoader`` worker it runs lane ``id`` of ``num_workers``, and the loader takes
+    the workers' batches in turn: the same order when ``num_workers == workers``. Threads are the
+    faster choice (decoding and ``_C`` release the GIL; batches need no trip through shared memory).
+
+    Args:
+        source: slide paths, a manifest CSV (``path,label[,patient]``), a class-folder directory,
+            a list of ``SlideSource`` (``histofast.split``'s result) or of ``TileGrid``s.
+        tile_size, stride: grid pixels of the chosen level (stride defaults to ``tile_size``).
+        labels: class names for a list of paths, one per path. classes: the class names in index
+            order (default: the sorted label names); a label outside them is an error.
+        level / mpp / magnification, hsv_lower, hsv_upper, max_white: as for ``histofast.tile_grid``.
+        mode: "tiles" (one sample per kept tile) or "images" (one sample per kept window of
+            ``image_size`` at stride ``image_size``, cut into its patch grid of ``tile_size`` at ``stride``).
+        augment: an ``Augment`` (sample k of the epoch gets draw k, whatever the order); None: none.
+            Default: ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``.
+        batch_size: samples per batch. dtype: "float32", "float16" or "uint8".
+        mean, std: per channel, in units of pixel / 255 (the default gives [0, 1]).
+        shuffle: permute blocks of slide area over all slides, then samples within windows of blocks.
+        seed: the shuffle (and default augmentation) seed; ``set_epoch`` gives each epoch its draw.
+        shard: ``(rank, world_size)``: this process's share; all shards together hold every kept
+            sample exactly once per epoch and differ by at most one sample.
+        drop_last: drop the epoch's last partial batch.
+        workers: lanes run in threads in the main process (default: CPU cores, at most 4).
+        threads: decode threads per process (default: CPU cores / processes).
+        progress: a tqdm bar while grids are scored.
+    Yields:
+        dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
+        ``label`` int64 (B,) (−1 when unlabelled); ``slide`` int64 (B,) (index into ``slides``);
+        ``x``, ``y`` int64 (B,): the tile's or window's corner in level-0 pixels.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        tile_size: int = 512,
+        stride: int | None = 256,
+        *,
+        labels: Sequence[Any] | None = None,
+        classes: Sequence[str] | None = None,
+        level: int | None = None,
+        mpp: float | None = None,
+        magnification: float | None = None,
+        max_white: float = 0.5,
+        hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
+        hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
+        mode: str = "tiles",
+        image_size: int = 2560,
+        augment: Augment | None = DEFAULT_AUGMENT,  # type: ignore[assignment]
+        batch_size: int = 64,
+        dtype: str = "float32",
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        shuffle: bool = True,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+        workers: int | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        check_count(seed, "seed", 0)
+        self.shard = check_shard(shard)
+        self.workers = count_or_default(workers, "workers", default_workers())
+        self.threads = None if threads is None else check_count(threads, "threads")
+        augment = default_augment(augment, seed)
+        if isinstance(source, Sequence) and not isinstance(source, str) and source and \
+                all(isinstance(g, TileGrid) for g in source):
+            items: list = list(source)
+        else:
+            items = resolve(source, labels)
+        self.samples = build_samples(
+            items, classes=classes, tile_size=tile_size, stride=stride, level=level, mpp=mpp,
+            magnification=magnification, hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white,
+            mode=mode, image_size=image_size, augment=augment, batch_size=batch_size, dtype=dtype,
+            mean=mean, std=std, progress=progress)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.epoch = 0
+
+    @property
+    def slides(self) -> list[str]:
+        """The slide paths; a batch's ``slide`` indexes this list."""
+        return self.samples.slides
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; a batch's ``label`` indexes this list."""
+        return self.samples.classes
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Slides left out (path → reason): while scoring, or mid-epoch (in this process)."""
+        return self.samples.failed
+
+    @property
+    def num_samples(self) -> int:
+        """Kept samples of this shard per epoch (before ``drop_last``)."""
+        return shard_size(int(self.samples.offsets[-1]), self.shard)
+
+    def __len__(self) -> int:
+        """Batches per epoch of this shard."""
+        return batch_count(self.samples, self.shard, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s shuffle and augmentation draw (call before iterating, as with ``DistributedSampler``)."""
+        self.epoch = check_count(epoch, "epoch", 0)
+
+    def lanes(self, device: str = "cpu", watch: int = 2) -> list[Lane]:
+        """This process's lanes for the current epoch (one in a ``DataLoader`` worker); ``watch``:
+        batches a consumer may hold before their arrays are no longer recycled."""
+        info = torch.utils.data.get_worker_info()
+        count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
+        threads = self.threads or decode_threads(info.num_workers if info is not None else 1)
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
+        allocate = _shared_empty if info is not None else None
+        return [Lane(self.samples, plan(self.samples, self.epoch, self.shard, count, s,
+                                                        shuffle=self.shuffle, seed=self.seed,
+                                                        drop_last=self.drop_last),
+                              self.epoch, pool, device, self.drop_last, allocate, watch) for s in mine]
+
+    def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
+        """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the
+        consumer keeps alive at once."""
+        lanes = self.lanes(device, watch=prefetch + held + 1)
+        pool = lanes[0].pool
+        in_worker = torch.utils.data.get_worker_info() is not None  # there, the loader runs ahead
+        running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in lanes]
+        try:
+            for batch in merge(running):
+                yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
+        finally:
+            for it in running:
+                it.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.batches()
+
+
+
+class _Ahead:
+    """Runs an iterator in a thread, ``depth`` items ahead; its errors are raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator[Any], depth: int) -> None:
+        self._it, self._queue = it, queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="histofast-lane", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put((self._END, e))
+        finally:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> "_Ahead":
+        return self
+
+    def __next__(self) -> Any:
+        item, error = self._queue.get()
+        if error is not None:
+            raise error
+        if item is self._END:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    """A CPU tensor born in shared memory: a DataLoader worker sends it without copying (as ``default_collate``)."""
+    dt = getattr(torch, dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * torch.empty(0, dtype=dt).element_size())
+    return torch.empty(0, dtype=dt).set_(storage, 0, shape)
+

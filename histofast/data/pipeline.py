@@ -1,0 +1,133 @@
+"""``histofast.Pipeline``, the one object training scripts use: the sample engine of ``TileDataset`` fed
+through NVIDIA DALI (an ``external_source`` read by ``DALIGenericIterator``) or plain PyTorch, batches on
+``device``. Both backends give the same batches in the same order."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from ..checks import check_device, count_or_default
+from ..errors import HistofastError
+from ._options import BATCH_KEYS, DALI_INSTALL, PIPELINE_BACKENDS, dali_installed
+from .dataset import TileDataset
+
+if TYPE_CHECKING:
+    from .tfrecord_pipeline import TFRecordPipeline
+
+
+class Pipeline:
+    """Tissue tiles of many slides, augmented on the device, as ready PyTorch batches.
+
+    ``for batch in pipe`` is one epoch; ``len(pipe)`` its batches; ``pipe.set_epoch(e)`` before each
+    epoch gives a new shuffle and augmentation draw, reproducible from ``seed``.
+
+    Args:
+        source and the sample, batch and order arguments: as for ``TileDataset``.
+        backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
+            from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
+            over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches.
+        device: "cpu" or "cuda[:i]": where blocks are augmented and every batch tensor lives.
+        workers: lanes run in threads (default: CPU cores, at most 4); the order depends on it.
+        prefetch: batches made ahead per lane (and DALI's prefetch queue depth).
+    Batches:
+        dicts of torch tensors on ``device``: ``image``, ``label``, ``slide``, ``x``, ``y`` as ``TileDataset``.
+    """
+
+    def __init__(self, source: Any, tile_size: int = 512, stride: int | None = 256, *, backend: str = "auto",
+                 device: str = "cpu", workers: int | None = None, prefetch: int = 2, **options: Any) -> None:
+        if backend not in PIPELINE_BACKENDS:
+            raise HistofastError(f"backend={backend!r}: expected one of {', '.join(PIPELINE_BACKENDS)}")
+        if backend == "auto":
+            backend = "dali" if dali_installed() else "torch"
+        elif backend == "dali" and not dali_installed():
+            raise HistofastError(f"backend='dali': NVIDIA DALI is not installed ({DALI_INSTALL}), "
+                                 "or use backend='torch'")
+        self.device = check_device(device)
+        self.prefetch = count_or_default(prefetch, "prefetch", 1)
+        self.backend = backend
+        self.dataset = TileDataset(source, tile_size, stride, workers=workers, **options)
+
+    @classmethod
+    def from_tfrecord(cls, paths: Any, **options: Any) -> "TFRecordPipeline":
+        """Read TFRecord shards written by ``histofast tile --format tfrecord``; see ``TFRecordPipeline``."""
+        from .tfrecord_pipeline import TFRecordPipeline
+
+        return TFRecordPipeline(paths, **options)
+
+    slides = property(lambda self: self.dataset.slides, doc="The slide paths; ``batch['slide']`` indexes it.")
+    classes = property(lambda self: self.dataset.classes, doc="Class names; ``batch['label']`` indexes it.")
+    failed = property(lambda self: self.dataset.failed, doc="Slides left out: path → reason.")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if len(self) == 0:
+            return iter(())
+        if self.backend == "torch":
+            return self._torch()
+        return self._dali()
+
+    def __repr__(self) -> str:
+        s = self.dataset.samples
+        return (f"Pipeline({len(s.slides)} slides, {self.dataset.num_samples} {s.mode}, {len(self)} batches of "
+                f"{s.batch_size}, backend={self.backend!r}, device={self.device!r})")
+
+    def _torch(self) -> Iterator[dict[str, torch.Tensor]]:
+        # The dataset's own lane threads do the work, on the device; no worker processes, so
+        # batches need no trip through shared memory.
+        for batch in self.dataset.batches(self.device, self.prefetch):
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
+        from nvidia.dali import fn, pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        gpu = self.device != "cpu"
+        source = _DaliSource(self.dataset.batches(self.device if gpu else "cpu", self.prefetch, self.prefetch + 2),
+                             self.prefetch)
+        device_id = (torch.device(self.device).index or 0) if gpu else None
+
+        # A pipeline per epoch: DALI asks an external source for the next epoch before this one
+        # ends, which would run ahead of set_epoch.
+        @pipeline_def(batch_size=self.dataset.samples.batch_size, num_threads=self.dataset.workers,
+                      device_id=device_id, prefetch_queue_depth=self.prefetch)
+        def pipe():
+            return tuple(fn.external_source(source=source, num_outputs=len(BATCH_KEYS), batch=True,
+                                            device="gpu" if gpu else "cpu", no_copy=True))
+
+        iterator = DALIGenericIterator(pipe(), list(BATCH_KEYS), last_batch_policy=LastBatchPolicy.PARTIAL,
+                                       auto_reset=False)
+        try:
+            for out in iterator:
+                yield out[0]
+        finally:
+            source.close()
+
+
+class _DaliSource:
+    """An epoch's batches as DALI external-source tuples; keeps the last few alive for ``no_copy``."""
+
+    def __init__(self, batches: Iterator[dict[str, Any]], prefetch: int) -> None:
+        self._batches = batches
+        self._alive: list = []
+        self._keep = prefetch + 2  # batches DALI may still read: its queue, the one running, the output
+
+    def __iter__(self) -> "_DaliSource":
+        return self
+
+    def __next__(self) -> tuple:
+        batch = next(self._batches)
+        cuda = batch["image"].is_cuda
+        out = tuple(batch[k].to(batch["image"].device) if cuda else batch[k].numpy() for k in BATCH_KEYS)
+        self._alive = (self._alive + [out])[-self._keep :]
+        return out
+
+    def close(self) -> None:
+        self._batches.close()
+        self._alive = []
+

@@ -1,0 +1,36 @@
+"""The QC image of an export: the slide's thumbnail with the kept tiles outlined and the rest of the grid tinted."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..tiling import TileGrid
+from ..utils.atomic import atomic_path
+
+
+def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int = 2048) -> None:
+    """A PNG of the slide's thumbnail (at most ``max_size`` pixels a side) with the grid's decisions
+    over it: the area kept tiles cover outlined green, the rest of the grid tinted red. Atomic."""
+    from PIL import Image
+
+    thumb = slide.thumbnail((max_size, max_size))
+    scale = thumb.shape[1] / slide.dimensions[0]  # thumbnail pixels per level-0 pixel
+    side = grid.tile_size * grid.downsample * scale
+    kept = np.zeros(thumb.shape[:2], bool)
+    for x, y in grid.coords * scale:
+        kept[round(y) : round(y + side), round(x) : round(x + side)] = True
+    rows, cols = grid.shape
+    covered = np.zeros_like(kept)
+    reach = (grid.stride * grid.downsample * scale * np.array([cols - 1, rows - 1])) + side
+    covered[: round(reach[1]), : round(reach[0])] = True
+    out = thumb.astype(np.float32)
+    out[covered & ~kept] = 0.65 * out[covered & ~kept] + 0.35 * np.array([230, 30, 30])
+    w = max(1, max_size // 512)
+    inner = np.zeros_like(kept)
+    inner[w:-w, w:-w] = kept[w:-w, w:-w] & kept[:-2 * w, w:-w] & kept[2 * w:, w:-w] & kept[w:-w, :-2 * w] & kept[w:-w, 2 * w:]
+    out[kept & ~inner] = (20, 170, 60)
+    with atomic_path(path) as tmp:
+        Image.fromarray(out.round().astype(np.uint8)).save(tmp, format="PNG")
+

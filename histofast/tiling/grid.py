@@ -1,0 +1,142 @@
+"""``TileGrid``: the tiles of ``tile_size`` at ``stride`` over one slide level and which of them are
+tissue, by the paper's OpenCV HSV test; saved and read back as CSV. ``check_grid_args`` checks a grid's
+arguments before any slide is read."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from .. import ops
+from ..checks import check_count, check_fraction
+from ..errors import HistofastError
+from ..io import Slide, opened
+from ..io.level import LevelView
+from ..utils.atomic import atomic_open
+from .cut import cut
+
+if TYPE_CHECKING:
+    from .cut import TileBatch
+
+CSV_FIELDS = ("slide", "level", "x", "y", "level_x", "level_y", "tile_size", "stride", "downsample", "scale",
+              "mpp", "white_ratio", "max_white", "keep")
+
+
+@dataclass(frozen=True, eq=False)
+class TileGrid:
+    """The tiles of ``tile_size`` at ``stride`` over one slide level and which of them are tissue.
+
+    Grid pixels are the level's pixels (resampled when ``mpp=``/``magnification=`` asked for a
+    resolution between levels: then ``scale`` ≠ 1 level pixels per grid pixel).
+
+    Attributes:
+        white_ratio: float32 (rows, cols), white fraction of every grid tile; entry [i, j] is the
+            tile at grid pixels (x, y) = (j·stride, i·stride).
+        keep: bool (rows, cols), ``white_ratio <= max_white``.
+        coords: int64 (N, 2) level-0 (x, y) of the N kept tiles, row-major; ``len(grid) == N``.
+        level_coords: int64 (N, 2) grid-pixel (x, y) of the kept tiles.
+        downsample: level-0 pixels per grid pixel; mpp: µm per grid pixel (None when unknown).
+    """
+
+    slide_path: str
+    level: int
+    tile_size: int
+    stride: int
+    white_ratio: np.ndarray
+    max_white: float = 0.5
+    downsample: float = 1.0
+    scale: float = 1.0
+    mpp: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the grid."""
+        return self.white_ratio.shape
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.white_ratio <= self.max_white
+
+    @property
+    def level_coords(self) -> np.ndarray:
+        rows, cols = np.nonzero(self.keep)
+        return np.stack([cols, rows], 1).astype(np.int64) * self.stride
+
+    @property
+    def coords(self) -> np.ndarray:
+        return np.floor(self.level_coords * self.downsample + 0.5).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.keep.sum())
+
+    def __repr__(self) -> str:
+        return (f"TileGrid({Path(self.slide_path).name!r}, level={self.level}, tile_size={self.tile_size}, "
+                f"stride={self.stride}, kept {len(self)} of {self.white_ratio.size})")
+
+    def with_max_white(self, max_white: float) -> "TileGrid":
+        """The same grid with another threshold (no pixels are read again)."""
+        return replace(self, max_white=check_fraction(max_white, "max_white"))
+
+    def view(self, slide: Slide) -> LevelView:
+        """The pixels this grid was cut from, in ``slide``."""
+        return LevelView(slide, self.level, self.scale)
+
+    def tiles(self, slide: Slide | str | os.PathLike | None = None, **options: Any) -> Iterator["TileBatch"]:
+        """The kept tiles' pixels in batches, read again from the slide.
+
+        Args:
+            slide: an open ``Slide`` or a path; default: ``slide_path``.
+            options: ``batch_size``, ``augment``, ``epoch``, ``out_dtype``, ``layout``, ``mean``,
+                ``std``, ``device``, as for ``iter_tiles``.
+        Yields:
+            ``TileBatch``es of the kept tiles in row-major order.
+        """
+        with opened(self.slide_path if slide is None else slide) as s:
+            yield from cut(self.view(s), self, lambda band: None, **options)
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write every grid tile as one CSV row (columns ``CSV_FIELDS``); atomic (temp file, rename)."""
+        rows, cols = np.indices(self.shape).reshape(2, -1)
+        level_xy = np.stack([cols, rows], 1) * self.stride
+        xy = np.floor(level_xy * self.downsample + 0.5).astype(np.int64)
+        keep, ratio = self.keep.ravel(), self.white_ratio.ravel()
+        mpp = "" if self.mpp is None else repr(self.mpp)
+        with atomic_open(path, newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_FIELDS)
+            for k in range(len(ratio)):
+                w.writerow([self.slide_path, self.level, xy[k, 0], xy[k, 1], level_xy[k, 0], level_xy[k, 1],
+                            self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp, f"{ratio[k]:.9g}",
+                            repr(self.max_white), int(keep[k])])
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> "TileGrid":
+        """Read a grid written by ``to_csv``."""
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+        if not records or set(CSV_FIELDS) - set(records[0]):
+            raise HistofastError(f"{path}: not a TileGrid CSV (expected columns {', '.join(CSV_FIELDS)})")
+        first = records[0]
+        stride = int(first["stride"])
+        level_xy = np.array([(int(r["level_x"]), int(r["level_y"])) for r in records]) // stride
+        shape = (level_xy[:, 1].max() + 1, level_xy[:, 0].max() + 1)
+        ratio = np.empty(shape, np.float32)
+        ratio[level_xy[:, 1], level_xy[:, 0]] = [float(r["white_ratio"]) for r in records]
+        return cls(first["slide"], int(first["level"]), int(first["tile_size"]), stride, ratio,
+                   float(first["max_white"]), float(first["downsample"]), float(first["scale"]),
+                   float(first["mpp"]) if first["mpp"] else None)
+
+
+_WHITE = np.full((1, 1, 3), 255, np.uint8)
+
+
+def check_grid_args(tile_size: Any, stride: Any, hsv_lower: Any, hsv_upper: Any, max_white: Any) -> None:
+    """Raise ``HistofastError`` naming the first bad grid argument (no slide needed)."""
+    check_count(tile_size, "tile_size", unit="pixels")
+    check_count(stride, "stride", unit="pixels")
+    ops.white_ratio(_WHITE, 1, 1, hsv_lower, hsv_upper)  # _C checks the HSV bounds once, here, not per band
+    check_fraction(max_white, "max_white")

@@ -1,0 +1,162 @@
+"""``tile_grid`` and ``iter_tiles``: one scan of a slide level in bands (``histofast.io.bands``), each
+band scored by ``ops.white_ratio`` (the paper's OpenCV HSV test, exactly) and, for ``iter_tiles``, its
+kept tiles cut and augmented before the next band is drawn."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .. import ops
+from ..checks import check_device
+from ..errors import SlideError
+from ..io import Slide, opened
+from ..io.bands import Band, read_bands
+from ..io.level import LevelView, select_level
+from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+from .buffers import to_device
+from .cut import TileBatch, check_cut_options, cut
+from .grid import TileGrid, check_grid_args
+
+
+def tile_grid(
+    slide: Slide | str | os.PathLike,
+    tile_size: int = 512,
+    stride: int | None = None,
+    *,
+    level: int | None = None,
+    mpp: float | None = None,
+    magnification: float | None = None,
+    hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
+    hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
+    max_white: float = 0.5,
+    device: str = "cpu",
+    progress: Any = None,
+) -> TileGrid:
+    """Score every tile of a grid over one slide level by its white (background) fraction.
+
+    For each tile the keep decision equals the paper's recipe on that tile read with OpenSlide:
+    ``(cv2.inRange(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), hsv_lower, hsv_upper) > 0).mean() <= max_white``.
+    The level is decoded once, in bands, whatever the overlap.
+
+    Args:
+        slide: an open ``Slide`` or a path.
+        tile_size, stride: grid pixels (stride defaults to tile_size); only whole tiles, origin (0, 0).
+        level / mpp / magnification: at most one; see ``histofast.io.level.select_level``. Default level 0.
+        hsv_lower, hsv_upper: OpenCV 8-bit HSV bounds of "white" (H 0–180, S and V 0–255), inclusive.
+        max_white: keep tiles whose white fraction is at most this, in [0, 1].
+        device: "cpu" or "cuda[:i]" (where ``white_ratio`` runs; decoding is always on the CPU).
+        progress: an optional tqdm-like object; ``update(n)`` is called with tile rows done.
+    Returns:
+        The ``TileGrid``.
+    """
+    with opened(slide) as s:
+        view, grid, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
+                                    max_white, device)
+        for band in read_bands(view, grid.tile_size, grid.stride):
+            score(band)
+            if progress is not None:
+                progress.update(len(band.rows))
+        return grid
+
+
+def iter_tiles(
+    slide: Slide | str | os.PathLike,
+    tile_size: int = 512,
+    stride: int | None = None,
+    *,
+    level: int | None = None,
+    mpp: float | None = None,
+    magnification: float | None = None,
+    hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
+    hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
+    max_white: float = 0.5,
+    device: str = "cpu",
+    **options: Any,
+) -> "TileIterator":
+    """``tile_grid`` and ``TileGrid.tiles`` in one pass: each band is decoded once, scored, and its
+    kept tiles cut (and augmented) before the next band is drawn.
+
+    Arguments are checked (and a path opened) at the call, before anything is decoded.
+
+    Args:
+        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device:
+            as for ``tile_grid``.
+        options:
+            batch_size: tiles per batch (default 64; the last batch may be smaller).
+            augment: an ``Augment`` (tile k of the epoch gets draw k), or None for the plain tiles.
+            epoch: the augmentation epoch.
+            out_dtype, layout, mean, std: as for ``ops.augment`` (default uint8 NHWC, no normalisation).
+    Returns:
+        A ``TileIterator``: iterate it for ``TileBatch``es of the kept tiles in row-major order, on
+        ``device``; its ``grid`` is complete once the batches are exhausted.
+    """
+    source = opened(slide)
+    try:
+        view, grid, score = _scorer(source.slide, tile_size, stride, level, mpp, magnification, hsv_lower,
+                                    hsv_upper, max_white, device)
+        check_cut_options(**options)
+    except BaseException:
+        source.__exit__()
+        raise
+
+    def batches() -> Iterator[TileBatch]:
+        with source:
+            yield from cut(view, grid, score, device=device, **options)
+
+    return TileIterator(grid, batches())
+
+
+class TileIterator:
+    """The batches of ``iter_tiles``; ``grid`` fills in as bands are scored (rows not yet reached read 1.0)."""
+
+    def __init__(self, grid: TileGrid, batches: Iterator[TileBatch]) -> None:
+        self.grid = grid
+        self._batches = batches
+
+    def __iter__(self) -> "TileIterator":
+        return self
+
+    def __next__(self) -> TileBatch:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop early: wait for decodes in flight and close a slide opened from a path."""
+        self._batches.close()
+
+
+def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any, device: str) -> np.ndarray:
+    """White ratio of the band's tile rows: float32 (len(band.rows), cols)."""
+    top = band.rows.start * stride - band.y0
+    bottom = (band.rows.stop - 1) * stride + tile_size - band.y0
+    ratio = ops.white_ratio(to_device(band.pixels[top:bottom], device), tile_size, stride, lower, upper)
+    return ratio if isinstance(ratio, np.ndarray) else ratio.cpu().numpy()
+
+
+def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any,
+           lower: Any, upper: Any, max_white: Any) -> tuple[LevelView, int, int]:
+    """Validate the grid arguments (before anything is decoded) and choose the view."""
+    stride = tile_size if stride is None else stride
+    check_grid_args(tile_size, stride, lower, upper, max_white)
+    view = select_level(slide, level, mpp, magnification)
+    width, height = view.dimensions
+    if tile_size > min(width, height):
+        raise SlideError(slide.path, f"level {view.level} is {width}×{height} pixels, smaller than one tile "
+                                     f"(tile_size={tile_size})")
+    return view, int(tile_size), int(stride)
+
+
+def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any, lower: Any,
+            upper: Any, max_white: Any, device: Any) -> tuple[LevelView, TileGrid, Callable[[Band], None]]:
+    """The view, an unscored grid (white ratio 1.0) and ``score(band)``, which fills the band's rows."""
+    view, tile_size, stride = _setup(slide, tile_size, stride, level, mpp, magnification, lower, upper, max_white)
+    device = check_device(device)
+    ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
+    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
+                    view.scale, view.mpp)
+
+    def score(band: Band) -> None:
+        ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, lower, upper, device)
+
+    return view, grid, score

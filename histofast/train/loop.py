@@ -1,0 +1,199 @@
+"""One pass of a model over a ``Pipeline``: ``forward`` (a batch through any model, with the loss of the
+training stage), ``run_epoch`` (training or evaluation, NaN checks, optional 8-view TTA) and the device
+and precision settings both training and evaluation use."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import HistofastError
+from ..models import TwoLevelCNN
+from .config import TrainConfig
+from .epoch import EpochResult
+from .tta import dihedral_views, mean_over_views
+
+
+class TrainingError(HistofastError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class Outputs:
+    """One batch through a model: the loss of its stage, and detached float32 class probabilities of every
+    patch or tile (N·P or N, C) and, with images, of every image (N, C)."""
+    loss: torch.Tensor
+    patch: torch.Tensor
+    image: torch.Tensor | None
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled samples (label ≥ 0); 0 for a batch with none (not NaN)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
+    return total / (labels >= 0).sum().clamp_min(1)
+
+
+def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage: str, *,
+            input_size: int | None = None, channels_last: bool = False) -> Outputs:
+    """Run ``images`` ([N, 3, T, T] tiles or [N, P, 3, t, t] images) through ``model`` for ``stage``.
+
+    Tile models see every patch of an image with the image's label, and an image's prediction is the mean
+    of its patches' probabilities; TwoLevelCNN gives patch (level-1 head) and image predictions, with the
+    loss of level 1 in stage "patch" and of level 2 otherwise. Labels −1 are left out of the loss."""
+    if isinstance(model, TwoLevelCNN):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and stage != "image"):  # level 2: frozen patch maps
+            maps = model.patch_maps(images)
+        patch_logits = model.patch_net.head(maps).flatten(0, 1)
+        patch_labels = labels.repeat_interleave(model.num_patches)
+        image_logits = None if stage == "patch" else model.image_net(maps)  # level 1: the image net is untrained
+        loss = _loss(patch_logits, patch_labels) if stage == "patch" else _loss(image_logits, labels)
+        image = None if image_logits is None else image_logits.detach().float().softmax(1)
+        return Outputs(loss, patch_logits.detach().float().softmax(1), image)
+    per_image = images.ndim == 5
+    x = images.flatten(0, 1) if per_image else images
+    if input_size and x.shape[-1] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = model(x)
+    logits, aux = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+    y = labels.repeat_interleave(images.shape[1]) if per_image else labels
+    loss = _loss(logits, y)
+    for weight, a in zip(getattr(model, "aux_weights", ()), aux):
+        loss = loss + weight * _loss(a, y)
+    patch = logits.detach().float().softmax(1)
+    return Outputs(loss, patch, patch.view(len(images), -1, patch.shape[1]).mean(1) if per_image else None)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N" → a torch device that exists here."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise HistofastError(f"device={device!r}: expected cpu, cuda, cuda:N or auto") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise HistofastError(f"device={device!r}: no CUDA device is available here (use --device cpu)")
+    if d.type not in ("cpu", "cuda"):
+        raise HistofastError(f"device={device!r}: expected cpu, cuda, cuda:N or auto")
+    return d
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` ("auto": bf16 on a GPU, none on the CPU)."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool, compile: bool) -> nn.Module:
+    """Move ``model`` to ``device`` (channels-last on a GPU when asked) and compile it in place when asked."""
+    model.to(device)
+    if channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if compile:  # in place, so state_dict keys and the two-level methods stay as they are
+        for m in (model.patch_net.stages, model.image_net) if isinstance(model, TwoLevelCNN) else (model,):
+            m.compile()
+    return model
+
+
+def _check_finite(losses: list[torch.Tensor], first: int, where: str, checkpoint: Path | None,
+                  training: bool) -> None:
+    if not losses:
+        return
+    values = torch.stack(losses).float().cpu()
+    bad = torch.nonzero(~torch.isfinite(values)).flatten()
+    if len(bad):
+        kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists()
+                else "no checkpoint was written yet")
+        hint = "try a lower --lr, or --amp off" if training else "the model's weights or the input are not finite"
+        raise TrainingError(f"loss is {values[bad[0]].item()} at {where} batch {first + int(bad[0]) + 1}: stopped; "
+                            f"{kept} ({hint})")
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Training labels must be class indices (one device sync per epoch)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise HistofastError(f"{where}: label {low if low < 0 else high} is not a class index 0..{num_classes - 1} "
+                             "(TFRecord shards exported without --label, or --classes too short?)")
+
+
+def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: str, config: TrainConfig,
+              device: torch.device, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None,
+              scaler: torch.amp.GradScaler | None = None, desc: str = "", progress: bool = False,
+              on_log: Callable[[int, float, int], None] | None = None, checkpoint: Path | None = None,
+              tta: int = 1) -> EpochResult:
+    """One pass over ``pipe``: training when ``optimizer`` is given (else evaluation, no gradients).
+
+    Losses are checked for NaN/inf every ``log_interval`` batches and at the end (one device sync each),
+    so a bad batch is named without a sync per batch. ``tta`` 8 averages the 8 dihedral views (evaluation)."""
+    from tqdm import tqdm
+
+    train = optimizer is not None
+    model.train(train)
+    if train and isinstance(model, TwoLevelCNN) and stage == "image":
+        model.patch_net.eval()  # frozen: its BatchNorm keeps its statistics
+    dtype = amp_dtype(config.amp, device)
+    losses: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
+    keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("patch", "image", "label", "slide")}
+    checked = 0
+    total = len(pipe) if hasattr(pipe, "__len__") else None
+    if config.max_batches:
+        total = min(total or config.max_batches, config.max_batches)
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False, file=sys.stderr)
+    where = f"{desc or stage}"
+    seen = 0
+    for i, batch in enumerate(pipe):
+        if config.max_batches and i >= config.max_batches:
+            break
+        images, labels = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+        if train and i == 0:
+            _check_labels(labels, num_classes, where)
+        views = dihedral_views(images, tta)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
+                torch.set_grad_enabled(train):
+            outs = [forward(model, v, labels, stage, input_size=config.input_size,
+                            channels_last=config.channels_last and device.type == "cuda") for v in views]
+        out = outs[0] if len(outs) == 1 else Outputs(
+            torch.stack([o.loss for o in outs]).mean(), mean_over_views([o.patch for o in outs], images),
+            None if outs[0].image is None else torch.stack([o.image for o in outs]).mean(0))
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        losses.append(out.loss.detach())
+        counts.append((labels >= 0).sum())  # the loss is a mean over labelled samples
+        keep["patch"].append(out.patch)
+        keep["image"].append(out.image)
+        keep["label"].append(labels)
+        keep["slide"].append(batch.get("slide"))
+        seen += len(labels)
+        bar.update()
+        if (i + 1) % config.log_interval == 0:
+            _check_finite(losses[checked:], checked, where, checkpoint, train)
+            checked = len(losses)
+            recent = torch.stack(losses[-config.log_interval:]).mean().item()
+            bar.set_postfix(loss=f"{recent:.4f}")
+            if on_log is not None:
+                on_log(i + 1, recent, seen)
+    bar.close()
+    if not losses:
+        raise HistofastError(f"{where}: the data gave no batches (no tissue tiles kept?)")
+    _check_finite(losses[checked:], checked, where, checkpoint, train)
+    weights = torch.stack(counts).cpu().numpy()
+    loss = float(np.average(torch.stack(losses).float().cpu().numpy(), weights=weights)) if weights.sum() else float("nan")
+    cpu = {k: None if not v or v[0] is None else torch.cat(v).cpu().numpy() for k, v in keep.items()}
+    labels = cpu["label"]
+    per = len(cpu["patch"]) // len(labels)
+    return EpochResult(loss, cpu["patch"], np.repeat(labels, per), cpu["image"], labels, cpu["slide"], len(losses))
+

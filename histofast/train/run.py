@@ -1,0 +1,261 @@
+"""``fit(config)``: one training run through ``Pipeline``, epoch by epoch and stage by stage, with a
+checkpoint after every epoch, exact ``resume``, per-epoch metrics as JSON lines and PNG plots."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import HistofastError
+from ..models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
+from ..utils.atomic import atomic_open
+from . import metrics, plots
+from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .epoch import reports, summary
+from .loop import amp_dtype, prepare_model, resolve_device, run_epoch
+from .pipelines import image_size_of, load_data
+
+log = logging.getLogger(__name__)
+
+# The stages of two_level_cnn: the patch net on patches, the image net on frozen patch maps, then end to end.
+TWO_LEVEL_STAGES = ("patch", "image", "finetune")
+
+
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """Constructor keywords of ``config.model`` (besides ``num_classes``)."""
+    if config.model == "two_level_cnn":
+        return dict(tile_size=config.tile_size, image_size=image_size_of(config),
+                    patch_stride=config.stride or config.tile_size, patch_widths=list(config.patch_widths),
+                    image_widths=list(config.image_widths))
+    if config.model in ("googlenet", "inception_v3"):  # torchvision's ImageNet weights expect their input transform
+        return dict(aux_logits=config.aux_logits, transform_input=bool(config.pretrained))
+    return {}
+
+
+def stages(config: TrainConfig) -> list[str]:
+    """The stage of every epoch: two_level_cnn runs ``patch_epochs`` of level 1, ``epochs`` of level 2 and
+    ``finetune_epochs`` end to end; the other models ``epochs`` of "train"."""
+    if config.model != "two_level_cnn":
+        return ["train"] * config.epochs
+    counts = (config.epochs if config.patch_epochs is None else config.patch_epochs, config.epochs,
+              config.finetune_epochs)
+    return [s for s, n in zip(TWO_LEVEL_STAGES, counts) for _ in range(n)]
+
+
+
+def _optimizer(config: TrainConfig, model: nn.Module, stage: str, n_epochs: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer of ``stage``'s trainable parameters (level 1: the patch net, level 2: the image net), and
+    SGD's step decay over the stage's ``n_epochs`` (×0.1 at ``lr_steps``, default a third and two thirds)."""
+    if isinstance(model, TwoLevelCNN) and stage != "finetune":
+        module = model.patch_net if stage == "patch" else model.image_net
+    else:
+        module = model
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, config.learning_rate, betas=(0.9, 0.999),
+                                weight_decay=config.weight_decay), None
+    opt = torch.optim.SGD(params, config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps = config.lr_steps or sorted({max(1, n_epochs // 3), max(1, 2 * n_epochs // 3)})
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=0.1)
+
+
+
+# Settings a resumed run may change without changing its course (both backends give the same batches).
+_RESUME_MAY_CHANGE = ("epochs", "patch_epochs", "finetune_epochs", "device", "backend", "log_interval", "out",
+                      "max_batches")
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` leaves: the per-epoch ``history`` records, the best epoch, the output files."""
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    classes: list[str]
+    checkpoint: Path
+    best_checkpoint: Path | None
+
+
+def _monitor(has_images: bool) -> str:
+    """The accuracy that picks best.pt: image level when there are images, else tile level."""
+    return "image_acc" if has_images else "patch_acc"
+
+
+def _write_outputs(out: Path, history: list[dict[str, Any]], reps: dict[str, metrics.Report]) -> None:
+    """history.jsonl and curves.png, and the ROC and confusion plots of ``reps`` (validation, else training)."""
+    with atomic_open(out / "history.jsonl") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    plots.plot_history(history, out / "curves.png")
+    level = "image" if "image" in reps else "patch"
+    if level in reps:
+        plots.plot_roc(reps[level], out / "roc.png", title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
+        plots.plot_confusion(reps[level], out / "confusion.png",
+                             title=f"{level} level, epoch {history[-1]['epoch'] + 1}")
+
+
+def _append_steps(path: Path, records: list[dict[str, Any]], epoch: int) -> None:
+    """Append ``epoch``'s log-interval records to steps.jsonl (atomically), dropping any records of ``epoch``
+    or later that an interrupted run left there."""
+    old = path.read_text().splitlines() if path.exists() else []
+    with atomic_open(path) as f:
+        f.writelines(line + "\n" for line in old if json.loads(line)["epoch"] < epoch)
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None) -> FitResult:
+    """Train ``config.model`` on ``config.data`` and validate every epoch.
+
+    Writes to ``config.out``: ``last.pt`` after every epoch and ``best.pt`` at the best validation
+    ``image_acc`` (``patch_acc`` without images; level-1 epochs of two_level_cnn are not candidates),
+    ``history.jsonl`` (one record per epoch: loss, patch/image/slide accuracy and full reports for train
+    and val), ``steps.jsonl`` (every ``log_interval`` batches), ``curves.png``, ``roc.png`` and
+    ``confusion.png`` (validation). Checkpoints hold only ``torch.load(weights_only=True)``-safe values.
+
+    Args:
+        resume: a ``last.pt`` to continue from: the run goes on exactly as if it had not stopped (same
+            weights, optimizer, scheduler, RNG, data order; bit for bit on the CPU, up to cuDNN's
+            nondeterministic kernels on a GPU); ``config`` may add epochs to the last stage.
+        progress: tqdm bars (default: when stderr is a terminal).
+    Raises:
+        TrainingError: a non-finite loss (the message names the epoch and batch; ``last.pt`` keeps the last
+            good epoch). HistofastError: bad configuration or data.
+    """
+    progress = sys.stderr.isatty() if progress is None else progress
+    check_model_name(config.model)
+    state = None
+    if resume is not None:
+        state = read_checkpoint(resume)
+        saved = TrainConfig.from_dict(state["config"], f"checkpoint {resume}")
+        if config.workers is None:
+            config = dataclasses.replace(config, workers=saved.workers)
+        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESUME_MAY_CHANGE
+                   and getattr(saved, f.name) != getattr(config, f.name)]
+        if changed:
+            raise HistofastError(f"resume={os.fspath(resume)}: the run was trained with other settings of "
+                                 f"{', '.join(changed)}; resume with the checkpoint's config (only "
+                                 f"{', '.join(_RESUME_MAY_CHANGE)} may change)")
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    if state is None and (out / "last.pt").exists():
+        raise HistofastError(f"out={config.out}: holds the run of {out / 'last.pt'}; resume it (--resume) or choose "
+                             "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
+    if config.workers is None and hasattr(train_pipe, "dataset"):  # the order depends on it: pin it for resume
+        config = dataclasses.replace(config, workers=train_pipe.dataset.workers)
+    torch.manual_seed(config.seed)
+    options = model_options(config)
+    model = build_model(config.model, len(classes), **options)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)
+    if config.freeze_until:
+        freeze(model, config.freeze_until)
+    schedule = stages(config)
+    if state is not None:
+        if state["classes"] != classes:
+            raise HistofastError(f"resume={os.fspath(resume)}: classes {state['classes']} in the checkpoint, {classes} in the data")
+        load_state(model, state["state_dict"], f"checkpoint {resume}")
+    model = prepare_model(model, device, config.channels_last, config.compile)
+    dtype = amp_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    start = 0 if state is None else state["epoch"]
+    history: list[dict[str, Any]] = [] if state is None else list(state["history"])
+    best = None if state is None else state["best"]
+    last, best_path = out / "last.pt", out / "best.pt"
+    has_images = image_size_of(config) is not None
+    optimizer = scheduler = None
+    current = None
+    if state is not None and [r["stage"] for r in history] != schedule[:start]:
+        raise HistofastError(f"resume={os.fspath(resume)}: its {start} epochs were {[r['stage'] for r in history]}, "
+                             f"but these settings schedule {schedule[:start]} for them; only later stages may grow")
+    if state is not None and start > 0:
+        current = schedule[start - 1]
+        optimizer, scheduler = _optimizer(config, model, current, schedule.count(current))
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    log.info("training %s (%d classes: %s) for %d epochs on %s; data %s", config.model, len(classes),
+             ", ".join(classes), len(schedule), device, train_pipe)
+    for epoch in range(start, len(schedule)):
+        stage = schedule[epoch]
+        if stage != current:
+            optimizer, scheduler = _optimizer(config, model, stage, schedule.count(stage))
+            current = stage
+        train_pipe.set_epoch(epoch)
+        tic = time.perf_counter()
+        steps: list[dict[str, Any]] = []
+
+        def on_log(batch: int, loss: float, seen: int, epoch: int = epoch, stage: str = stage) -> None:
+            rate = seen / (time.perf_counter() - tic)
+            steps.append({"epoch": epoch, "stage": stage, "batch": batch, "loss": loss,
+                          "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate})
+            log.info("epoch %d (%s) batch %d: loss %.4f, %.1f samples/s", epoch + 1, stage, batch, loss, rate)
+
+        lr = optimizer.param_groups[0]["lr"]
+        train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer, scaler=scaler,
+                                 desc=f"epoch {epoch + 1}/{len(schedule)} {stage}", progress=progress,
+                                 on_log=on_log, checkpoint=last)
+        if scheduler is not None:
+            scheduler.step()
+        train_reports = reports(train_result, classes)
+        record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr, "train": summary(train_result, train_reports)}
+        val_reports: dict[str, metrics.Report] = {}
+        if val_pipe is not None:
+            with torch.no_grad():
+                val_result = run_epoch(model, val_pipe, stage, config, device, len(classes), desc=f"epoch {epoch + 1} val",
+                                       progress=progress, checkpoint=last)
+            val_reports = reports(val_result, classes)
+            record["val"] = summary(val_result, val_reports)
+        record["seconds"] = time.perf_counter() - tic
+        history.append(record)
+        monitored = record.get("val", record["train"]).get(_monitor(has_images))
+        improved = stage != "patch" and monitored is not None and (best is None or monitored > best["value"])
+        if improved:
+            best = {"metric": ("val_" if val_pipe is not None else "train_") + _monitor(has_images),
+                    "value": monitored, "epoch": epoch}
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "histofast": __version__, "model": config.model, "model_options": options,
+            "classes": classes, "config": config.to_dict(), "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "epoch": epoch + 1, "stage": stage,
+            "best": best, "history": history, "rng": rng_state(),
+        }
+        if improved:  # best first: last.pt never names a best epoch that best.pt does not hold
+            save_checkpoint(best_path, checkpoint)
+        save_checkpoint(last, checkpoint)
+        _append_steps(out / "steps.jsonl", steps, epoch)
+        _write_outputs(out, history, val_reports or train_reports)
+        log.info("epoch %d/%d (%s): %s", epoch + 1, len(schedule), stage, _epoch_line(record))
+    return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
+
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    parts = []
+    for part in ("train", "val"):
+        if part in record:
+            r = record[part]
+            accs = " ".join(f"{k[:-4]} {r[k]:.3f}" for k in r if k.endswith("_acc") and r[k] is not None)
+            parts.append(f"{part} loss {r['loss']:.4f} acc {accs}")
+    return "; ".join(parts) + f"; {record['seconds']:.1f} s"
+
+
+def describe(history: list[dict[str, Any]]) -> str:
+    """One line per epoch, for the end of ``histofast train``."""
+    return "\n".join(f"epoch {r['epoch'] + 1} ({r['stage']}): {_epoch_line(r)}" for r in history)
+
+
