@@ -1,5 +1,5 @@
-// array.h — what crosses from the bindings into every kernel: non-owning pixel views, the stream
-// handle, and the two error types kernels and bindings raise (translated to Python in bindings.cpp).
+// array.h — what crosses from the bindings (*_py.cpp) into every kernel: non-owning pixel views, the
+// stream handle, and the two error types kernels and bindings raise (translated to Python in module.cpp).
 #pragma once
 #include <cstdint>
 #include <stdexcept>

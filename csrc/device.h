@@ -1,4 +1,5 @@
-// device.h — the CUDA runtime queries the bindings need (device_cuda.cu; compiled only with CUDA).
+// device.h — the CUDA runtime queries the bindings need (py_array.cpp, build_info_py.cpp); defined in
+// device_cuda.cu, compiled only with CUDA.
 #pragma once
 
 namespace hf {

@@ -2,6 +2,8 @@
 // One pass over the region counts white pixels per cell of side gcd(tile, stride); every tile's
 // count is then O(1) from the 2-D prefix sums of the cell counts, whatever the overlap.
 #pragma once
+#include <utility>
+
 #include "array.h"
 #include "hsv.h"
 
@@ -60,5 +62,9 @@ HF_HD float tile_ratio(const int64_t* prefix, const CellGrid& g, int64_t tile, i
 // out: float32 rows × cols, C-contiguous, on the region's device.
 void white_ratio_cpu(const WhiteRatioArgs& args, float* out);
 void white_ratio_cuda(const WhiteRatioArgs& args, float* out, StreamHandle stream);
+
+// (rows, cols) of whole tiles over a height×width region; raises ArgumentError for the tile sizes
+// and strides white_ratio rejects. Host only, defined in white_ratio_py.cpp; augment checks with it too.
+std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride);
 
 }  // namespace hf

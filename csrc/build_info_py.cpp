@@ -1,0 +1,59 @@
+// build_info_py.cpp — Python bindings of build_info, cuda_compiled, cuda_device_count and
+// cuda_driver_version: how this extension was built and what CUDA it sees (queries in device_cuda.cu).
+#include <pybind11/pybind11.h>
+
+#ifdef HISTOFAST_WITH_CUDA
+#include "device.h"
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace hf {
+namespace {
+
+py::dict build_info() {
+  py::dict d;
+#ifdef HISTOFAST_WITH_CUDA
+  d["cuda_compiled"] = true;
+  d["cuda_archs"] = HISTOFAST_CUDA_ARCHS;
+  d["cuda_runtime_version"] = cuda_runtime_version();
+#else
+  d["cuda_compiled"] = false;
+  d["cuda_archs"] = "";
+  d["cuda_runtime_version"] = -1;
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+  d["cpu_threads"] = omp_get_max_threads();
+#else
+  d["openmp"] = false;
+  d["cpu_threads"] = 1;
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+  d["avx2"] = static_cast<bool>(__builtin_cpu_supports("avx2"));
+#else
+  d["avx2"] = false;
+#endif
+  d["compiler"] = __VERSION__;
+  return d;
+}
+
+}  // namespace
+
+void bind_build_info(py::module_& m) {
+  m.def("build_info", &build_info, "How this extension was built: CUDA, architectures, OpenMP, AVX2.");
+#ifdef HISTOFAST_WITH_CUDA
+  m.def("cuda_compiled", [] { return true; });
+  m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without a driver).");
+  m.def("cuda_driver_version", &cuda_driver_version);
+#else
+  m.def("cuda_compiled", [] { return false; });
+  m.def("cuda_device_count", [] { return 0; }, "CUDA devices visible (0: built without CUDA).");
+  m.def("cuda_driver_version", [] { return 0; });
+#endif
+}
+
+}  // namespace hf

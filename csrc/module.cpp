@@ -1,0 +1,41 @@
+// module.cpp — the extension module histofast._C: its docstring, the C++ → Python exception
+// translation, and one bind_*(m) call per *_py.cpp. Python's door is histofast/ops.py.
+//
+// A new op <op> needs four files — <op>.h (args + both entry points), <op>_cpu.cpp, <op>_cuda.cu
+// and <op>_py.cpp (checks, dispatch, `void bind_<op>(pybind11::module_& m)`) — and, here, its
+// bind_<op> declaration and call in the two lists below. CMakeLists.txt globs csrc/*.cpp and *.cu.
+#include <pybind11/pybind11.h>
+
+#include "array.h"
+
+namespace py = pybind11;
+
+// Each defined in <name>_py.cpp.
+namespace hf {
+void bind_rgb_to_hsv(py::module_& m);
+void bind_white_ratio(py::module_& m);  // white_ratio and grid_shape
+void bind_augment(py::module_& m);
+void bind_build_info(py::module_& m);  // build_info, cuda_compiled, cuda_device_count, cuda_driver_version
+}  // namespace hf
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "histofast's compiled kernels. Use histofast.ops; these functions write into `out`.";
+  // ArgumentError → histofast.HistofastError (a ValueError); DtypeError → TypeError.
+  // Leaked on purpose: a static py::object would be released after the interpreter is gone.
+  static PyObject* histofast_error =
+      py::object(py::module_::import("histofast.errors").attr("HistofastError")).release().ptr();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const hf::ArgumentError& e) {
+      PyErr_SetString(histofast_error, e.what());
+    } catch (const hf::DtypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+
+  hf::bind_rgb_to_hsv(m);
+  hf::bind_white_ratio(m);
+  hf::bind_augment(m);
+  hf::bind_build_info(m);
+}
