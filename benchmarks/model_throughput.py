@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from histofast.utils.machine import machine_info
 from histofast.models import MODELS, build_model
 from histofast.train.loop import amp_dtype, forward, prepare_model, resolve_device
+from histofast.utils.machine import machine_info
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="two_level_cnn", choices=list(MODELS))
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))

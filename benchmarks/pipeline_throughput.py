@@ -65,7 +65,8 @@ def timed(make_iter, consume, repeats: int) -> tuple[float, int, int, list[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 slides of 3072², 1 repeat")
     p.add_argument("--slides", type=int, default=4, help="generated slides (default 4)")
     p.add_argument("--size", type=int, default=6144, help="generated slide side, pixels (default 6144)")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         except hf.HistofastError as e:
             print(f"{backend}: skipped ({e})")
             continue
-        rows[f"Pipeline backend={backend}"] = timed(lambda: iter(pipe), consume, a.repeats)
+        rows[f"Pipeline backend={backend}"] = timed(lambda pipe=pipe: iter(pipe), consume, a.repeats)
     ds = hf.TileDataset(paths, a.tile_size, a.stride, labels=labels, **common)
     tiles = [(ds.slides[i], int(x), int(y), int(ds.samples.labels[i]))
              for i, g in enumerate(ds.samples.grids) for x, y in g.coords]

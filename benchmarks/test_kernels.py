@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-
 from common import augment_reference, near_white_image, white_ratio_reference
+
 from histofast import ops
 
 SIZE, TILE, STRIDE, N = 4096, 512, 256, 64  # a 4096² region; 64 tiles of 512² for augment
@@ -82,7 +82,8 @@ def test_augment_histofast(benchmark, region, tiles, kind):
 def test_augment_numpy_reference(benchmark, region, tiles):
     origins, params = tiles
     mark(benchmark, "reference")
-    benchmark(augment_reference, region, origins, TILE, **params, mean=MEAN, std=STD, out_dtype="float32", layout="NCHW")
+    benchmark(augment_reference, region, origins, TILE, **params, mean=MEAN, std=STD, out_dtype="float32",
+              layout="NCHW")
 
 
 @pytest.mark.benchmark(group="augment 64×512² float32 NCHW")

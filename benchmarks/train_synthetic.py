@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from histofast import split, synth
-from histofast.utils.machine import machine_info
-from histofast.train.config import TrainConfig
-from histofast.models import MODELS
 from histofast.data.sources import write_manifest
+from histofast.models import MODELS
 from histofast.train import fit, model_from_checkpoint, read_checkpoint
+from histofast.train.config import TrainConfig
+from histofast.utils.machine import machine_info
 
 TARGET = 0.95
 BUDGET_S = 600.0
@@ -54,8 +54,10 @@ def _time_to_target(history: list[dict[str, Any]]) -> tuple[int | None, float | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(RUNS), choices=list(MODELS), help="models to train (default all)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(RUNS), choices=list(MODELS),
+                   help="models to train (default all)")
     p.add_argument("--n-per-class", type=int, default=40, help="regions per class (default 40)")
     p.add_argument("--patients", type=int, default=10, help="patients per class (default 10)")
     p.add_argument("--image-size", type=int, default=640, help="region and image side, pixels (default 640)")

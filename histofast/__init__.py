@@ -12,9 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 from . import ops, synth
+from ._version import __version__
 from .augment import Augment
 from .build import build_info, cuda_available
 from .data.sources import SlideSource, split

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C
+from ._version import __version__
 
 
 def cuda_available() -> bool:
@@ -17,8 +18,6 @@ def build_info() -> dict[str, Any]:
     """The resolved build: version, CUDA (compiled, architectures, runtime, devices), OpenMP, AVX2.
 
     ``cuda_runtime_version`` is -1 without CUDA (as torchvision's ``cuda_version()``)."""
-    from . import __version__
-
     info: dict[str, Any] = {"version": __version__, **_C.build_info()}
     info["cuda_devices"] = _C.cuda_device_count()
     info["cuda_driver_version"] = _C.cuda_driver_version()

@@ -43,7 +43,8 @@ def test_apply_is_ops_augment_with_the_draw():
     origins = np.stack([rng.integers(0, 89, 9), rng.integers(0, 69, 9)], 1)
     aug = Augment(max_shift=8, seed=5)
     out = aug.apply(region, origins, 32, epoch=1, start=4, out_dtype="uint8")
-    np.testing.assert_array_equal(out, ops.augment(region, origins, 32, **aug.draw(9, epoch=1, start=4), out_dtype="uint8"))
+    expect = ops.augment(region, origins, 32, **aug.draw(9, epoch=1, start=4), out_dtype="uint8")
+    np.testing.assert_array_equal(out, expect)
 
 
 @pytest.mark.parametrize(

@@ -42,10 +42,12 @@ def test_histofast_cuda_0_builds_cpu_only(tmp_path):
         pytest.skip("cmake and ninja are needed to build")
     env = {**os.environ, "HISTOFAST_CUDA": "0"}
     subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp")],
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+         "--build-temp", str(tmp_path / "tmp")],
         cwd=REPO, env=env, check=True, capture_output=True,
     )
-    shutil.copytree(REPO / "histofast", tmp_path / "lib" / "histofast", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.so"))
+    shutil.copytree(REPO / "histofast", tmp_path / "lib" / "histofast", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.so"))
     built = list((tmp_path / "lib" / "histofast").glob("_C*.so"))
     assert len(built) == 1
     probe = "import histofast; assert not histofast._C.cuda_compiled(); print(histofast.ops.white_ratio.__name__)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from common import (
     ANGLE_ATOL,
     EXACT_ATOL,
@@ -19,6 +18,7 @@ from common import (
     to_numpy,
     white_ratio_reference,
 )
+
 from histofast import HistofastError, ops
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -20,7 +20,7 @@ from ..errors import HistofastError, SlideError
 from ..utils.atomic import atomic_open
 from ..utils.machine import busy_cpu_seconds, load_average, machine_info, wait_idle
 from . import methods as m
-from .options import (DEFAULT_RECIPE_TILES, DEFAULT_REPEATS, DEFAULT_SIZE, PROG, QUICK_RECIPE_TILES, QUICK_SIZE)
+from .options import DEFAULT_RECIPE_TILES, DEFAULT_REPEATS, DEFAULT_SIZE, PROG, QUICK_RECIPE_TILES, QUICK_SIZE
 from .report import Result, check_results, check_targets, method_name, print_table, result_json
 from .slide import describe_slide, synthetic_slide
 

@@ -28,8 +28,8 @@ class TileDataset(torch.utils.data.IterableDataset):
     Grids are scored once, here (a slide that fails is logged, left out and listed in ``failed``);
     each iteration is one epoch. Items are whole batches: use ``DataLoader(ds, batch_size=None)``.
 
-    In the main process the dataset runs ``workers`` lanes (``histofast.data.lanes``) in threads and takes their batches in
-    turn; in a ``DataLoader`` worker it runs lane ``id`` of ``num_workers``, and the loader takes
+    In the main process the dataset runs ``workers`` lanes (``histofast.data.lanes``) in threads and takes
+    their batches in turn; in a ``DataLoader`` worker it runs lane ``id`` of ``num_workers``, and the loader takes
     the workers' batches in turn: the same order when ``num_workers == workers``. Threads are the
     faster choice (decoding and ``_C`` release the GIL; batches need no trip through shared memory).
 

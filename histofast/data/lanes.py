@@ -179,7 +179,8 @@ class Lane:
             self._augment(regions[start], ids[start:k], out[start:k])
             start = k
         level0 = s.coords[ids]
-        return {"image": image, "label": s.labels[slide], "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
+        return {"image": image, "label": s.labels[slide], "slide": slide, "x": level0[:, 0].copy(),
+                "y": level0[:, 1].copy()}
 
     def _empty(self, shape: tuple[int, ...]) -> Any:
         import torch

@@ -97,7 +97,8 @@ def resolve(source: Any, labels: Sequence[Any] | None = None) -> list[SlideSourc
     elif isinstance(source, Sequence):
         items = [s if isinstance(s, SlideSource) else SlideSource(os.fspath(s)) for s in source]
     else:
-        raise TypeError(f"source: expected a path, a manifest CSV, a folder or a list of paths, got {type(source).__name__}")
+        raise TypeError("source: expected a path, a manifest CSV, a folder or a list of paths, "
+                        f"got {type(source).__name__}")
     if not items:
         raise HistofastError(f"source={_short(source)}: holds no slides")
     if labels is not None:
@@ -158,8 +159,8 @@ def split(
     if by == "patient":
         missing = [s.path for s in items if s.patient is None]
         if missing:
-            raise HistofastError(f"split(by='patient'): {len(missing)} slides have no patient id (first: {missing[0]}); "
-                                 "add a 'patient' column to the manifest or use by='slide'")
+            raise HistofastError(f"split(by='patient'): {len(missing)} slides have no patient id "
+                                 f"(first: {missing[0]}); add a 'patient' column to the manifest or use by='slide'")
     groups: dict[str, list[SlideSource]] = {}
     for s in items:
         groups.setdefault(s.patient if by == "patient" else s.path, []).append(s)

@@ -62,7 +62,8 @@ class TFRecordPipeline:
                  shard: tuple[int, int] = (0, 1), drop_last: bool = False, device: str = "cpu",
                  workers: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024) -> None:
         if not dali_installed():
-            raise HistofastError(f"Pipeline.from_tfrecord reads with NVIDIA DALI, which is not installed ({DALI_INSTALL})")
+            raise HistofastError("Pipeline.from_tfrecord reads with NVIDIA DALI, which is not installed "
+                                 f"({DALI_INSTALL})")
         self.files = shard_files(paths)
         self.batch_size = count_or_default(batch_size, "batch_size", 64)
         self.mean, self.std = ops.check_batch_format(dtype, "NCHW", mean, std)
@@ -97,7 +98,8 @@ class TFRecordPipeline:
             return image, record["label"], record["x"], record["y"]
 
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        iterator = DALIGenericIterator(pipe(), list(TFRECORD_BATCH_KEYS), reader_name="reader", last_batch_policy=policy)
+        iterator = DALIGenericIterator(pipe(), list(TFRECORD_BATCH_KEYS), reader_name="reader",
+                                       last_batch_policy=policy)
         done = 0
         for out in iterator:
             batch = out[0]

@@ -4,7 +4,15 @@ TFRecord format is written and read here without TensorFlow (``histofast.export.
 from __future__ import annotations
 
 from .qc import write_qc
-from .slides import EXPORT_FORMATS, TILE_MANIFEST_FIELDS, ExportOptions, SlideResult, export_slide, export_slides, slide_ids
+from .slides import (
+           EXPORT_FORMATS,
+           TILE_MANIFEST_FIELDS,
+           ExportOptions,
+           SlideResult,
+           export_slide,
+           export_slides,
+           slide_ids,
+)
 
 __all__ = ["EXPORT_FORMATS", "ExportOptions", "SlideResult", "TILE_MANIFEST_FIELDS", "export_slide", "export_slides",
            "slide_ids", "write_qc"]

@@ -29,7 +29,8 @@ def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int 
     out[covered & ~kept] = 0.65 * out[covered & ~kept] + 0.35 * np.array([230, 30, 30])
     w = max(1, max_size // 512)
     inner = np.zeros_like(kept)
-    inner[w:-w, w:-w] = kept[w:-w, w:-w] & kept[:-2 * w, w:-w] & kept[2 * w:, w:-w] & kept[w:-w, :-2 * w] & kept[w:-w, 2 * w:]
+    inner[w:-w, w:-w] = (kept[w:-w, w:-w] & kept[:-2 * w, w:-w] & kept[2 * w:, w:-w] & kept[w:-w, :-2 * w]
+                         & kept[w:-w, 2 * w:])
     out[kept & ~inner] = (20, 170, 60)
     with atomic_path(path) as tmp:
         Image.fromarray(out.round().astype(np.uint8)).save(tmp, format="PNG")

@@ -12,8 +12,8 @@ from typing import Any, Union
 
 import google_crc32c
 
-from ..utils.encode import IMAGE_FORMATS
 from ..errors import HistofastError
+from ..utils.encode import IMAGE_FORMATS
 
 __all__ = [
     "TILE_FEATURES", "TILE_FORMATS", "TFRecordWriter", "crc32c", "dali_features", "decode_example",

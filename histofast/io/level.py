@@ -135,4 +135,5 @@ def _view_for_downsample(slide: Slide, target: float, what: str) -> LevelView:
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)

@@ -88,8 +88,8 @@ class TiffSlide(OpenSlideSlide):
             return None
         data = self._read(offset, count)
         if len(data) != count:
-            raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes {offset}..{offset + count}, "
-                                        f"the file ends first")
+            raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes "
+                                        f"{offset}..{offset + count}, the file ends first")
         try:
             if page.compression == JPEG:
                 return self._decode_jpeg(page, data)

@@ -13,7 +13,6 @@ from ..errors import HistofastError
 from ..ops import IMAGENET_MEAN, IMAGENET_STD
 
 
-
 class GoogLeNetOutputs(NamedTuple):
     """What ``GoogLeNet`` returns in training mode with aux heads: three [B, num_classes] logits."""
     logits: Tensor

@@ -36,7 +36,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise HistofastError(f"{os.fspath(path)}: no such file") from None
     except Exception as e:  # pickle errors, foreign formats
-        raise HistofastError(f"{os.fspath(path)}: not a PyTorch state dict readable with weights_only=True ({e})") from None
+        raise HistofastError(f"{os.fspath(path)}: not a PyTorch state dict readable with weights_only=True "
+                             f"({e})") from None
     for key in _NESTED:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
@@ -125,7 +126,8 @@ def freeze(model: nn.Module, until: str) -> list[str]:
     """
     names = [name for name, _ in model.named_children()]
     if until not in names:
-        raise HistofastError(f"until={until!r}: not a layer of {type(model).__name__}; its layers are {', '.join(names)}")
+        raise HistofastError(f"until={until!r}: not a layer of {type(model).__name__}; "
+                             f"its layers are {', '.join(names)}")
     frozen = names[: names.index(until)]
     for name in frozen:
         child = model.get_submodule(name)

@@ -141,7 +141,8 @@ class TwoLevelCNN(nn.Module):
     Args:
         patch_net: a ``PatchNet`` (its ``tile_size`` is the patch size t).
         image_net: an ``ImageLevelNet`` with ``num_maps`` = P and ``map_size`` = ``patch_net.map_size``.
-        image_size: image side in pixels; patch_stride: the patch grid's stride (P = n², n = (image_size − t) // stride + 1).
+        image_size: image side in pixels; patch_stride: the patch grid's stride
+            (P = n², n = (image_size − t) // stride + 1).
     """
 
     def __init__(self, patch_net: PatchNet, image_net: ImageLevelNet, image_size: int = 2560,

@@ -110,8 +110,8 @@ class TileGrid:
             w.writerow(CSV_FIELDS)
             for k in range(len(ratio)):
                 w.writerow([self.slide_path, self.level, xy[k, 0], xy[k, 1], level_xy[k, 0], level_xy[k, 1],
-                            self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp, f"{ratio[k]:.9g}",
-                            repr(self.max_white), int(keep[k])])
+                            self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp,
+                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k])])
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "TileGrid":

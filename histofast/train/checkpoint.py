@@ -29,7 +29,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise HistofastError(f"checkpoint {os.fspath(path)}: no such file") from None
     except Exception as e:
-        raise HistofastError(f"checkpoint {os.fspath(path)}: not readable with torch.load(weights_only=True) ({e})") from None
+        raise HistofastError(f"checkpoint {os.fspath(path)}: not readable with torch.load(weights_only=True) "
+                             f"({e})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise HistofastError(f"checkpoint {os.fspath(path)}: not a histofast checkpoint (for a bare state dict, use "
                              "--pretrained / load_pretrained)")

@@ -20,6 +20,7 @@ from .epoch import EpochResult, reports, slide_predictions
 from .loop import prepare_model, resolve_device, run_epoch
 from .pipelines import make_pipeline
 
+
 @dataclass
 class Evaluation:
     """``reports`` per scope ("patch", "image", "slide", as the data allows; empty without labels) and one

@@ -191,7 +191,8 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         raise HistofastError(f"{where}: the data gave no batches (no tissue tiles kept?)")
     _check_finite(losses[checked:], checked, where, checkpoint, train)
     weights = torch.stack(counts).cpu().numpy()
-    loss = float(np.average(torch.stack(losses).float().cpu().numpy(), weights=weights)) if weights.sum() else float("nan")
+    per_batch = torch.stack(losses).float().cpu().numpy()
+    loss = float(np.average(per_batch, weights=weights)) if weights.sum() else float("nan")
     cpu = {k: None if not v or v[0] is None else torch.cat(v).cpu().numpy() for k, v in keep.items()}
     labels = cpu["label"]
     per = len(cpu["patch"]) // len(labels)

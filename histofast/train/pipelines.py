@@ -54,7 +54,8 @@ def load_data(config: TrainConfig, device: str, progress: bool = False) -> tuple
     train_src, val_src = config.data, config.val_data
     if is_tfrecord(train_src):
         if not config.classes:
-            raise HistofastError(f"data={train_src}: TFRecord shards store class indices; name the classes with --classes")
+            raise HistofastError(f"data={train_src}: TFRecord shards store class indices; name the classes with "
+                                 "--classes")
         if val_src is None and config.val_fraction > 0:
             raise HistofastError(f"data={train_src}: TFRecord shards cannot be split by patient here; give --val-data "
                                  "(or --val-fraction 0)")
@@ -64,8 +65,8 @@ def load_data(config: TrainConfig, device: str, progress: bool = False) -> tuple
             train_src, val_src = split(config.data, by=config.split_by, seed=config.seed,
                                        fractions=(1 - config.val_fraction, config.val_fraction))
             if not val_src:
-                raise HistofastError(f"data={config.data}: too few {config.split_by}s to hold out {config.val_fraction:g} "
-                                     "for validation; give --val-data or --val-fraction 0")
+                raise HistofastError(f"data={config.data}: too few {config.split_by}s to hold out "
+                                     f"{config.val_fraction:g} for validation; give --val-data or --val-fraction 0")
     train = make_pipeline(config, train_src, train=True, classes=config.classes, device=device, progress=progress)
     classes = list(config.classes or train.classes)
     if len(classes) < 2:

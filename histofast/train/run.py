@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import HistofastError
 from ..models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
 from ..utils.atomic import atomic_open
@@ -164,7 +164,8 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     schedule = stages(config)
     if state is not None:
         if state["classes"] != classes:
-            raise HistofastError(f"resume={os.fspath(resume)}: classes {state['classes']} in the checkpoint, {classes} in the data")
+            raise HistofastError(f"resume={os.fspath(resume)}: classes {state['classes']} in the checkpoint, "
+                                 f"{classes} in the data")
         load_state(model, state["state_dict"], f"checkpoint {resume}")
     model = prepare_model(model, device, config.channels_last, config.compile)
     dtype = amp_dtype(config.amp, device)
@@ -199,25 +200,27 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         tic = time.perf_counter()
         steps: list[dict[str, Any]] = []
 
-        def on_log(batch: int, loss: float, seen: int, epoch: int = epoch, stage: str = stage) -> None:
+        def on_log(batch: int, loss: float, seen: int, epoch: int = epoch, stage: str = stage, tic: float = tic,
+                   steps: list = steps, optimizer: torch.optim.Optimizer = optimizer) -> None:
             rate = seen / (time.perf_counter() - tic)
             steps.append({"epoch": epoch, "stage": stage, "batch": batch, "loss": loss,
                           "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate})
             log.info("epoch %d (%s) batch %d: loss %.4f, %.1f samples/s", epoch + 1, stage, batch, loss, rate)
 
         lr = optimizer.param_groups[0]["lr"]
-        train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer, scaler=scaler,
-                                 desc=f"epoch {epoch + 1}/{len(schedule)} {stage}", progress=progress,
+        train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer,
+                                 scaler=scaler, desc=f"epoch {epoch + 1}/{len(schedule)} {stage}", progress=progress,
                                  on_log=on_log, checkpoint=last)
         if scheduler is not None:
             scheduler.step()
         train_reports = reports(train_result, classes)
-        record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr, "train": summary(train_result, train_reports)}
+        record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr,
+                                  "train": summary(train_result, train_reports)}
         val_reports: dict[str, metrics.Report] = {}
         if val_pipe is not None:
             with torch.no_grad():
-                val_result = run_epoch(model, val_pipe, stage, config, device, len(classes), desc=f"epoch {epoch + 1} val",
-                                       progress=progress, checkpoint=last)
+                val_result = run_epoch(model, val_pipe, stage, config, device, len(classes),
+                                       desc=f"epoch {epoch + 1} val", progress=progress, checkpoint=last)
             val_reports = reports(val_result, classes)
             record["val"] = summary(val_result, val_reports)
         record["seconds"] = time.perf_counter() - tic

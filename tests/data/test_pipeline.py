@@ -11,11 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from common import EXACT_ATOL, augment_reference  # noqa: E402
+
 import histofast as hf  # noqa: E402
 from histofast.data import _options  # noqa: E402
 from histofast.data.dataset import TileDataset  # noqa: E402
-
-from common import EXACT_ATOL, augment_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")

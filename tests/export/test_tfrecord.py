@@ -14,8 +14,14 @@ from PIL import Image
 from histofast import HistofastError
 from histofast.export import tfrecord
 from histofast.export.tfrecord import (
-    TILE_FEATURES, TFRecordWriter, crc32c, decode_example, encode_example, masked_crc32c,
-    read_tfrecord, tile_example,
+    TILE_FEATURES,
+    TFRecordWriter,
+    crc32c,
+    decode_example,
+    encode_example,
+    masked_crc32c,
+    read_tfrecord,
+    tile_example,
 )
 
 # ---------------------------------------------------------------------------- independent CRC32C

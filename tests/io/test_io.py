@@ -171,7 +171,8 @@ def test_generic_tiff_fast_path_equals_openslide(generic_tiff, openslide_level):
         for level in range(3):
             whole = openslide_level(path, level)
             for (x, y), (w, h) in regions(s.level_dimensions[level], seed=20 + level, n=6):
-                worst = max(worst, max_diff(s.read_level_region(level, (x, y), (w, h)), crop_on_white(whole, x, y, w, h)))
+                worst = max(worst, max_diff(s.read_level_region(level, (x, y), (w, h)),
+                                            crop_on_white(whole, x, y, w, h)))
             if compression != "jpeg":  # lossless: the written pixels exactly
                 np.testing.assert_array_equal(s.read_level_region(level, (0, 0), s.level_dimensions[level]),
                                               GENERIC_LEVELS[level])
@@ -205,7 +206,8 @@ def test_plain_image_is_a_one_level_slide_with_pillows_pixels(plain_images, kind
         assert s.mpp is None and s.objective_power is None
         np.testing.assert_array_equal(s.read_level_region(0, (0, 0), (400, 300)), expected)
         np.testing.assert_array_equal(s.read_region((0, 0), 0, (400, 300)), expected)
-        np.testing.assert_array_equal(s.read_level_region(0, (-10, 250), (60, 70)), crop_on_white(expected, -10, 250, 60, 70))
+        np.testing.assert_array_equal(s.read_level_region(0, (-10, 250), (60, 70)),
+                                      crop_on_white(expected, -10, 250, 60, 70))
         assert s.thumbnail((100, 100)).shape == (75, 100, 3)
 
 
@@ -390,7 +392,8 @@ def test_bad_backend_and_levels(svs, fast, plain_images):
     with pytest.raises(SlideError, match="OpenSlide does not recognise"):
         histofast.open_slide(plain_images["png"], backend="openslide")
     for level in (7, -1, 3, 1.0, "0"):
-        with pytest.raises(HistofastError, match=rf"level={level!r}: .* has levels 0: 3000×2200, 1: 750×550, 2: 187×137$"):
+        levels = "0: 3000×2200, 1: 750×550, 2: 187×137"
+        with pytest.raises(HistofastError, match=rf"level={level!r}: .* has levels {levels}$"):
             fast.read_level_region(level, (0, 0), (10, 10))
         with pytest.raises(HistofastError, match=rf"level={level!r}"):
             fast.read_region((0, 0), level, (10, 10))

@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from histofast import HistofastError
-from histofast.models import (GoogLeNet, ImageLevelNet, PatchNet, SimpleCNN, TwoLevelCNN, build_model, freeze,
-                              load_pretrained, two_level_cnn)
+from histofast.models import (
+    GoogLeNet,
+    ImageLevelNet,
+    PatchNet,
+    SimpleCNN,
+    TwoLevelCNN,
+    build_model,
+    freeze,
+    load_pretrained,
+    two_level_cnn,
+)
 
 TINY = dict(patch_widths=(4, 8, 8, 8), image_widths=(8, 8))
 

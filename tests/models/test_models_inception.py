@@ -166,7 +166,7 @@ def test_transform_input_matches_torchvision(transform, googlenet_aux, inception
     x = images(75)
     for model, first in ((googlenet_aux, googlenet_aux.conv1), (inception_aux, inception_aux.Conv2d_1a_3x3)):
         seen = []
-        hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        hook = first.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
         model.eval()
         model.transform_input = transform
         try:

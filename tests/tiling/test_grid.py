@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import openslide
 import pytest
+from common import TWIN_ANGLE_ATOL, TWIN_ATOL
 
 import histofast
 import histofast.io.bands as bands
-from common import TWIN_ANGLE_ATOL, TWIN_ATOL
 from histofast import Augment, HistofastError, SlideError, iter_tiles, tile_grid
 from histofast.tiling import CSV_FIELDS, TileGrid
 
@@ -34,7 +34,8 @@ GRIDS = [(512, 512), (512, 256), (256, 100), (300, 77), (200, 350)]  # (tile_siz
 
 @pytest.fixture(scope="module")
 def slides(make_slide):
-    return {name: make_slide(w, h, seed, fraction, min_level_size=128) for name, (w, h, seed, fraction) in SLIDES.items()}
+    return {name: make_slide(w, h, seed, fraction, min_level_size=128)
+            for name, (w, h, seed, fraction) in SLIDES.items()}
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from histofast.train import plots
 from histofast.errors import HistofastError
+from histofast.train import plots
 from histofast.train.metrics import Report, aggregate, auc, classification_report, confusion_matrix, roc_curve
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

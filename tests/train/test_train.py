@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from histofast import HistofastError, synth
-from histofast.train.config import TrainConfig
 from histofast.models import build_model
 from histofast.train import TrainingError, fit, forward, read_checkpoint
+from histofast.train.config import TrainConfig
 
 TINY = dict(tile_size=64, image_size=320, stride=64, patch_widths=[4, 8, 8, 8], image_widths=[8, 8], batch_size=4,
             log_interval=1, workers=2, backend="torch", val_fraction=0.5, device="cpu")
@@ -109,7 +109,8 @@ def _interrupt_after(monkeypatch, calls: int):
 def test_resume_gives_the_weights_of_an_uninterrupted_run(regions, tmp_path, monkeypatch, optimizer):
     """3 epochs (level 1, level 2, end to end; dropout, shuffling, augmentation) in one go, or stopped after
     epoch 2 and resumed: identical weights, optimizer state and history."""
-    changes = dict(epochs=1, patch_epochs=1, finetune_epochs=1, optimizer=optimizer, lr_steps=[1] if optimizer == "sgd" else None)
+    changes = dict(epochs=1, patch_epochs=1, finetune_epochs=1, optimizer=optimizer,
+                   lr_steps=[1] if optimizer == "sgd" else None)
     whole = fit(config(regions, tmp_path / "a", **changes), progress=False)
     cfg = config(regions, tmp_path / "b", **changes)
     with monkeypatch.context() as m:
