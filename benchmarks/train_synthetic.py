@@ -5,7 +5,7 @@ shift per patient), with one patient-disjoint train/validation split shared by e
 Every model sees the same images (``--image-size`` regions cut into a grid of ``--tile-size`` patches): the
 two-level CNN classifies the image from its patch maps; the baselines classify each patch with the image's
 label, and an image's prediction is the mean of its patches' probabilities. The target: the two-level CNN
-at reduced size reaches ≥ 95 % image-level validation accuracy within 10 minutes of training on a 2-core CPU.
+at reduced size reaches ≥ 95 % per-image validation accuracy within 10 minutes of training on a 2-core CPU.
 
     python benchmarks/train_synthetic.py                    # all four models, ~30 min on 2 cores
     python benchmarks/train_synthetic.py --models two_level_cnn
@@ -33,8 +33,8 @@ TARGET = 0.95
 BUDGET_S = 600.0
 
 # Reduced sizes for a 2-core CPU: 128-pixel patches (the textures' glands repeat every ~84 px), 640 images
-# (5 × 5 patches, as the seed's image level), narrow widths; batches of 4 images (100 patches) so that the
-# image level, whose epochs are cheap, gets enough steps; the baselines run fewer, costlier epochs.
+# (5 × 5 patches, as the seed's image network), narrow widths; batches of 4 images (100 patches) so that the
+# image stage, whose epochs are cheap, gets enough steps; the baselines run fewer, costlier epochs.
 RUNS: dict[str, dict[str, Any]] = {
     "two_level_cnn": dict(patch_widths=[8, 16, 32, 64], image_widths=[16, 32], patch_epochs=3, epochs=22),
     "simple_cnn": dict(epochs=3),

@@ -50,11 +50,11 @@ def _widths(widths: Sequence[int], name: str, minimum: int) -> tuple[int, ...]:
 
 
 class PatchNet(nn.Module):
-    """The patch-level CNN: [N, 3, t, t] patches → one-channel feature maps [N, t/8, t/8] → class logits.
+    """The patch network: [N, 3, t, t] patches → one-channel feature maps [N, t/8, t/8] → class logits.
 
     Stage i is a conv3×3+BN+ReLU pair at ``widths[i]`` channels; the first three stages end in a
     2×2 stride-2 conv (+BN+ReLU), so 512 → 64; a 1×1 conv makes the one-channel map and a linear layer
-    the logits (the level-1 head, trained on patches with their image's label).
+    the logits (the patch head, trained in the patch stage on patches with their image's label).
 
     Args:
         num_classes: classes of the linear head.
@@ -94,7 +94,7 @@ class PatchNet(nn.Module):
 
 
 class ImageLevelNet(nn.Module):
-    """The image-level CNN: the P patch maps of an image stacked as channels [B, P, m, m] → logits.
+    """The image network: the P patch maps of an image stacked as channels [B, P, m, m] → logits.
 
     Two conv3×3+BN+ReLU pairs (P→64→64, 64→128→128), each followed by a 2×2 stride-2 conv, take
     m → m/4 (64 → 16); a 1×1 conv makes one channel, and the seed's classifier (linear
@@ -191,7 +191,7 @@ class TwoLevelCNN(nn.Module):
         return maps.reshape(b, self.num_patches, *maps.shape[-2:])
 
     def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Level-1 logits of every patch: [B, P, num_classes]."""
+        """The patch head's logits of every patch: [B, P, num_classes]."""
         return self.patch_net.head(self.patch_maps(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ class TrainConfig:
     tile_size: int = _opt("tile (or patch) side, pixels", 512)
     stride: int | None = _opt("tile stride (patch stride inside images), pixels; default tile_size")
     image_size: int | None = _opt("images of this side cut into patches (two_level_cnn: default 2560); for the "
-                                  "other models, tiles are then grouped per image for image-level metrics")
+                                  "other models, tiles are then grouped per image for per-image metrics")
     input_size: int | None = _opt("resize each tile to this side before the network (the paper fed 299 to "
                                   "Inception v3)")
     patch_widths: list[int] = _opt("two_level_cnn: PatchNet channels per stage", [16, 32, 64, 128, 256])
@@ -67,8 +67,9 @@ class TrainConfig:
     lr_steps: list[int] | None = _opt("epochs (of a stage) at which sgd's rate drops ×0.1; default a third "
                                       "and two thirds of the stage: 0.01 → 0.001 → 0.0001")
     batch_size: int = _opt("samples (tiles, or images) per batch", 16)
-    epochs: int = _opt("epochs (two_level_cnn: of the image level)", 10)
-    patch_epochs: int | None = _opt("two_level_cnn: epochs of level 1 (patches) first; default --epochs")
+    epochs: int = _opt("epochs (two_level_cnn: of the image stage)", 10)
+    patch_epochs: int | None = _opt("two_level_cnn: epochs of the patch stage (the patch net on patches) "
+                                    "first; default --epochs")
     finetune_epochs: int = _opt("two_level_cnn: end-to-end epochs last", 0)
     log_interval: int = _opt("log every this many batches", 50)
     seed: int = _opt("seed of weights, order, augmentation and split", 0)

@@ -63,7 +63,7 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         result = run_epoch(model, pipe, stage, config, dev, len(classes), desc="evaluate", progress=progress, tta=tta)
     reps = reports(result, classes)
     for r in reps.values():
-        r.loss = None  # a slide- or image-level mean of patch losses would mislead
+        r.loss = None  # a per-slide or per-image mean of patch losses would mislead
     if "image" in reps or "patch" in reps:
         (reps.get("image") or reps["patch"]).loss = result.loss
     rows = _slide_rows(result, getattr(pipe, "slides", None), classes)

@@ -44,14 +44,14 @@ def forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stage:
     """Run ``images`` ([N, 3, T, T] tiles or [N, P, 3, t, t] images) through ``model`` for ``stage``.
 
     Tile models see every patch of an image with the image's label, and an image's prediction is the mean
-    of its patches' probabilities; TwoLevelCNN gives patch (level-1 head) and image predictions, with the
-    loss of level 1 in stage "patch" and of level 2 otherwise. Labels −1 are left out of the loss."""
+    of its patches' probabilities; TwoLevelCNN gives patch (patch head) and image predictions, with the
+    loss of the patch head in stage "patch" and of the image net otherwise. Labels −1 are left out of the loss."""
     if isinstance(model, TwoLevelCNN):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and stage != "image"):  # level 2: frozen patch maps
+        with torch.set_grad_enabled(torch.is_grad_enabled() and stage != "image"):  # image stage: frozen patch maps
             maps = model.patch_maps(images)
         patch_logits = model.patch_net.head(maps).flatten(0, 1)
         patch_labels = labels.repeat_interleave(model.num_patches)
-        image_logits = None if stage == "patch" else model.image_net(maps)  # level 1: the image net is untrained
+        image_logits = None if stage == "patch" else model.image_net(maps)  # patch stage: the image net is untrained
         loss = _loss(patch_logits, patch_labels) if stage == "patch" else _loss(image_logits, labels)
         image = None if image_logits is None else image_logits.detach().float().softmax(1)
         return Outputs(loss, patch_logits.detach().float().softmax(1), image)

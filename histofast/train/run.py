@@ -44,8 +44,8 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
 
 
 def stages(config: TrainConfig) -> list[str]:
-    """The stage of every epoch: two_level_cnn runs ``patch_epochs`` of level 1, ``epochs`` of level 2 and
-    ``finetune_epochs`` end to end; the other models ``epochs`` of "train"."""
+    """The stage of every epoch: two_level_cnn runs ``patch_epochs`` of its patch stage, ``epochs`` of its image
+    stage and ``finetune_epochs`` end to end; the other models ``epochs`` of "train"."""
     if config.model != "two_level_cnn":
         return ["train"] * config.epochs
     counts = (config.epochs if config.patch_epochs is None else config.patch_epochs, config.epochs,
@@ -56,7 +56,7 @@ def stages(config: TrainConfig) -> list[str]:
 
 def _optimizer(config: TrainConfig, model: nn.Module, stage: str, n_epochs: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The optimizer of ``stage``'s trainable parameters (level 1: the patch net, level 2: the image net), and
+    """The optimizer of ``stage``'s trainable parameters (patch stage: the patch net, image stage: the image net), and
     SGD's step decay over the stage's ``n_epochs`` (×0.1 at ``lr_steps``, default a third and two thirds)."""
     if isinstance(model, TwoLevelCNN) and stage != "finetune":
         module = model.patch_net if stage == "patch" else model.image_net
@@ -88,7 +88,7 @@ class FitResult:
 
 
 def _monitor(has_images: bool) -> str:
-    """The accuracy that picks best.pt: image level when there are images, else tile level."""
+    """The accuracy that picks best.pt: per image when there are images, else per tile."""
     return "image_acc" if has_images else "patch_acc"
 
 
@@ -117,7 +117,7 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     """Train ``config.model`` on ``config.data`` and validate every epoch.
 
     Writes to ``config.out``: ``last.pt`` after every epoch and ``best.pt`` at the best validation
-    ``image_acc`` (``patch_acc`` without images; level-1 epochs of two_level_cnn are not candidates),
+    ``image_acc`` (``patch_acc`` without images; patch-stage epochs of two_level_cnn are not candidates),
     ``history.jsonl`` (one record per epoch: loss, patch/image/slide accuracy and full reports for train
     and val), ``steps.jsonl`` (every ``log_interval`` batches), ``curves.png``, ``roc.png`` and
     ``confusion.png`` (validation). Checkpoints hold only ``torch.load(weights_only=True)``-safe values.

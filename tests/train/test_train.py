@@ -64,7 +64,7 @@ def test_training_steps_reduce_the_loss(regions, name, stage, options):
         opt.step()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0], losses
-    if frozen is not None:  # level 2 trains on frozen patch maps
+    if frozen is not None:  # the image stage trains on frozen patch maps
         assert all(torch.equal(v, model.patch_net.state_dict()[k]) for k, v in frozen.items())
 
 
@@ -86,7 +86,7 @@ def test_fit_writes_checkpoints_metrics_and_plots(regions, tmp_path):
     assert sum(map(sum, val["patch"]["confusion"])) == 8 * 25
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 4 and steps[0]["batch"] == 1  # 2 batches of 4 images × 2 epochs
-    assert result.best["metric"] == "val_image_acc" and result.best["epoch"] == 1  # level-1 epochs are no candidates
+    assert result.best["metric"] == "val_image_acc" and result.best["epoch"] == 1  # patch stage: no candidate
 
 
 def _interrupt_after(monkeypatch, calls: int):
@@ -107,7 +107,7 @@ def _interrupt_after(monkeypatch, calls: int):
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_resume_gives_the_weights_of_an_uninterrupted_run(regions, tmp_path, monkeypatch, optimizer):
-    """3 epochs (level 1, level 2, end to end; dropout, shuffling, augmentation) in one go, or stopped after
+    """3 epochs (patch stage, image stage, end to end; dropout, shuffling, augmentation) in one go, or stopped after
     epoch 2 and resumed: identical weights, optimizer state and history."""
     changes = dict(epochs=1, patch_epochs=1, finetune_epochs=1, optimizer=optimizer,
                    lr_steps=[1] if optimizer == "sgd" else None)
@@ -195,7 +195,7 @@ def test_resume_refuses_a_shifted_stage_schedule(regions, tmp_path, monkeypatch)
         _interrupt_after(m, 1)
         with pytest.raises(KeyboardInterrupt):
             fit(cfg, progress=False)
-    longer = config(regions, tmp_path, epochs=1, patch_epochs=2)  # fine: level 1 is still running
+    longer = config(regions, tmp_path, epochs=1, patch_epochs=2)  # fine: the patch stage is still running
     assert fit(longer, resume=tmp_path / "run" / "last.pt", progress=False).history[1]["stage"] == "patch"
     with pytest.raises(HistofastError, match=r"its 3 epochs were \['patch', 'patch', 'image'\], but these settings "
                                              r"schedule \['patch', 'image', 'image'\]"):
