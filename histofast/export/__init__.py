@@ -3,16 +3,9 @@ manifests and QC images, atomically and resumably (``export_slides``, behind ``h
 TFRecord format is written and read here without TensorFlow (``histofast.export.tfrecord``)."""
 from __future__ import annotations
 
+from .options import EXPORT_FORMATS, ExportOptions
 from .qc import write_qc
-from .slides import (
-           EXPORT_FORMATS,
-           TILE_MANIFEST_FIELDS,
-           ExportOptions,
-           SlideResult,
-           export_slide,
-           export_slides,
-           slide_ids,
-)
+from .slides import TILE_MANIFEST_FIELDS, SlideResult, export_slide, export_slides, slide_ids
 
 __all__ = ["EXPORT_FORMATS", "ExportOptions", "SlideResult", "TILE_MANIFEST_FIELDS", "export_slide", "export_slides",
            "slide_ids", "write_qc"]

@@ -10,61 +10,22 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..augment import Augment
-from ..checks import check_count
 from ..errors import HistofastError, SlideError
 from ..io import open_slide
-from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
-from ..tiling import check_grid_args, iter_tiles
+from ..tiling import iter_tiles
 from ..utils.atomic import atomic_open, atomic_write
+from .options import ExportOptions
 from .qc import write_qc
 from .writer import TileWriter
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("jpg", "png", "tfrecord", "none")
 # The columns of a slide's manifest.csv and of OUT/manifest.csv: one row per kept tile.
 TILE_MANIFEST_FIELDS = ("slide", "x", "y", "level", "level_x", "level_y", "tile_size", "white_ratio", "file", "record")
-SHARD_TILES = 1024  # tiles per TFRecord shard
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What to cut and how to write it (the settings a resumed run must share with the first)."""
-
-    tile_size: int = 512
-    stride: int | None = None
-    level: int | None = None
-    mpp: float | None = None
-    magnification: float | None = None
-    max_white: float = 0.5
-    hsv_lower: tuple[int, int, int] = DEFAULT_HSV_LOWER
-    hsv_upper: tuple[int, int, int] = DEFAULT_HSV_UPPER
-    format: str = "jpg"
-    quality: int = 90
-    label: int = -1
-    augment: Augment | None = None
-    shard_tiles: int = SHARD_TILES
-
-    def __post_init__(self) -> None:
-        check_grid_args(self.tile_size, self.tile_size if self.stride is None else self.stride, self.hsv_lower,
-                        self.hsv_upper, self.max_white)
-        if self.format not in EXPORT_FORMATS:
-            raise HistofastError(f"format={self.format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise HistofastError(f"quality={self.quality!r}: must be an integer in 1..100")
-        check_count(self.shard_tiles, "shard_tiles")
-
-    def key(self) -> dict[str, Any]:
-        """The settings as JSON-able values, stored beside a slide's output to detect changed reruns."""
-        d = asdict(self)
-        d["augment"] = None if self.augment is None else asdict(self.augment)
-        d["hsv_lower"], d["hsv_upper"] = list(self.hsv_lower), list(self.hsv_upper)
-        return d
 
 
 @dataclass

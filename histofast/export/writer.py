@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..utils.atomic import atomic_write
 from ..utils.encode import encode_image
+from .options import ExportOptions
 from .tfrecord import TFRecordWriter, tile_example
-
-if TYPE_CHECKING:
-    from .slides import ExportOptions
 
 
 class TileWriter:

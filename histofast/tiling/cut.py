@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -16,8 +16,17 @@ from ..io.bands import Band, read_bands
 from ..io.level import LevelView
 from .buffers import BatchBuffers, to_device
 
-if TYPE_CHECKING:
-    from .grid import TileGrid
+
+class ScoredGrid(Protocol):
+    """What ``cut`` reads of a grid (a ``TileGrid``): its geometry and, band by band, its decisions."""
+
+    tile_size: int
+    stride: int
+    downsample: float
+    white_ratio: np.ndarray  # float32 (rows, cols), filled by ``score`` as bands arrive
+
+    @property
+    def keep(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ def check_cut_options(
 
 def cut(
     view: LevelView,
-    grid: TileGrid,
+    grid: ScoredGrid,
     score: Callable[[Band], None],
     *,
     batch_size: int = 64,
