@@ -4,6 +4,7 @@ decoded by ``fn.decoders.image`` (nvJPEG, ``device="mixed"``, on a GPU), augment
 Exported tiles carry no pixels beyond their edges, so shifts reflect at the tile's own border."""
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -15,11 +16,9 @@ from .. import ops
 from ..augment import Augment
 from ..checks import check_device, count_or_default
 from ..errors import HistofastError
-from ..export.tfrecord import dali_features
-from ._options import DALI_INSTALL, DEFAULT_AUGMENT, dali_installed, default_augment, default_workers
-from .plan import check_shard
-
-TFRECORD_BATCH_KEYS = ("image", "label", "x", "y")
+from ..export.tfrecord import dali_features, decode_example, read_tfrecord
+from ._options import BATCH_KEYS, DALI_INSTALL, DEFAULT_AUGMENT, dali_installed, default_augment, default_workers
+from .plan import check_shard, shard_size
 
 
 def shard_files(paths: Any) -> list[str]:
@@ -44,23 +43,116 @@ def shard_files(paths: Any) -> list[str]:
     return files
 
 
+def index_records(file: str) -> tuple[int, tuple[int, int] | None]:
+    """(records of ``file``, (offset, size) of its first record or None) from its DALI index ``file.idx``:
+    a line ``offset size`` per record."""
+    count, first = 0, None
+    with open(file + ".idx", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if first is None:
+                try:
+                    offset, size = (int(v) for v in line.split()[:2])
+                except ValueError:
+                    raise HistofastError(f"{file}.idx: not a DALI index (lines of 'offset size')") from None
+                first = offset, size
+            count += 1
+    return count, first
+
+
+def _slide_name(example: bytes) -> str | None:
+    """The ``slide`` feature of a serialized record as a name (None when the record has none)."""
+    value = decode_example(example).get("slide")
+    if value is None:
+        return None
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else ""
+
+
+def _first_record_slide(file: str, offset: int, size: int) -> str | None:
+    with open(file, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size or size < 16:
+        raise HistofastError(f"{file}: record at offset {offset} does not match its index {file}.idx")
+    return _slide_name(data[12:-4])
+
+
+def _manifest_counts(folder: Path) -> dict[str, tuple[int, set[str]]]:
+    """What ``folder/manifest.csv`` (a slide's manifest of ``histofast tile --format tfrecord``) says of each
+    shard it names: absolute shard path → (rows, distinct ``slide`` values); {} without a usable manifest."""
+    try:
+        with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"slide", "file"} <= set(reader.fieldnames or ()):
+                return {}
+            out: dict[str, tuple[int, set[str]]] = {}
+            for row in reader:
+                if row["file"]:  # relative to the export folder, the parent of the slide's folder
+                    key = os.path.normpath(os.path.join(folder.parent, row["file"]))
+                    n, slides = out.get(key, (0, set()))
+                    slides.add(row["slide"])
+                    out[key] = (n + 1, slides)
+            return out
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+
+
+def shard_slides(files: Sequence[str], index: Sequence[tuple[int, tuple[int, int] | None]]) -> list[set[str | None]]:
+    """The slide names each file's records carry (their ``slide`` feature; None for records without one).
+
+    A file that a ``manifest.csv`` beside it vouches for (it names the file on as many rows as the index
+    has records, all of one slide: what ``histofast tile --format tfrecord`` writes) holds one slide, so
+    only its first record is read. Any other file is read through once, every record parsed. ``index``:
+    ``index_records`` of each file."""
+    manifests: dict[Path, dict[str, tuple[int, set[str]]]] = {}
+    out: list[set[str | None]] = []
+    for file, (count, first) in zip(files, index):
+        if first is None:
+            out.append(set())
+            continue
+        folder = Path(os.path.abspath(file)).parent
+        if folder not in manifests:
+            manifests[folder] = _manifest_counts(folder)
+        rows, slides = manifests[folder].get(os.path.normpath(os.path.abspath(file)), (0, set()))
+        if rows == count and len(slides) == 1:
+            out.append({_first_record_slide(file, *first)})
+        else:
+            out.append({_slide_name(r) for r in read_tfrecord(file, check_crc=False)})
+    return out
+
+
 class TFRecordPipeline:
-    """Batches of exported tiles: ``for batch in pipe`` is one epoch, as for ``Pipeline``.
+    """Batches of exported tiles: ``for batch in pipe`` is one epoch, as for ``Pipeline``; ``len(pipe)``
+    its batches; ``pipe.set_epoch(e)`` before each epoch gives a new shuffle and augmentation draw.
 
     Args:
         paths: shard files or export folders (see ``shard_files``).
         augment, batch_size, dtype, mean, std, shuffle, seed, shard, drop_last, device, workers,
             prefetch: as for ``Pipeline``. Shuffling is DALI's reader shuffle (a buffer of
             ``shuffle_buffer`` records), seeded from (seed, epoch).
+        classes: the class names in label-index order (the shards store label indices only); ``pipe.classes``.
     Batches:
-        dicts of torch tensors on ``device``: ``image`` (B, 3, T, T), ``label``, ``x``, ``y`` int64 (B,).
+        dicts of torch tensors on ``device``: ``image`` (B, 3, T, T), ``label``, ``slide``, ``x``, ``y`` int64 (B,),
+        as ``Pipeline``'s; ``slide`` indexes ``pipe.slides``.
+
+    The records of all files, in order, are dealt out as DALI's reader does (``stick_to_shard``): shard r of
+    w holds records [r·N // w, (r+1)·N // w) of the N counted in the files' ``.idx`` indexes (N ≥ w), which
+    gives ``len(pipe)`` without reading a record; ``drop_last`` drops the shard's short last batch.
+
+    ``pipe.slides`` is the sorted distinct ``slide`` features of the records (records without one: slide
+    ""), found when the pipeline is made (``shard_slides``): for the per-slide shards of ``histofast tile``,
+    vouched for by the slide's ``manifest.csv``, from one record per file; for other files, which may mix
+    slides, by reading every record once. A batch's slide names map to indices through a dict. A slide is
+    its name: same-named slides of separate exports are one.
     """
 
     def __init__(self, paths: Any, *, augment: Augment | None = DEFAULT_AUGMENT,  # type: ignore[assignment]
                  batch_size: int = 64, dtype: str = "float32", mean: Sequence[float] = (0.0, 0.0, 0.0),
                  std: Sequence[float] = (1.0, 1.0, 1.0), shuffle: bool = True, seed: int = 0,
                  shard: tuple[int, int] = (0, 1), drop_last: bool = False, device: str = "cpu",
-                 workers: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024) -> None:
+                 workers: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024,
+                 classes: Sequence[str] | None = None) -> None:
         if not dali_installed():
             raise HistofastError("Pipeline.from_tfrecord reads with NVIDIA DALI, which is not installed "
                                  f"({DALI_INSTALL})")
@@ -74,12 +166,51 @@ class TFRecordPipeline:
         self.workers = count_or_default(workers, "workers", default_workers())
         self.prefetch = count_or_default(prefetch, "prefetch", 2)
         self.shuffle_buffer = count_or_default(shuffle_buffer, "shuffle_buffer", 1)
+        self._classes = [] if classes is None else [str(c) for c in classes]
+        if len(set(self._classes)) < len(self._classes):
+            raise HistofastError(f"classes={self._classes}: class names must be distinct")
+        index = [index_records(f) for f in self.files]
+        self.num_records = sum(count for count, _ in index)
+        if self.num_records < self.shard[1]:
+            raise HistofastError(f"shard={self.shard}: {self.num_records} records in {len(self.files)} files cannot "
+                                 f"be dealt to {self.shard[1]} shards (DALI's reader needs one per shard at least)")
+        names = set().union(*shard_slides(self.files, index))
+        if None in names and len(names) > 1:
+            raise HistofastError(f"paths={paths!r}: some records have a 'slide' feature and some have none; DALI's "
+                                 "reader cannot batch them together")
+        self._named = None not in names  # without slide features every record is slide "", index 0
+        self._slides = sorted(names) if self._named else [""]
         self.epoch = 0
+
+    slides = property(lambda self: list(self._slides),
+                      doc="The slide names the records carry, sorted; ``batch['slide']`` indexes it.")
+    classes = property(lambda self: list(self._classes),
+                       doc="Class names (``classes=``, else none); ``batch['label']`` indexes it.")
+    failed = property(lambda self: {}, doc="Slides left out: none (kept for ``Pipeline``'s interface).")
+
+    @property
+    def num_samples(self) -> int:
+        """Tiles of this shard per epoch (before ``drop_last``)."""
+        return shard_size(self.num_records, self.shard)
+
+    def __len__(self) -> int:
+        """Batches per epoch of this shard."""
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __repr__(self) -> str:
+        return (f"TFRecordPipeline({len(self._slides)} slides, {self.num_samples} tiles, {len(self)} batches of "
+                f"{self.batch_size}, {len(self.files)} files, device={self.device!r})")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if len(self) == 0:
+            return iter(())
+        return self._dali()
+
+    def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -95,19 +226,39 @@ class TFRecordPipeline:
                                          initial_fill=self.shuffle_buffer, shard_id=rank, num_shards=world,
                                          stick_to_shard=True, pad_last_batch=False, name="reader")
             image = fn.decoders.image(record["image"], device="mixed" if gpu else "cpu", output_type=types.RGB)
-            return image, record["label"], record["x"], record["y"]
+            # slide names differ in length: padded to the batch's longest, with each one's length beside
+            name = record["slide"]
+            named = (fn.pad(name, fill_value=0), name.shape()) if self._named else ()
+            return image, record["label"], record["x"], record["y"], *named
 
-        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        iterator = DALIGenericIterator(pipe(), list(TFRECORD_BATCH_KEYS), reader_name="reader",
-                                       last_batch_policy=policy)
+        outputs = ["image", "label", "x", "y"] + (["slide_name", "slide_length"] if self._named else [])
+        # PARTIAL, drop_last or not: DALI's DROP would end every shard at the smallest shard's batch count
+        # (all shards of the process in step), where drop_last drops this shard's short batch, as Pipeline's does.
+        iterator = DALIGenericIterator(pipe(), outputs, reader_name="reader",
+                                       last_batch_policy=LastBatchPolicy.PARTIAL)
+        index = {s.encode("utf-8", "surrogateescape"): i for i, s in enumerate(self._slides)}
         done = 0
         for out in iterator:
             batch = out[0]
-            if len(batch["label"]) == 0:  # PARTIAL can end an epoch with an empty batch (seen in the tests)
+            n = len(batch["label"])
+            # PARTIAL runs every shard for the largest one's batches: a smaller shard's end is an empty batch
+            if n == 0 or (self.drop_last and n < self.batch_size):
                 continue
+            batch["slide"] = (self._slide_index(batch.pop("slide_name"), batch.pop("slide_length"), index)
+                              if self._named else torch.zeros(n, dtype=torch.int64))
             yield {"image": self._augment(batch["image"], done), **{k: batch[k].reshape(-1).to(self.device)
-                                                                    for k in TFRECORD_BATCH_KEYS[1:]}}
-            done += len(batch["label"])
+                                                                    for k in BATCH_KEYS[1:]}}
+            done += n
+
+    @staticmethod
+    def _slide_index(names: torch.Tensor, lengths: torch.Tensor, index: dict[bytes, int]) -> torch.Tensor:
+        """Padded uint8 slide names (B, L) and their lengths → int64 indices into ``slides``."""
+        rows, lengths = names.cpu().numpy().reshape(len(names), -1), lengths.cpu().numpy().reshape(-1)
+        try:
+            return torch.tensor([index[row[:n].tobytes()] for row, n in zip(rows, lengths)], dtype=torch.int64)
+        except KeyError as e:
+            raise HistofastError(f"a record names slide {e.args[0]!r}, which the files' scan did not find: a "
+                                 "manifest.csv beside them does not describe them") from None
 
     def _augment(self, tiles: torch.Tensor, done: int) -> torch.Tensor:
         """uint8 (B, T, T, 3) decoded tiles → (B, 3, T, T): tile j of the shard's epoch gets draw j·world + rank."""
