@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -14,29 +15,49 @@ def add_parser(commands: Any) -> None:
         "is a patient-disjoint split of DATA unless --val-data is given. Writes OUT/last.pt after every epoch, "
         "OUT/best.pt, history.jsonl, steps.jsonl and curves/ROC/confusion plots. two_level_cnn trains its patch "
         "stage (the patch net on patches) for --patch-epochs, then its image stage (the image net on frozen patch "
-        "maps) for --epochs, then end to end for --finetune-epochs.",
+        "maps) for --epochs, then end to end for --finetune-epochs. Prints a line every --log-interval batches and "
+        "at each epoch's last batch (loss, samples/s) and a line per epoch (losses, accuracies, seconds), as they "
+        "happen, also when the output goes to a file. --resume of a run that has done all its epochs says so and "
+        "changes nothing; give more epochs to continue it.",
     )
     add_arguments(train)
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt exactly")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("-v", "--verbose", action="store_true", help="log every --log-interval batches and epoch")
+    train.add_argument("--quiet", action="store_true", help="no progress bars (the batch and epoch lines stay)")
+    train.add_argument("-v", "--verbose", action="store_true", help="log details (INFO) to stderr too")
     train.set_defaults(run=run)
+
+
+# The flag that sets each stage's epochs (what --resume of a finished run may raise to continue it).
+_STAGE_FLAGS = {"train": "--epochs", "patch": "--patch-epochs", "image": "--epochs", "finetune": "--finetune-epochs"}
+
+
+def _say(line: str) -> None:
+    """One line of the run's log on stdout, flushed (a file or pipe sees it at once), around any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import read_checkpoint
     from ..train.config import TrainConfig, from_arguments, given_values
-    from ..train.run import describe, fit
+    from ..train.run import TWO_LEVEL_STAGES, fit
 
     if args.resume:  # the checkpoint's settings, with the flags given on top (fit checks which may change)
         saved = read_checkpoint(args.resume)["config"]
         config = TrainConfig.from_dict({**saved, **given_values(args)}, f"checkpoint {args.resume}")
     else:
         config = from_arguments(args)
-    result = fit(config, resume=args.resume, progress=False if args.quiet else None)
-    print(describe(result.history))
+    result = fit(config, resume=args.resume, progress=False if args.quiet else None, report=_say)
+    if result.already_complete:
+        n, last = len(result.history), result.history[-1]["stage"] if result.history else "train"
+        later = TWO_LEVEL_STAGES[TWO_LEVEL_STAGES.index(last):] if last in TWO_LEVEL_STAGES else (last,)
+        flags = " or ".join(dict.fromkeys(_STAGE_FLAGS[s] for s in later))
+        print(f"{args.resume}: already complete: {n} of {n} epochs, nothing to do; give more {flags} to continue")
     if result.best:
         print(f"best: {result.best['metric']} {result.best['value']:.4f} at epoch {result.best['epoch'] + 1} "
               f"→ {result.best_checkpoint}")
-    print(f"last: {result.checkpoint}; history, steps and plots in {config.out}")
+    if not result.already_complete:
+        print(f"last: {result.checkpoint}; history, steps and plots in {config.out}")
     return 0

@@ -134,7 +134,9 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     """One pass over ``pipe``: training when ``optimizer`` is given (else evaluation, no gradients).
 
     Losses are checked for NaN/inf every ``log_interval`` batches and at the end (one device sync each),
-    so a bad batch is named without a sync per batch. ``tta`` 8 averages the 8 dihedral views (evaluation)."""
+    so a bad batch is named without a sync per batch. ``on_log(batch, mean loss, samples seen)`` is called every
+    ``log_interval`` batches and after the last batch (when not already), the loss being the mean over the batches
+    since the previous call. ``tta`` 8 averages the 8 dihedral views (evaluation)."""
     from tqdm import tqdm
 
     train = optimizer is not None
@@ -152,6 +154,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False, file=sys.stderr)
     where = f"{desc or stage}"
     seen = 0
+    logged = 0  # batches that on_log has reported
     for i, batch in enumerate(pipe):
         if config.max_batches and i >= config.max_batches:
             break
@@ -182,14 +185,17 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         if (i + 1) % config.log_interval == 0:
             _check_finite(losses[checked:], checked, where, checkpoint, train)
             checked = len(losses)
-            recent = torch.stack(losses[-config.log_interval:]).mean().item()
+            recent = torch.stack(losses[logged:]).mean().item()
             bar.set_postfix(loss=f"{recent:.4f}")
+            logged = i + 1
             if on_log is not None:
                 on_log(i + 1, recent, seen)
     bar.close()
     if not losses:
         raise HistofastError(f"{where}: the data gave no batches (no tissue tiles kept?)")
     _check_finite(losses[checked:], checked, where, checkpoint, train)
+    if on_log is not None and logged < len(losses):  # the last batch, for the batches since the last report
+        on_log(len(losses), torch.stack(losses[logged:]).mean().item(), seen)
     weights = torch.stack(counts).cpu().numpy()
     per_batch = torch.stack(losses).float().cpu().numpy()
     loss = float(np.average(per_batch, weights=weights)) if weights.sum() else float("nan")

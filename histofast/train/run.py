@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -79,12 +79,15 @@ _RESUME_MAY_CHANGE = ("epochs", "patch_epochs", "finetune_epochs", "device", "ba
 
 @dataclass
 class FitResult:
-    """What ``fit`` leaves: the per-epoch ``history`` records, the best epoch, the output files."""
+    """What ``fit`` leaves: the per-epoch ``history`` records, the best epoch, the output files.
+    ``already_complete``: ``resume`` named a run that had trained all the epochs of the schedule, so nothing was
+    trained or written (``checkpoint`` is then that checkpoint)."""
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
     classes: list[str]
     checkpoint: Path
     best_checkpoint: Path | None
+    already_complete: bool = False
 
 
 def _monitor(has_images: bool) -> str:
@@ -113,25 +116,34 @@ def _append_steps(path: Path, records: list[dict[str, Any]], epoch: int) -> None
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None) -> FitResult:
+def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None,
+        report: Callable[[str], None] | None = None) -> FitResult:
     """Train ``config.model`` on ``config.data`` and validate every epoch.
 
     Writes to ``config.out``: ``last.pt`` after every epoch and ``best.pt`` at the best validation
     ``image_acc`` (``patch_acc`` without images; patch-stage epochs of two_level_cnn are not candidates),
     ``history.jsonl`` (one record per epoch: loss, patch/image/slide accuracy and full reports for train
-    and val), ``steps.jsonl`` (every ``log_interval`` batches), ``curves.png``, ``roc.png`` and
+    and val), ``steps.jsonl`` (every ``log_interval`` batches and each epoch's last batch, whose record covers
+    the batches since the previous one), ``curves.png``, ``roc.png`` and
     ``confusion.png`` (validation). Checkpoints hold only ``torch.load(weights_only=True)``-safe values.
 
     Args:
         resume: a ``last.pt`` to continue from: the run goes on exactly as if it had not stopped (same
             weights, optimizer, scheduler, RNG, data order; bit for bit on the CPU, up to cuDNN's
-            nondeterministic kernels on a GPU); ``config`` may add epochs to the last stage.
+            nondeterministic kernels on a GPU); ``config`` may add epochs to the last stage. When the
+            checkpoint already holds every epoch of ``config``'s schedule, nothing is trained or written: the
+            result is the finished run's, with ``already_complete`` set.
         progress: tqdm bars (default: when stderr is a terminal).
+        report: called with each line of the run's log as it happens: the start, one line every
+            ``log_interval`` batches and at each epoch's last batch (batch, loss, samples/s), one line per epoch
+            (losses, accuracies, seconds). ``histofast train`` prints them; by default they are logged at INFO
+            (logger ``histofast.train.run``), so ``fit`` prints nothing itself.
     Raises:
         TrainingError: a non-finite loss (the message names the epoch and batch; ``last.pt`` keeps the last
             good epoch). HistofastError: bad configuration or data.
     """
     progress = sys.stderr.isatty() if progress is None else progress
+    say = report if report is not None else lambda line: log.info("%s", line)
     check_model_name(config.model)
     state = None
     if resume is not None:
@@ -145,6 +157,13 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
             raise HistofastError(f"resume={os.fspath(resume)}: the run was trained with other settings of "
                                  f"{', '.join(changed)}; resume with the checkpoint's config (only "
                                  f"{', '.join(_RESUME_MAY_CHANGE)} may change)")
+        done = [r["stage"] for r in state["history"]]
+        if done == stages(config):  # nothing to add: leave the run as it is
+            log.info("resume=%s: already complete (%d of %d epochs)", os.fspath(resume), len(done), len(done))
+            best_path = Path(resume).parent / "best.pt"
+            return FitResult(list(state["history"]), state["best"], list(state["classes"]), Path(resume),
+                             best_path if state["best"] is not None and best_path.exists() else None,
+                             already_complete=True)
     device = resolve_device(config.device)
     out = Path(config.out)
     if state is None and (out / "last.pt").exists():
@@ -189,8 +208,9 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-    log.info("training %s (%d classes: %s) for %d epochs on %s; data %s", config.model, len(classes),
-             ", ".join(classes), len(schedule), device, train_pipe)
+    n = len(schedule)
+    say(f"training {config.model} ({len(classes)} classes: {', '.join(classes)}) for {n} epoch{'s' * (n != 1)} on "
+        f"{device}{f', from epoch {start + 1}' if start else ''}; data {train_pipe}")
     for epoch in range(start, len(schedule)):
         stage = schedule[epoch]
         if stage != current:
@@ -199,13 +219,16 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         train_pipe.set_epoch(epoch)
         tic = time.perf_counter()
         steps: list[dict[str, Any]] = []
+        batches = _batch_count(train_pipe, config.max_batches)
 
         def on_log(batch: int, loss: float, seen: int, epoch: int = epoch, stage: str = stage, tic: float = tic,
-                   steps: list = steps, optimizer: torch.optim.Optimizer = optimizer) -> None:
+                   steps: list = steps, optimizer: torch.optim.Optimizer = optimizer,
+                   batches: int | None = batches) -> None:
             rate = seen / (time.perf_counter() - tic)
             steps.append({"epoch": epoch, "stage": stage, "batch": batch, "loss": loss,
                           "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate})
-            log.info("epoch %d (%s) batch %d: loss %.4f, %.1f samples/s", epoch + 1, stage, batch, loss, rate)
+            say(f"epoch {epoch + 1}/{len(schedule)} ({stage}) batch {batch}{f'/{batches}' if batches else ''}: "
+                f"loss {loss:.4f}, {rate:.1f} samples/s")
 
         lr = optimizer.param_groups[0]["lr"]
         train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer,
@@ -242,9 +265,14 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         save_checkpoint(last, checkpoint)
         _append_steps(out / "steps.jsonl", steps, epoch)
         _write_outputs(out, history, val_reports or train_reports)
-        log.info("epoch %d/%d (%s): %s", epoch + 1, len(schedule), stage, _epoch_line(record))
+        say(_epoch_report(record, len(schedule)))
     return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
 
+
+def _batch_count(pipe: Any, max_batches: int | None) -> int | None:
+    """The batches of an epoch of ``pipe``, when it knows (as ``run_epoch`` counts them)."""
+    total = len(pipe) if hasattr(pipe, "__len__") else None
+    return min(total or max_batches, max_batches) if max_batches else total
 
 
 def _epoch_line(record: dict[str, Any]) -> str:
@@ -257,8 +285,14 @@ def _epoch_line(record: dict[str, Any]) -> str:
     return "; ".join(parts) + f"; {record['seconds']:.1f} s"
 
 
+def _epoch_report(record: dict[str, Any], total: int | None = None) -> str:
+    """An epoch's line of the log: "epoch 3 (image): train loss … acc …; val loss … acc …; 12.3 s; 3/5 epochs done"."""
+    done = f"; {record['epoch'] + 1}/{total} epochs done" if total else ""
+    return f"epoch {record['epoch'] + 1} ({record['stage']}): {_epoch_line(record)}{done}"
+
+
 def describe(history: list[dict[str, Any]]) -> str:
-    """One line per epoch, for the end of ``histofast train``."""
-    return "\n".join(f"epoch {r['epoch'] + 1} ({r['stage']}): {_epoch_line(r)}" for r in history)
+    """One line per epoch of ``history`` (a ``FitResult``'s or a checkpoint's)."""
+    return "\n".join(_epoch_report(r) for r in history)
 
 

@@ -89,6 +89,48 @@ def test_fit_writes_checkpoints_metrics_and_plots(regions, tmp_path):
     assert result.best["metric"] == "val_image_acc" and result.best["epoch"] == 1  # patch stage: no candidate
 
 
+@pytest.mark.parametrize("log_interval", [3, 2])
+def test_steps_log_each_epochs_last_batch_once(regions, tmp_path, log_interval):
+    """2 batches an epoch: with log_interval 3 the last batch is still logged (its record covers both batches); with
+    2 it is logged once, not again at the end of the epoch."""
+    lines = []
+    result = fit(config(regions, tmp_path, epochs=1, patch_epochs=1, log_interval=log_interval), progress=False,
+                 report=lines.append)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["stage"], r["batch"]) for r in steps] == [(0, "patch", 2), (1, "image", 2)]
+    for r, epoch in zip(steps, result.history):  # 2 full batches: the mean of both is the epoch's training loss
+        assert r["loss"] == pytest.approx(epoch["train"]["loss"], rel=1e-5)
+    assert [line.split(":")[0] for line in lines[1:]] == ["epoch 1/2 (patch) batch 2/2", "epoch 1 (patch)",
+                                                          "epoch 2/2 (image) batch 2/2", "epoch 2 (image)"]
+    assert lines[0].startswith("training two_level_cnn (4 classes: ADC, NORM, SC, SCLC) for 2 epochs on cpu")
+    assert lines[2].endswith("s; 1/2 epochs done") and "val loss" in lines[2]
+
+
+def test_fit_reports_to_the_log_unless_given_report(regions, tmp_path, caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="histofast.train.run"):
+        fit(config(regions, tmp_path, epochs=1, patch_epochs=0, log_interval=5), progress=False)
+    assert capsys.readouterr().out == ""  # a library does not print
+    assert [r.getMessage().split(":")[0] for r in caplog.records][1:] == ["epoch 1/1 (image) batch 2/2",
+                                                                         "epoch 1 (image)"]
+
+
+def test_resume_of_a_finished_run_trains_and_writes_nothing(regions, tmp_path):
+    cfg = config(regions, tmp_path, epochs=1, patch_epochs=0)
+    first = fit(cfg, progress=False)
+    run = tmp_path / "run"
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    lines = []
+    again = fit(cfg, resume=run / "last.pt", progress=False, report=lines.append)
+    assert again.already_complete and not first.already_complete and lines == []
+    assert again.history == first.history and again.best == first.best
+    assert again.checkpoint == run / "last.pt" and again.best_checkpoint == run / "best.pt"
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
+    more = fit(config(regions, tmp_path, epochs=2, patch_epochs=0), resume=run / "last.pt", progress=False)
+    assert not more.already_complete and len(more.history) == 2 and read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def _interrupt_after(monkeypatch, calls: int):
     """Make fit's (calls+1)-th training epoch raise KeyboardInterrupt, as a killed run would stop."""
     import histofast.train.run as train
