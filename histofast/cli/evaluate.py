@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,8 +20,9 @@ def add_parser(commands: Any) -> None:
     evaluate.add_argument("data", metavar="DATA", help="manifest CSV, class folders, slide file or TFRecord shards")
     evaluate.add_argument("--tta", type=int, choices=(1, 8), default=1,
                           help="8: average the 8 dihedral views (rot90 × flip) of every input (default 1)")
-    evaluate.add_argument("--out", metavar="DIR", help="write metrics.json, slides.csv and plots here "
-                          "(default: evaluate-<data>-tta<N> beside the checkpoint)")
+    evaluate.add_argument("--out", metavar="DIR", help="write metrics.json, slides.csv and plots here (default: "
+                          "evaluate-<data>-tta<N> beside the checkpoint, refused when it holds the evaluation of "
+                          "other data or another checkpoint)")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     evaluate.add_argument("--batch-size", type=int, help="default: the training run's")
     evaluate.add_argument("--workers", type=int, help="Pipeline lanes (default: the training run's)")
@@ -28,11 +30,34 @@ def add_parser(commands: Any) -> None:
     evaluate.set_defaults(run=run)
 
 
+def _default_out(checkpoint: str, data: str, tta: int) -> str:
+    """evaluate-<data stem>-tta<N> beside the checkpoint, unless it holds what another evaluation wrote: of other
+    data (say a/test.csv, then b/test.csv) or of another checkpoint (best.pt, then last.pt)."""
+    from ..errors import HistofastError
+    from ..train.evaluate import data_record
+
+    out = Path(checkpoint).parent / f"evaluate-{Path(data).stem}-tta{tta}"
+    if (out / "metrics.json").exists():
+        try:
+            held = json.loads((out / "metrics.json").read_text())
+        except (OSError, ValueError):
+            held = {}
+        if not isinstance(held, dict):
+            held = {}
+        same_data = held.get("data") == data_record(data)
+        same_checkpoint = Path(str(held.get("checkpoint"))).name == Path(checkpoint).name
+        if not (same_data and same_checkpoint):
+            raise HistofastError(f"{out} holds the evaluation of {held.get('checkpoint', 'another checkpoint')} on "
+                                 f"{held.get('data') or 'other data'}; pass --out DIR to write this one elsewhere "
+                                 "(or remove that folder)")
+    return os.fspath(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.evaluate import evaluate
 
     if args.out is None:
-        args.out = os.fspath(Path(args.checkpoint).parent / f"evaluate-{Path(args.data).stem}-tta{args.tta}")
+        args.out = _default_out(args.checkpoint, args.data, args.tta)
     result = evaluate(args.checkpoint, args.data, tta=args.tta, out=args.out, device=args.device,
                       batch_size=args.batch_size, workers=args.workers, progress=False if args.quiet else None)
     if not result.reports:

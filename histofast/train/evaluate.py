@@ -46,7 +46,8 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         data: a manifest CSV, class folders, slide paths or TFRecord shards. Unlabelled slides are predicted
             but give no metrics.
         tta: 8 averages the probabilities of the 8 dihedral views of every input.
-        out: when given, writes ``metrics.json``, ``slides.csv``, and ``roc_<level>.png``/``confusion_<level>.png``.
+        out: when given, writes ``metrics.json`` (with the checkpoint, the data and ``tta`` it scored),
+            ``slides.csv``, and ``roc_<level>.png``/``confusion_<level>.png``.
         device, batch_size, workers: override the training run's.
     """
     state = read_checkpoint(checkpoint)
@@ -69,8 +70,17 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
     rows = _slide_rows(result, getattr(pipe, "slides", None), classes)
     evaluation = Evaluation(reps, rows, classes)
     if out is not None:
-        _write(Path(out), evaluation, tta, os.fspath(checkpoint))
+        _write(Path(out), evaluation, tta, os.fspath(checkpoint), data_record(data))
     return evaluation
+
+
+def data_record(data: Any) -> str | list[str] | None:
+    """How metrics.json names ``data``: the absolute path (or paths); None for other kinds of data."""
+    if isinstance(data, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(data))
+    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, os.PathLike)) for d in data):
+        return [os.path.abspath(os.fspath(d)) for d in data]
+    return None
 
 
 def _slide_rows(result: EpochResult, slides: list[str] | None, classes: list[str]) -> list[dict[str, Any]]:
@@ -81,10 +91,10 @@ def _slide_rows(result: EpochResult, slides: list[str] | None, classes: list[str
             for i, p, n, y in zip(*slide_predictions(result))]
 
 
-def _write(out: Path, evaluation: Evaluation, tta: int, checkpoint: str) -> None:
+def _write(out: Path, evaluation: Evaluation, tta: int, checkpoint: str, data: str | list[str] | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "metrics.json") as f:
-        json.dump({"checkpoint": checkpoint, "tta": tta, "classes": evaluation.classes,
+        json.dump({"checkpoint": checkpoint, "data": data, "tta": tta, "classes": evaluation.classes,
                    **{scope: r.to_dict() for scope, r in evaluation.reports.items()}}, f, indent=1)
     if evaluation.slides:
         with atomic_open(out / "slides.csv", newline="") as f:
