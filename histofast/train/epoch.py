@@ -18,7 +18,7 @@ class EpochResult:
     patch_labels: np.ndarray
     image: np.ndarray | None  # (N, C)
     labels: np.ndarray  # (N,)
-    slides: np.ndarray | None  # (N,) slide index, None for TFRecord data
+    slides: np.ndarray | None  # (N,) slide index, None when the batches carry none
     batches: int
 
 
