@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -126,6 +126,12 @@ def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
                              "(TFRecord shards exported without --label, or --classes too short?)")
 
 
+def batch_count(pipe: Any, max_batches: int | None) -> int | None:
+    """The batches ``run_epoch`` takes from ``pipe`` (at most ``max_batches``); None when ``pipe`` has no length."""
+    total = len(pipe) if hasattr(pipe, "__len__") else None
+    return min(total or max_batches, max_batches) if max_batches else total
+
+
 def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: str, config: TrainConfig,
               device: torch.device, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None,
               scaler: torch.amp.GradScaler | None = None, desc: str = "", progress: bool = False,
@@ -148,10 +154,8 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     counts: list[torch.Tensor] = []
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("patch", "image", "label", "slide")}
     checked = 0
-    total = len(pipe) if hasattr(pipe, "__len__") else None
-    if config.max_batches:
-        total = min(total or config.max_batches, config.max_batches)
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False, file=sys.stderr)
+    bar = tqdm(total=batch_count(pipe, config.max_batches), desc=desc, unit="batch", disable=not progress,
+               leave=False, file=sys.stderr)
     where = f"{desc or stage}"
     seen = 0
     logged = 0  # batches that on_log has reported

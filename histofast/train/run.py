@@ -23,7 +23,7 @@ from . import metrics, plots
 from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .epoch import reports, summary
-from .loop import amp_dtype, prepare_model, resolve_device, run_epoch
+from .loop import amp_dtype, batch_count, prepare_model, resolve_device, run_epoch
 from .pipelines import image_size_of, load_data
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         train_pipe.set_epoch(epoch)
         tic = time.perf_counter()
         steps: list[dict[str, Any]] = []
-        batches = _batch_count(train_pipe, config.max_batches)
+        batches = batch_count(train_pipe, config.max_batches)
 
         def on_log(batch: int, loss: float, seen: int, epoch: int = epoch, stage: str = stage, tic: float = tic,
                    steps: list = steps, optimizer: torch.optim.Optimizer = optimizer,
@@ -268,11 +268,6 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         say(_epoch_report(record, len(schedule)))
     return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
 
-
-def _batch_count(pipe: Any, max_batches: int | None) -> int | None:
-    """The batches of an epoch of ``pipe``, when it knows (as ``run_epoch`` counts them)."""
-    total = len(pipe) if hasattr(pipe, "__len__") else None
-    return min(total or max_batches, max_batches) if max_batches else total
 
 
 def _epoch_line(record: dict[str, Any]) -> str:
