@@ -33,31 +33,32 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if hf.cuda_available() else "cpu")
     a = p.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="histofast-example-"))
-    slides = [hf.synth.write_slide(root / f"slide{k}.svs", 2048, 2048, seed=k) for k in range(4)]
-    labels = ["tumour", "normal", "tumour", "normal"]  # or a manifest CSV / class folders as the source
-    options = dict(tile_size=128, stride=128, labels=labels, batch_size=32, augment=hf.Augment(max_shift=8))
+    with tempfile.TemporaryDirectory(prefix="histofast-example-") as tmp:  # removed at the end, even on errors
+        root = Path(tmp)
+        slides = [hf.synth.write_slide(root / f"slide{k}.svs", 2048, 2048, seed=k) for k in range(4)]
+        labels = ["tumour", "normal", "tumour", "normal"]  # or a manifest CSV / class folders as the source
+        options = dict(tile_size=128, stride=128, labels=labels, batch_size=32, augment=hf.Augment(max_shift=8))
 
-    if a.dataloader:
-        data = torch.utils.data.DataLoader(hf.TileDataset(slides, **options), batch_size=None, num_workers=2)
-        classes = data.dataset.classes
-    else:
-        data = hf.Pipeline(slides, backend=a.backend, device=a.device, **options)
-        classes = data.classes
-    print(data)
+        if a.dataloader:
+            data = torch.utils.data.DataLoader(hf.TileDataset(slides, **options), batch_size=None, num_workers=2)
+            classes = data.dataset.classes
+        else:
+            data = hf.Pipeline(slides, backend=a.backend, device=a.device, **options)
+            classes = data.classes
+        print(data)
 
-    model = small_cnn(len(classes)).to(a.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for epoch in range(a.epochs):
-        (data.dataset if a.dataloader else data).set_epoch(epoch)
-        for step, batch in enumerate(data):
-            images, target = batch["image"].to(a.device), batch["label"].to(a.device)
-            loss = nn.functional.cross_entropy(model(images), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step % 10 == 0:
-                print(f"epoch {epoch} step {step:3d}  loss {loss.item():.3f}  batch {tuple(images.shape)}")
+        model = small_cnn(len(classes)).to(a.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for epoch in range(a.epochs):
+            (data.dataset if a.dataloader else data).set_epoch(epoch)
+            for step, batch in enumerate(data):
+                images, target = batch["image"].to(a.device), batch["label"].to(a.device)
+                loss = nn.functional.cross_entropy(model(images), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if step % 10 == 0:
+                    print(f"epoch {epoch} step {step:3d}  loss {loss.item():.3f}  batch {tuple(images.shape)}")
 
 
 if __name__ == "__main__":
