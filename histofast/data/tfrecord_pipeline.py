@@ -43,22 +43,13 @@ def shard_files(paths: Any) -> list[str]:
     return files
 
 
-def index_records(file: str) -> tuple[int, tuple[int, int] | None]:
-    """(records of ``file``, (offset, size) of its first record or None) from its DALI index ``file.idx``:
-    a line ``offset size`` per record."""
-    count, first = 0, None
+def record_count(file: str) -> int:
+    """Records of ``file``, from its DALI index ``file.idx`` (a line ``offset size`` per record)."""
     with open(file + ".idx", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            if first is None:
-                try:
-                    offset, size = (int(v) for v in line.split()[:2])
-                except ValueError:
-                    raise HistofastError(f"{file}.idx: not a DALI index (lines of 'offset size')") from None
-                first = offset, size
-            count += 1
-    return count, first
+        lines = [line.split() for line in f if line.strip()]
+    if lines and not (len(lines[0]) >= 2 and all(v.isdigit() for v in lines[0][:2])):
+        raise HistofastError(f"{file}.idx: not a DALI index (lines of 'offset size')")
+    return len(lines)
 
 
 def _slide_name(example: bytes) -> str | None:
@@ -67,15 +58,6 @@ def _slide_name(example: bytes) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else ""
-
-
-def _first_record_slide(file: str, offset: int, size: int) -> str | None:
-    with open(file, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size or size < 16:
-        raise HistofastError(f"{file}: record at offset {offset} does not match its index {file}.idx")
-    return _slide_name(data[12:-4])
 
 
 def _manifest_counts(folder: Path) -> dict[str, tuple[int, set[str]]]:
@@ -98,17 +80,17 @@ def _manifest_counts(folder: Path) -> dict[str, tuple[int, set[str]]]:
         return {}
 
 
-def shard_slides(files: Sequence[str], index: Sequence[tuple[int, tuple[int, int] | None]]) -> list[set[str | None]]:
+def shard_slides(files: Sequence[str], counts: Sequence[int]) -> list[set[str | None]]:
     """The slide names each file's records carry (their ``slide`` feature; None for records without one).
 
     A file that a ``manifest.csv`` beside it vouches for (it names the file on as many rows as the index
     has records, all of one slide: what ``histofast tile --format tfrecord`` writes) holds one slide, so
-    only its first record is read. Any other file is read through once, every record parsed. ``index``:
-    ``index_records`` of each file."""
+    only its first record is read. Any other file is read through once, every record parsed. ``counts``:
+    each file's records (``record_count``)."""
     manifests: dict[Path, dict[str, tuple[int, set[str]]]] = {}
     out: list[set[str | None]] = []
-    for file, (count, first) in zip(files, index):
-        if first is None:
+    for file, count in zip(files, counts):
+        if count == 0:
             out.append(set())
             continue
         folder = Path(os.path.abspath(file)).parent
@@ -116,7 +98,10 @@ def shard_slides(files: Sequence[str], index: Sequence[tuple[int, tuple[int, int
             manifests[folder] = _manifest_counts(folder)
         rows, slides = manifests[folder].get(os.path.normpath(os.path.abspath(file)), (0, set()))
         if rows == count and len(slides) == 1:
-            out.append({_first_record_slide(file, *first)})
+            first = next(read_tfrecord(file, check_crc=False), None)
+            if first is None:
+                raise HistofastError(f"{file}: empty, but its index {file}.idx lists {count} records")
+            out.append({_slide_name(first)})
         else:
             out.append({_slide_name(r) for r in read_tfrecord(file, check_crc=False)})
     return out
@@ -169,12 +154,12 @@ class TFRecordPipeline:
         self._classes = [] if classes is None else [str(c) for c in classes]
         if len(set(self._classes)) < len(self._classes):
             raise HistofastError(f"classes={self._classes}: class names must be distinct")
-        index = [index_records(f) for f in self.files]
-        self.num_records = sum(count for count, _ in index)
+        counts = [record_count(f) for f in self.files]
+        self.num_records = sum(counts)
         if self.num_records < self.shard[1]:
             raise HistofastError(f"shard={self.shard}: {self.num_records} records in {len(self.files)} files cannot "
                                  f"be dealt to {self.shard[1]} shards (DALI's reader needs one per shard at least)")
-        names = set().union(*shard_slides(self.files, index))
+        names = set().union(*shard_slides(self.files, counts))
         if None in names and len(names) > 1:
             raise HistofastError(f"paths={paths!r}: some records have a 'slide' feature and some have none; DALI's "
                                  "reader cannot batch them together")
