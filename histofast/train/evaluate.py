@@ -47,7 +47,7 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
             but give no metrics.
         tta: 8 averages the probabilities of the 8 dihedral views of every input.
         out: when given, writes ``metrics.json`` (with the checkpoint, the data and ``tta`` it scored),
-            ``slides.csv``, and ``roc_<level>.png``/``confusion_<level>.png``.
+            ``slides.csv``, and ``roc_<scope>.png``/``confusion_<scope>.png`` per patch, image, slide.
         device, batch_size, workers: override the training run's.
     """
     state = read_checkpoint(checkpoint)
