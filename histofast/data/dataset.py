@@ -12,7 +12,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..augment import Augment
-from ..checks import check_count, count_or_default
+from ..checks import check_count, check_device, count_or_default
+from ..io.decode import check_decode
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import TileGrid
 from ._options import DEFAULT_AUGMENT, default_augment, default_workers
@@ -53,6 +54,9 @@ class TileDataset(torch.utils.data.IterableDataset):
         drop_last: drop the epoch's last partial batch.
         workers: lanes run in threads in the main process (default: CPU cores, at most 4).
         threads: decode threads per process (default: CPU cores / processes).
+        device: "cpu" or "cuda[:i]": where grids are scored (and, decoding on the GPU, slides decoded).
+        decode: what decodes slides, for scoring and for batches: as ``histofast.tile_grid``'s ``decode``
+            ("auto": nvImageCodec on a GPU device where it reads the slide, else the CPU decoders).
         progress: a tqdm bar while grids are scored.
     Yields:
         dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
@@ -87,10 +91,14 @@ class TileDataset(torch.utils.data.IterableDataset):
         drop_last: bool = False,
         workers: int | None = None,
         threads: int | None = None,
+        device: str = "cpu",
+        decode: str = "auto",
         progress: bool = True,
     ) -> None:
         super().__init__()
         check_count(seed, "seed", 0)
+        self.device = check_device(device)
+        self.decode = check_decode(decode, self.device)
         self.shard = check_shard(shard)
         self.workers = count_or_default(workers, "workers", default_workers())
         self.threads = None if threads is None else check_count(threads, "threads")
@@ -104,7 +112,7 @@ class TileDataset(torch.utils.data.IterableDataset):
             items, classes=classes, tile_size=tile_size, stride=stride, level=level, mpp=mpp,
             magnification=magnification, hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white,
             mode=mode, image_size=image_size, augment=augment, batch_size=batch_size, dtype=dtype,
-            mean=mean, std=std, progress=progress)
+            mean=mean, std=std, device=self.device, decode=self.decode, progress=progress)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.epoch = 0
 
@@ -147,7 +155,7 @@ class TileDataset(torch.utils.data.IterableDataset):
         return [Lane(self.samples, plan(self.samples, self.epoch, self.shard, count, s,
                                                         shuffle=self.shuffle, seed=self.seed,
                                                         drop_last=self.drop_last),
-                              self.epoch, pool, device, self.drop_last, allocate, watch) for s in mine]
+                              self.epoch, pool, device, self.drop_last, allocate, watch, self.decode) for s in mine]
 
     def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
         """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the

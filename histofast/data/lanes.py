@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -15,6 +15,8 @@ import numpy as np
 from .. import ops
 from ..errors import HistofastError
 from ..io import Slide, open_slide
+from ..io.bands import Pending
+from ..io.decode import RegionReader
 from ..tiling.buffers import BatchBuffers
 from .plan import Window
 from .samples import Samples
@@ -44,6 +46,8 @@ class Lane:
         epoch: the augmentation epoch.
         pool: decode threads (shared by lanes of one process).
         device: "cpu" or "cuda[:i]": where the regions go and the batches are made.
+        decode: what decodes the regions (``histofast.io.decode.DECODES``; "auto": nvImageCodec on a GPU
+            device where it reads the slide).
         drop_last: drop a final partial batch (one left short by a failing slide, too).
         allocate: ``allocate(shape, dtype) -> torch tensor`` for CPU batch images (e.g. in shared memory);
             default: arrays recycled once nobody holds them (``watch`` of them at a time).
@@ -54,9 +58,11 @@ class Lane:
     """
 
     def __init__(self, samples: Samples, windows: list[Window], epoch: int, pool: ThreadPoolExecutor,
-                 device: str = "cpu", drop_last: bool = False, allocate: Any = None, watch: int = 2) -> None:
+                 device: str = "cpu", drop_last: bool = False, allocate: Any = None, watch: int = 2,
+                 decode: str = "auto") -> None:
         self.samples, self.windows, self.epoch, self.pool = samples, windows, epoch, pool
         self.device, self.drop_last = device, drop_last
+        self._regions = RegionReader(decode, device, 1)
         self.allocate = allocate
         # Fresh 200 MB batches cost their page faults: a third of the CPU time of a float32 epoch here.
         self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
@@ -74,6 +80,7 @@ class Lane:
         try:
             yield from self._batches()
         finally:
+            self._regions.close()
             for slide in self._slides.values():
                 slide.close()
             self._slides.clear()
@@ -104,7 +111,7 @@ class Lane:
             self._slides.popitem(last=False)[1].close()
         return slide
 
-    def _read(self, window: Window) -> tuple[Window, dict[int, _Region], list[tuple[_Region, list[Future]]]]:
+    def _read(self, window: Window) -> tuple[Window, dict[int, _Region], list[tuple[_Region, Pending]]]:
         """Submit the decode of every block the window's samples come from."""
         regions: dict[int, _Region] = {}
         futures = []
@@ -124,25 +131,24 @@ class Lane:
                 x0, y0 = np.maximum(xy.min(0) - reach, 0)
                 x1, y1 = np.minimum(xy.max(0) + size + reach, (width, height))
                 region.x0, region.y0 = int(x0), int(y0)
-                region.pixels = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-                jobs = view.jobs(int(x0), int(y0), int(x1 - x0), int(y1 - y0), region.pixels)
-                futures.append((region, [self.pool.submit(job) for job in jobs]))
+                region.pixels, pending = self._regions.read(view, int(x0), int(y0), int(x1 - x0), int(y1 - y0),
+                                                            self.pool)
+                futures.append((region, pending))
             except (HistofastError, OSError) as e:
                 region.error = e
         return window, regions, futures
 
     def _finish(self, window: Window, regions: dict[int, _Region],
-                futures: list[tuple[_Region, list[Future]]]) -> tuple[np.ndarray, list[_Region]]:
+                futures: list[tuple[_Region, Pending]]) -> tuple[np.ndarray, list[_Region]]:
         """Wait for the window's blocks; drop the samples of a slide that failed (logged once)."""
-        for region, fs in futures:
-            for f in fs:
-                try:
-                    f.result()
-                except Exception as e:  # any decoder's failure: this slide is skipped, the epoch goes on
-                    region.error = region.error or e
+        for region, pending in futures:
+            try:
+                pending.wait()
+            except Exception as e:  # any decoder's failure: this slide is skipped, the epoch goes on
+                region.error = region.error or e
         ok = np.ones(len(window.ids), bool)
         for block, region in regions.items():
-            if region.error is None and region.pixels is not None and self.device != "cpu":
+            if region.error is None and isinstance(region.pixels, np.ndarray) and self.device != "cpu":
                 import torch
 
                 region.pixels = torch.from_numpy(region.pixels).to(self.device)

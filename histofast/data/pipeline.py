@@ -27,7 +27,9 @@ class Pipeline:
         backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
             from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
             over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches.
-        device: "cpu" or "cuda[:i]": where blocks are augmented and every batch tensor lives.
+        device: "cpu" or "cuda[:i]": where grids are scored, blocks augmented and every batch tensor lives.
+        decode: what decodes slides, as ``histofast.tile_grid``'s ``decode``: with a CUDA ``device``, "auto"
+            decodes on the GPU (nvImageCodec, ``pip install 'histofast[gpu]'``) where it reads the slide.
         workers: lanes run in threads (default: CPU cores, at most 4); the order depends on it.
         prefetch: batches made ahead per lane (and DALI's prefetch queue depth).
     Batches:
@@ -46,7 +48,7 @@ class Pipeline:
         self.device = check_device(device)
         self.prefetch = count_or_default(prefetch, "prefetch", 1)
         self.backend = backend
-        self.dataset = TileDataset(source, tile_size, stride, workers=workers, **options)
+        self.dataset = TileDataset(source, tile_size, stride, workers=workers, device=self.device, **options)
 
     @classmethod
     def from_tfrecord(cls, paths: Any, **options: Any) -> "TFRecordPipeline":

@@ -136,12 +136,15 @@ def build_samples(
     dtype: str = "float32",
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    device: str = "cpu",
+    decode: str = "auto",
     progress: bool = True,
 ) -> Samples:
     """Check the arguments, then score every slide's grid once (a slide that fails is logged and left out).
 
     ``mode="tiles"``: the grid is ``tile_size`` at ``stride``. ``mode="images"``: the grid is windows of
-    ``image_size`` at stride ``image_size``, each cut into patches of ``tile_size`` at ``stride``."""
+    ``image_size`` at stride ``image_size``, each cut into patches of ``tile_size`` at ``stride``. Grids
+    are scored on ``device``, decoded as ``decode`` says (see ``tile_grid``)."""
     if mode not in MODES:
         raise HistofastError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
     stride = tile_size if stride is None else stride
@@ -169,7 +172,8 @@ def build_samples(
             continue
         try:
             grids.append(tile_grid(item.path, cell, cell_stride, level=level, mpp=mpp, magnification=magnification,
-                                   hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white))
+                                   hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white, device=device,
+                                   decode=decode))
         except (HistofastError, OSError) as e:  # a bad slide never stops the others
             log.warning("skipping %s: %s", item.path, e)
             failed[item.path] = str(e)

@@ -1,12 +1,15 @@
 """Reading a level in bands of whole tile rows: bounded memory, each pixel decoded once.
 
-Chunks of rows (aligned to the stored tiles) are decoded ahead in the slide's thread pool while the
-caller works on the current band; rows still needed by the next tile row stay in a sliding window."""
+Chunks of rows (aligned to the stored tiles) are decoded ahead while the caller works on the current
+band; rows still needed by the next tile row stay in a sliding window. What decodes the rows is a
+``Rows`` source: the slide's own decoders in its thread pool (``SlideRows``, numpy buffers) or
+nvImageCodec (``histofast.io.nvimgcodec.NvRows``, on a GPU straight into device memory)."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -17,11 +20,71 @@ CHUNKS_AHEAD = 2  # chunks decoded ahead of the one being consumed
 MEMORY_BUDGET = 512 << 20  # band buffers of very wide levels: fewer chunks ahead rather than more memory
 
 
+@dataclass
+class Pending:
+    """Decodes in flight: ``wait()`` returns once they are done (raising the first failure), then calls
+    ``ready`` with the last one's result (a GPU source makes the caller's stream wait on it there)."""
+
+    futures: list[Future]
+    ready: Callable[[Any], None] | None = field(default=None)
+
+    def wait(self) -> None:
+        result = None
+        for future in self.futures:
+            result = future.result()
+        if self.ready is not None:
+            self.ready(result)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+
+
+class Rows(Protocol):
+    """What decodes a view's rows into band buffers."""
+
+    name: str  # what decodes, for reports: the slide backend ("tiff", "openslide", …) or "nvimgcodec-gpu"/"-cpu"
+    chunk_bytes: int  # decoded bytes per chunk
+
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        """An uninitialised uint8 buffer of ``shape`` where this source writes (numpy or a device tensor)."""
+
+    def read(self, y: int, h: int, out: Any) -> Pending:
+        """Start decoding view rows ``y .. y + h`` (full width) into ``out`` (h, W, 3). On a GPU the decode
+        waits (on the device) for the work already queued on the caller's current stream: ``out``'s last readers."""
+
+    def close(self) -> None:
+        """Release the decoder (the slide stays open)."""
+
+
+class SlideRows:
+    """Rows decoded by the slide's own decoders (tiled-TIFF fast path, OpenSlide, Pillow) in its thread pool."""
+
+    def __init__(self, view: LevelView) -> None:
+        self.view = view
+        self.name = view.slide.backend
+
+    @property
+    def chunk_bytes(self) -> int:
+        return CHUNK_BYTES
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(shape, np.uint8)
+
+    def read(self, y: int, h: int, out: np.ndarray) -> Pending:
+        pool = self.view.slide.pool
+        return Pending([pool.submit(job) for job in self.view.jobs(0, y, self.view.dimensions[0], h, out)])
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Band:
     """Rows ``y0 .. y0 + len(pixels)`` of the view, full width, and the tile rows they complete.
 
-    ``pixels`` is uint8 (h, W, 3) in view pixels and is only valid until the next band is drawn.
+    ``pixels`` is uint8 (h, W, 3) in view pixels (numpy, or a torch tensor on the GPU that decoded it)
+    and is only valid until the next band is drawn.
     For every tile row ``i`` in ``rows``, view rows ``[i·stride − margin, i·stride + tile_size + margin)``
     (clipped to the view) lie inside it."""
 
@@ -37,7 +100,7 @@ def grid_rows(height: int, tile_size: int, stride: int) -> int:
 
 def read_bands(
     view: LevelView, tile_size: int, stride: int, margin: int = 0, *,
-    chunk_bytes: int | None = None, prefetch: int = CHUNKS_AHEAD,
+    chunk_bytes: int | None = None, prefetch: int = CHUNKS_AHEAD, rows: Rows | None = None,
 ) -> Iterator[Band]:
     """Bands of ``view`` covering every tile row of the grid (``tile_size``, ``stride``, view pixels).
 
@@ -45,8 +108,9 @@ def read_bands(
         view: the pixels to stream.
         tile_size, stride: the grid, view pixels.
         margin: extra rows above and below each tile row the consumer needs (e.g. augment shifts).
-        chunk_bytes: decoded bytes per chunk read from the slide (default ``CHUNK_BYTES``).
+        chunk_bytes: decoded bytes per chunk read from the slide (default: the source's).
         prefetch: chunks decoded ahead (fewer when ``MEMORY_BUDGET`` would be exceeded).
+        rows: what decodes the view's rows (default: ``SlideRows(view)``, the slide's own decoders).
     Yields:
         ``Band``s in order; each tile row appears in exactly one band.
     """
@@ -55,8 +119,9 @@ def read_bands(
     if n_rows == 0:
         return
     end = min(height, (n_rows - 1) * stride + tile_size + margin)  # no row below this is needed
+    rows = rows or SlideRows(view)
     align = view.row_alignment
-    chunk = max(align, (chunk_bytes or CHUNK_BYTES) // (3 * width) // align * align)
+    chunk = max(align, (chunk_bytes or rows.chunk_bytes) // (3 * width) // align * align)
     per_chunk = -(-end // -(-end // chunk))  # the same rows split evenly: no mostly empty last chunk
     chunk = -(-per_chunk // align) * align
     # Each buffer holds a chunk below a head of rows carried over from the previous chunk (fewer than
@@ -65,7 +130,7 @@ def read_bands(
     chunks = -(-end // chunk)
     # Two buffers at least when there are several chunks: the previous one is read until the next is filled.
     count = min(chunks, max(2, min(prefetch + 1, MEMORY_BUDGET // ((head + chunk) * width * 3))))
-    free = [np.empty((head + chunk, width, 3), np.uint8) for _ in range(count)]
+    free = [rows.empty((head + chunk, width, 3)) for _ in range(count)]
     inflight: deque = deque()
     next_y = 0
 
@@ -74,8 +139,7 @@ def read_bands(
         if next_y < end and free:
             h = min(chunk, end - next_y)
             buf = free.pop()
-            futures = [view.slide.pool.submit(job) for job in view.jobs(0, next_y, width, h, buf[head : head + h])]
-            inflight.append((next_y, h, buf, futures))
+            inflight.append((next_y, h, buf, rows.read(next_y, h, buf[head : head + h])))
             next_y += h
 
     window, previous, keep_from, row = None, None, 0, 0
@@ -83,14 +147,13 @@ def read_bands(
         for _ in range(count):
             submit()
         while row < n_rows:
-            y, h, buf, futures = inflight.popleft()
-            for future in futures:
-                future.result()
+            y, h, buf, pending = inflight.popleft()
+            pending.wait()
             keep = max(0, y - keep_from)  # rows of the previous band still needed
             if keep:
                 buf[head - keep : head] = window[len(window) - keep :]
             window, top = buf[head - keep : head + h], y - keep
-            if previous is not None:
+            if previous is not None:  # its last reader (the copy just above) is queued: decode into it next
                 free.append(previous)
                 submit()
             previous = buf
@@ -101,6 +164,5 @@ def read_bands(
                 row = last + 1
             keep_from = max(top, row * stride - margin)
     finally:
-        for _, _, _, futures in inflight:  # stop decoding ahead for a consumer that stopped early
-            for future in futures:
-                future.cancel()
+        for _, _, _, pending in inflight:  # stop decoding ahead for a consumer that stopped early
+            pending.cancel()

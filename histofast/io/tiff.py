@@ -49,6 +49,10 @@ class TiffSlide(OpenSlideSlide):
         """Levels decoded directly from the stored tiles (the others go through OpenSlide)."""
         return tuple(i for i, page in enumerate(self._pages) if page is not None)
 
+    def stored_page(self, level: int):
+        """The tifffile page decoded directly for ``level`` (checked against OpenSlide), None if OpenSlide reads it."""
+        return self._pages[level]
+
     def tile_shape(self, level: int) -> tuple[int, int]:
         page = self._pages[level]
         return (page.tilewidth, page.tilelength) if page is not None else super().tile_shape(level)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import ops
 from ..augment import Augment
 from ..checks import check_count, check_device
-from ..io.bands import Band, read_bands
+from ..io.bands import Band, Rows, read_bands
 from ..io.level import LevelView
 from .buffers import BatchBuffers, to_device
 
@@ -78,9 +78,11 @@ def cut(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
     device: str = "cpu",
+    rows: Rows | None = None,
 ) -> Iterator[TileBatch]:
     """Cut the kept tiles of ``grid`` band by band; ``score(band)`` fills the band's rows of the grid's
-    white ratio first (a no-op when the grid is already scored)."""
+    white ratio first (a no-op when the grid is already scored). ``rows`` decodes the view (default: the
+    slide's own decoders)."""
     check_cut_options(batch_size, augment, epoch, out_dtype, layout, mean, std, device)
     t, stride = grid.tile_size, grid.stride
     reach = augment.reach(t) if augment is not None else 0
@@ -90,7 +92,7 @@ def cut(
     batch, filled, done = None, 0, 0
     parts: list[tuple[np.ndarray, ...]] = []
 
-    for band in read_bands(view, t, stride, reach):
+    for band in read_bands(view, t, stride, reach, rows=rows):
         score(band)
         keep = grid.keep[band.rows.start : band.rows.stop]
         rows, cols = np.nonzero(keep)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from .. import ops
-from ..checks import check_count, check_fraction
+from ..checks import check_count, check_device, check_fraction
 from ..errors import HistofastError
 from ..io import Slide, opened
+from ..io.decode import open_rows
 from ..io.level import LevelView
 from ..utils.atomic import atomic_open
 from .cut import cut
@@ -40,6 +41,8 @@ class TileGrid:
         coords: int64 (N, 2) level-0 (x, y) of the N kept tiles, row-major; ``len(grid) == N``.
         level_coords: int64 (N, 2) grid-pixel (x, y) of the kept tiles.
         downsample: level-0 pixels per grid pixel; mpp: µm per grid pixel (None when unknown).
+        decoder: what decoded the pixels: the slide backend ("tiff", "openslide", "image") or
+            "nvimgcodec-gpu" / "nvimgcodec-cpu" ("" for a grid read from CSV).
     """
 
     slide_path: str
@@ -51,6 +54,7 @@ class TileGrid:
     downsample: float = 1.0
     scale: float = 1.0
     mpp: float | None = None
+    decoder: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,12 +95,18 @@ class TileGrid:
         Args:
             slide: an open ``Slide`` or a path; default: ``slide_path``.
             options: ``batch_size``, ``augment``, ``epoch``, ``out_dtype``, ``layout``, ``mean``,
-                ``std``, ``device``, as for ``iter_tiles``.
+                ``std``, ``device``, ``decode``, as for ``iter_tiles``.
         Yields:
             ``TileBatch``es of the kept tiles in row-major order.
         """
+        decode = options.pop("decode", "auto")
         with opened(self.slide_path if slide is None else slide) as s:
-            yield from cut(self.view(s), self, lambda band: None, **options)
+            view = self.view(s)
+            rows = open_rows(view, decode, check_device(options.get("device", "cpu")))
+            try:
+                yield from cut(view, self, lambda band: None, rows=rows, **options)
+            finally:
+                rows.close()
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write every grid tile as one CSV row (columns ``CSV_FIELDS``); atomic (temp file, rename)."""

@@ -4,7 +4,7 @@ kept tiles cut and augmented before the next band is drawn."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -12,7 +12,8 @@ from .. import ops
 from ..checks import check_device
 from ..errors import SlideError
 from ..io import Slide, opened
-from ..io.bands import Band, read_bands
+from ..io.bands import Band, Rows, read_bands
+from ..io.decode import check_decode, open_rows
 from ..io.level import LevelView, select_level
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .buffers import to_device
@@ -32,6 +33,7 @@ def tile_grid(
     hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
     max_white: float = 0.5,
     device: str = "cpu",
+    decode: str = "auto",
     progress: Any = None,
 ) -> TileGrid:
     """Score every tile of a grid over one slide level by its white (background) fraction.
@@ -46,19 +48,26 @@ def tile_grid(
         level / mpp / magnification: at most one; see ``histofast.io.level.select_level``. Default level 0.
         hsv_lower, hsv_upper: OpenCV 8-bit HSV bounds of "white" (H 0–180, S and V 0–255), inclusive.
         max_white: keep tiles whose white fraction is at most this, in [0, 1].
-        device: "cpu" or "cuda[:i]" (where ``white_ratio`` runs; decoding is always on the CPU).
+        device: "cpu" or "cuda[:i]": where ``white_ratio`` runs (and, decoding on the GPU, the pixels land).
+        decode: "auto" (nvImageCodec on the GPU when ``device`` is CUDA, ``pip install 'histofast[gpu]'``
+            is installed and it reads the level; else the CPU decoders), "cpu", "gpu" (an error when it
+            cannot be had) or "nvimgcodec-cpu" (nvImageCodec's CPU backend). ``grid.decoder`` says which ran.
         progress: an optional tqdm-like object; ``update(n)`` is called with tile rows done.
     Returns:
         The ``TileGrid``.
     """
     with opened(slide) as s:
-        view, grid, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
-                                    max_white, device)
-        for band in read_bands(view, grid.tile_size, grid.stride):
-            score(band)
-            if progress is not None:
-                progress.update(len(band.rows))
-        return grid
+        view, rows, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
+                                    max_white, device, decode, deferred=True)
+        try:
+            for band in read_bands(view, score.grid.tile_size, score.grid.stride, rows=rows):
+                score(band)
+                if progress is not None:
+                    progress.update(len(band.rows))
+            score.finish()
+        finally:
+            rows.close()
+        return score.grid
 
 
 def iter_tiles(
@@ -73,6 +82,7 @@ def iter_tiles(
     hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
     max_white: float = 0.5,
     device: str = "cpu",
+    decode: str = "auto",
     **options: Any,
 ) -> "TileIterator":
     """``tile_grid`` and ``TileGrid.tiles`` in one pass: each band is decoded once, scored, and its
@@ -81,7 +91,7 @@ def iter_tiles(
     Arguments are checked (and a path opened) at the call, before anything is decoded.
 
     Args:
-        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device:
+        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device, decode:
             as for ``tile_grid``.
         options:
             batch_size: tiles per batch (default 64; the last batch may be smaller).
@@ -90,29 +100,34 @@ def iter_tiles(
             out_dtype, layout, mean, std: as for ``ops.augment`` (default uint8 NHWC, no normalisation).
     Returns:
         A ``TileIterator``: iterate it for ``TileBatch``es of the kept tiles in row-major order, on
-        ``device``; its ``grid`` is complete once the batches are exhausted.
+        ``device``; its ``grid`` is complete once the batches are exhausted; its ``decoder`` says what decodes.
     """
     source = opened(slide)
     try:
-        view, grid, score = _scorer(source.slide, tile_size, stride, level, mpp, magnification, hsv_lower,
-                                    hsv_upper, max_white, device)
         check_cut_options(**options)
+        view, rows, score = _scorer(source.slide, tile_size, stride, level, mpp, magnification, hsv_lower,
+                                    hsv_upper, max_white, device, decode)
     except BaseException:
         source.__exit__()
         raise
 
     def batches() -> Iterator[TileBatch]:
         with source:
-            yield from cut(view, grid, score, device=device, **options)
+            try:
+                yield from cut(view, score.grid, score, device=device, rows=rows, **options)
+            finally:
+                rows.close()
 
-    return TileIterator(grid, batches())
+    return TileIterator(score.grid, batches(), rows.name)
 
 
 class TileIterator:
-    """The batches of ``iter_tiles``; ``grid`` fills in as bands are scored (rows not yet reached read 1.0)."""
+    """The batches of ``iter_tiles``; ``grid`` fills in as bands are scored (rows not yet reached read 1.0);
+    ``decoder`` names what decodes the pixels (as ``TileGrid.decoder``)."""
 
-    def __init__(self, grid: TileGrid, batches: Iterator[TileBatch]) -> None:
+    def __init__(self, grid: TileGrid, batches: Iterator[TileBatch], decoder: str = "") -> None:
         self.grid = grid
+        self.decoder = decoder
         self._batches = batches
 
     def __iter__(self) -> "TileIterator":
@@ -126,11 +141,16 @@ class TileIterator:
         self._batches.close()
 
 
-def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any, device: str) -> np.ndarray:
-    """White ratio of the band's tile rows: float32 (len(band.rows), cols)."""
+def _band_region(band: Band, tile_size: int, stride: int, device: str) -> Any:
+    """The band's rows its tile rows cover, on ``device``."""
     top = band.rows.start * stride - band.y0
     bottom = (band.rows.stop - 1) * stride + tile_size - band.y0
-    ratio = ops.white_ratio(to_device(band.pixels[top:bottom], device), tile_size, stride, lower, upper)
+    return to_device(band.pixels[top:bottom], device)
+
+
+def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any, device: str) -> np.ndarray:
+    """White ratio of the band's tile rows: float32 (len(band.rows), cols), on the host."""
+    ratio = ops.white_ratio(_band_region(band, tile_size, stride, device), tile_size, stride, lower, upper)
     return ratio if isinstance(ratio, np.ndarray) else ratio.cpu().numpy()
 
 
@@ -147,16 +167,47 @@ def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magn
     return view, int(tile_size), int(stride)
 
 
+class _Score:
+    """``score(band)`` fills the band's rows of the grid's white ratio; ``deferred`` on a GPU, it fills a
+    device copy instead and ``finish`` brings the whole grid back once (no host round trip per band)."""
+
+    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool) -> None:
+        self.grid, self.ratio, self.lower, self.upper, self.device = grid, grid.white_ratio, lower, upper, device
+        self.tile_size, self.stride = grid.tile_size, grid.stride
+        self._on_device = None
+        if deferred and device != "cpu":
+            import torch
+
+            self._on_device = torch.ones(self.ratio.shape, dtype=torch.float32, device=device)
+
+    def __call__(self, band: Band) -> None:
+        rows = slice(band.rows.start, band.rows.stop)
+        if self._on_device is None:
+            self.ratio[rows] = _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device)
+        else:
+            ops.white_ratio(_band_region(band, self.tile_size, self.stride, self.device), self.tile_size,
+                            self.stride, self.lower, self.upper, out=self._on_device[rows])
+
+    def finish(self) -> None:
+        """Every band is scored: bring a deferred grid's ratios back to the host."""
+        if self._on_device is not None:
+            self.ratio[...] = self._on_device.cpu().numpy()
+
+
 def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any, lower: Any,
-            upper: Any, max_white: Any, device: Any) -> tuple[LevelView, TileGrid, Callable[[Band], None]]:
-    """The view, an unscored grid (white ratio 1.0) and ``score(band)``, which fills the band's rows."""
+            upper: Any, max_white: Any, device: Any, decode: Any,
+            deferred: bool = False) -> tuple[LevelView, Rows, _Score]:
+    """The view, what decodes its rows (close it) and the ``_Score`` of an unscored grid (white ratio 1.0);
+    arguments are checked before anything is decoded."""
     view, tile_size, stride = _setup(slide, tile_size, stride, level, mpp, magnification, lower, upper, max_white)
     device = check_device(device)
+    check_decode(decode, device)
+    rows = open_rows(view, decode, device)
     ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
     grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
-                    view.scale, view.mpp)
-
-    def score(band: Band) -> None:
-        ratio[band.rows.start : band.rows.stop] = _band_ratio(band, tile_size, stride, lower, upper, device)
-
-    return view, grid, score
+                    view.scale, view.mpp, rows.name)
+    try:
+        return view, rows, _Score(grid, lower, upper, device, deferred)
+    except BaseException:
+        rows.close()
+        raise
