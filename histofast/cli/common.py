@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..io.decode import DECODES
+
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
                   ".png", ".jpg", ".jpeg"}
 
@@ -48,6 +50,11 @@ def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: st
                    help='geometric augmentation of written tiles, e.g. "rot90,flip,shift=16,angle=10"')
     p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
     p.add_argument("--workers", type=int, metavar="N", help="decode/encode threads (default: all cores)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="where tiles are scored and cut: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--decode", choices=DECODES, default="auto",
+                   help="what decodes slides: auto (nvImageCodec on the GPU with --device cuda, where installed "
+                        "and it reads the file; else the CPU), cpu, gpu, nvimgcodec-cpu (default auto)")
     p.add_argument("--qc", action="store_true", help="write qc.png: thumbnail with kept tiles outlined")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -65,7 +72,7 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
     )
     start = time.perf_counter()
     results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
-                            progress=False if args.quiet else None)
+                            progress=False if args.quiet else None, device=args.device, decode=args.decode)
     seconds = time.perf_counter() - start
     done = [r for r in results if r.status == "done"]
     skipped = [r for r in results if r.status == "skipped"]
@@ -77,7 +84,10 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
             print(f"warning: {r.slide}: no tissue tiles (all {r.total} tiles are more than "
                   f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)
     kept, total = sum(r.kept for r in done), sum(r.total for r in done)
+    decoders = sorted({r.decoder for r in done})
     print(f"{len(done)} slides tiled, {len(skipped)} already done, {len(failed)} failed; "
           f"tiles kept {kept}/{total}; {seconds:.1f} s; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
-          f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written; manifest {Path(args.out) / 'manifest.csv'}")
+          f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written"
+          + (f"; decoded by {', '.join(decoders)}" if decoders else "")
+          + f"; manifest {Path(args.out) / 'manifest.csv'}")
     return 1 if failed else 0

@@ -10,12 +10,16 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from ..checks import check_device
 from ..errors import HistofastError, SlideError
 from ..io import open_slide
+from ..io.decode import check_decode
 from ..tiling import iter_tiles
 from ..utils.atomic import atomic_open, atomic_write
 from .options import ExportOptions
@@ -40,6 +44,7 @@ class SlideResult:
     error: str | None = None
     directory: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    decoder: str = ""  # what decoded the slide ("tiff", "openslide", "nvimgcodec-gpu", …; "" unless done)
 
 
 def slide_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -52,10 +57,13 @@ def slide_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
 def export_slide(
     path: str | os.PathLike, out_dir: str | os.PathLike, options: ExportOptions, *,
     slide_id: str | None = None, workers: int | None = None, qc: bool = False, progress: Any = None,
+    device: str = "cpu", decode: str = "auto",
 ) -> SlideResult:
     """Tile one slide into ``out_dir/<slide_id>/``: tiles or shards, ``grid.csv``, ``manifest.csv`` (last).
 
-    Raises on failure (``export_slides`` catches per slide). Temporary files never outlive an error.
+    ``device`` and ``decode`` say where tiles are scored and cut and what decodes them, as for ``iter_tiles``
+    (tiles are encoded on the CPU). Raises on failure (``export_slides`` catches per slide). Temporary files
+    never outlive an error.
     """
     start = time.perf_counter()
     slide_id = slide_id or Path(path).stem
@@ -76,7 +84,7 @@ def export_slide(
         stream = iter_tiles(
             slide, options.tile_size, options.stride, level=options.level, mpp=options.mpp,
             magnification=options.magnification, hsv_lower=options.hsv_lower, hsv_upper=options.hsv_upper,
-            max_white=options.max_white, augment=options.augment, batch_size=64,
+            max_white=options.max_white, augment=options.augment, batch_size=64, device=device, decode=decode,
         )
         writer = TileWriter(Path(out_dir), slide_id, os.fspath(path), stream.grid.level, options,
                              workers or slide.workers)
@@ -84,6 +92,8 @@ def export_slide(
             progress.reset(total=stream.grid.white_ratio.shape[0])
         with writer:
             for batch in stream:
+                if not isinstance(batch.images, np.ndarray):  # cut on a GPU: encoded on the host
+                    batch = replace(batch, images=batch.images.cpu().numpy())
                 writer.add(batch)
                 if progress is not None:
                     progress.n = int(batch.level_coords[-1, 1]) // stream.grid.stride + 1
@@ -97,7 +107,7 @@ def export_slide(
         w.writeheader()
         w.writerows(writer.rows)
     return SlideResult(os.fspath(path), "done", len(grid), grid.white_ratio.size, time.perf_counter() - start,
-                       directory=os.fspath(directory), rows=writer.rows)
+                       directory=os.fspath(directory), rows=writer.rows, decoder=stream.decoder)
 
 
 
@@ -108,14 +118,19 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
 
 def export_slides(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, options: ExportOptions, *,
-    workers: int | None = None, qc: bool = False, progress: bool | None = None,
+    workers: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
+    decode: str = "auto",
 ) -> list[SlideResult]:
     """Export every slide; one failing slide is reported and the others still finish.
+
+    ``device``, ``decode``: as for ``export_slide``; checked before any slide is read.
 
     Writes ``out_dir/manifest.csv`` (all finished slides' manifests, atomically) at the end.
     ``progress``: tqdm bars per slide and overall (None: only on a terminal)."""
     from tqdm.auto import tqdm
 
+    device = check_device(device)
+    check_decode(decode, device)
     out = Path(out_dir)
     _writable(out)
     results: list[SlideResult] = []
@@ -127,7 +142,7 @@ def export_slides(
             rows.set_description(Path(path).name)
             try:
                 results.append(export_slide(path, out, options, slide_id=slide_id, workers=workers, qc=qc,
-                                            progress=rows))
+                                            progress=rows, device=device, decode=decode))
             except (HistofastError, OSError) as e:
                 reason = e.reason if isinstance(e, SlideError) else str(e)
                 log.error("%s: failed: %s", path, reason)

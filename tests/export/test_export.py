@@ -67,6 +67,18 @@ def test_jpg_export_and_qc(slide, grid, tmp_path):
     assert qc.format == "PNG" and max(qc.size) <= 2048 and qc.size[0] > qc.size[1]
 
 
+def test_nvimgcodec_export_is_the_same_files_and_says_what_decoded(slide, tmp_path, capsys):
+    pytest.importorskip("nvidia.nvimgcodec")
+    argv = ["tile", os.fspath(slide), "--tile-size", str(TILE), "--stride", str(STRIDE), "--format", "png", "--quiet"]
+    assert main(argv + ["--out", os.fspath(tmp_path / "nv"), "--decode", "nvimgcodec-cpu"]) == 0
+    assert "decoded by nvimgcodec-cpu" in capsys.readouterr().out
+    assert main(argv + ["--out", os.fspath(tmp_path / "cpu")]) == 0
+    assert "decoded by tiff" in capsys.readouterr().out
+    files = sorted(p.relative_to(tmp_path / "cpu") for p in (tmp_path / "cpu").rglob("*.png"))
+    assert files and files == sorted(p.relative_to(tmp_path / "nv") for p in (tmp_path / "nv").rglob("*.png"))
+    assert all((tmp_path / "cpu" / f).read_bytes() == (tmp_path / "nv" / f).read_bytes() for f in files)
+
+
 def test_tfrecord_shards_hold_every_kept_tile_once(slide, grid, tmp_path):
     options = ExportOptions(TILE, STRIDE, format="tfrecord", label=2, shard_tiles=7)
     export_slides([slide], tmp_path, options, progress=False)
@@ -176,6 +188,8 @@ def test_unwritable_output(slide, tmp_path, capsys):
         (["--hsv-lower", "0", "0", "300"], "lower[2]=300"),
         (["--augment", "rot90,zoom=2"], "'zoom=2' is not"),
         (["--level", "5"], "level=5"),
+        (["--decode", "gpu"], "decode='gpu' decodes into GPU memory: it needs device='cuda'"),
+        (["--device", "tpu"], "device='tpu': expected 'cpu', 'cuda' or 'cuda:<index>'"),
     ],
 )
 def test_bad_arguments_name_the_problem(slide, tmp_path, capsys, argv, fragment):
