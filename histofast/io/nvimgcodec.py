@@ -190,7 +190,22 @@ class NvDecoder:
             hint = f"; nvImageCodec said: {' | '.join(self.noise[-3:])}" if self.noise else ""
             raise SlideError(path, f"{self.name} could not decode {what} (region x={x} y={y} {w}×{h}, "
                                    f"{len(failed)} of {len(boxes)} regions failed){hint}")
+        for image, out in zip(images, outs):
+            self._land(image, out)
         return self.stream.record_event() if self.gpu else None
+
+    def _land(self, image: Any, out: Any) -> None:
+        """Make sure the pixels are in ``out``: nvImageCodec documents reusing only the buffers it allocated,
+        so where it decoded into one of its own instead of ours, copy (on the decode stream)."""
+        if not self.gpu:
+            if np.asarray(image).__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+                np.copyto(out, np.asarray(image))
+            return
+        if image.__cuda_array_interface__["data"][0] != out.data_ptr():
+            import torch
+
+            with torch.cuda.stream(self.stream):
+                out.copy_(torch.as_tensor(image, device=out.device))
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
