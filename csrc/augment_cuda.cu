@@ -8,10 +8,11 @@ namespace hf {
 namespace {
 
 template <class OutT>
-__global__ void augment_kernel(AugmentArgs a, const TileParams* params, int64_t i_begin, OutT* out) {
+__global__ void augment_kernel(AugmentArgs a, const TileParams* params, int64_t i_begin, int64_t y_begin,
+                               OutT* out) {
   const int64_t t = a.tile;
   const int64_t x = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t y = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
+  const int64_t y = y_begin + static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
   const int64_t i = i_begin + blockIdx.z;
   if (x >= t || y >= t) return;
   const TileParams p = params[i];
@@ -32,12 +33,17 @@ __global__ void augment_kernel(AugmentArgs a, const TileParams* params, int64_t 
 template <class OutT>
 void launch(const AugmentArgs& a, const TileParams* params, cudaStream_t stream) {
   const dim3 block(32, 8);
+  // grid.y is limited to 65535 blocks: tiles taller than that many block rows go in row chunks.
+  const int64_t rows_per_launch = kMaxGridYZ * block.y;
   for (int64_t i = 0; i < a.n; i += kMaxGridYZ) {
-    const dim3 grid(static_cast<unsigned>((a.tile + block.x - 1) / block.x),
-                    static_cast<unsigned>((a.tile + block.y - 1) / block.y),
-                    static_cast<unsigned>(hf_min(kMaxGridYZ, a.n - i)));
-    augment_kernel<OutT><<<grid, block, 0, stream>>>(a, params, i, static_cast<OutT*>(a.out));
-    CHECK_CUDA(cudaGetLastError());
+    for (int64_t y = 0; y < a.tile; y += rows_per_launch) {
+      const int64_t rows = hf_min(rows_per_launch, a.tile - y);
+      const dim3 grid(static_cast<unsigned>((a.tile + block.x - 1) / block.x),
+                      static_cast<unsigned>((rows + block.y - 1) / block.y),
+                      static_cast<unsigned>(hf_min(kMaxGridYZ, a.n - i)));
+      augment_kernel<OutT><<<grid, block, 0, stream>>>(a, params, i, y, static_cast<OutT*>(a.out));
+      CHECK_CUDA(cudaGetLastError());
+    }
   }
 }
 
