@@ -23,6 +23,11 @@ struct LaunchTiles {
   TileParams p[kTilesPerLaunch];
 };
 
+// Reads: a warp is 32 neighbouring output pixels of one row. rot90 k = 0, 2 read them from one
+// source row (coalesced); k = 1, 3 transpose, so they come from 32 source rows, one 32-byte sector
+// each (the block's 8 warps read neighbouring columns, so L1 serves part of it). Not yet timed on a
+// GPU: benchmark with rot90 fixed at 0 and at 1 before changing this kernel (e.g. a shared-memory
+// transpose).
 template <class OutT>
 __global__ void augment_kernel(AugmentArgs a, __grid_constant__ const LaunchTiles tiles, int64_t i_begin,
                                int64_t y_begin, OutT* out) {
