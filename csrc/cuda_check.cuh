@@ -1,10 +1,11 @@
 // cuda_check.cuh — CUDA helpers for the *_cuda.cu twins: CHECK_CUDA (raises with file and line),
-// a device guard, and a stream-ordered scratch buffer.
+// a device guard, and a scratch buffer (stream-ordered where the device has memory pools).
 #pragma once
 #include <cuda_runtime.h>
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "array.h"
 
@@ -39,14 +40,47 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-// Scratch memory allocated and freed in the order of `stream` (no device-wide synchronisation).
+// Whether `device` has stream-ordered memory pools (cudaMallocAsync); some vGPU, MIG and WSL setups
+// do not. Asked once for every device, on first use (C++ initialises the static once, thread-safely).
+inline bool memory_pools_supported(int device) {
+  static const std::vector<bool> supported = [] {
+    int n = 0;
+    CHECK_CUDA(cudaGetDeviceCount(&n));
+    std::vector<bool> s(n);
+    for (int d = 0; d < n; ++d) {
+      int v = 0;
+      CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMemoryPoolsSupported, d));
+      s[d] = v != 0;
+    }
+    return s;
+  }();
+  return supported.at(device);
+}
+
+// Scratch memory on the current device for work queued on `stream`: allocated and freed in stream
+// order (no synchronisation) where the device has memory pools; elsewhere cudaMalloc, and the
+// destructor waits for the stream before cudaFree.
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer(size_t n, cudaStream_t stream) : stream_(stream) {
-    CHECK_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), n * sizeof(T), stream));
+    int device = 0;
+    CHECK_CUDA(cudaGetDevice(&device));
+    pooled_ = memory_pools_supported(device);
+    void** p = reinterpret_cast<void**>(&ptr_);
+    CHECK_CUDA(pooled_ ? cudaMallocAsync(p, n * sizeof(T), stream) : cudaMalloc(p, n * sizeof(T)));
   }
-  ~DeviceBuffer() { cudaFreeAsync(ptr_, stream_); }
+  ~DeviceBuffer() {
+    cudaError_t err;
+    if (pooled_) {
+      err = cudaFreeAsync(ptr_, stream_);
+    } else {
+      const cudaError_t synced = cudaStreamSynchronize(stream_);  // queued work may still use the buffer
+      err = cudaFree(ptr_);
+      if (err == cudaSuccess) err = synced;
+    }
+    if (err != cudaSuccess) cudaGetLastError();  // a destructor cannot raise; leave no stale error behind
+  }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   T* get() const { return ptr_; }
@@ -54,6 +88,7 @@ class DeviceBuffer {
  private:
   T* ptr_ = nullptr;
   cudaStream_t stream_;
+  bool pooled_ = true;
 };
 
 // Grid dimensions y and z are limited to 65535 blocks; launchers loop over chunks of this many.

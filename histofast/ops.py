@@ -1,7 +1,8 @@
 """The one door into histofast's compiled kernels (``histofast._C``).
 
 Each op takes a numpy array, a torch tensor (CPU or CUDA) or a CuPy array, runs on the device the
-data lives on (CUDA ops on the caller's current stream, without synchronising), and returns the same
+data lives on (CUDA ops on the caller's current stream, without synchronising; only white_ratio, on a
+device without memory pools, waits for the stream to free its scratch memory), and returns the same
 kind of array on the same device. Images are uint8 (H, W, 3) RGB in level pixels; rows may be
 strided (a crop of a larger array), pixels must be packed."""
 from __future__ import annotations

@@ -163,6 +163,15 @@ def test_augment_matches_numpy_recipe(device, out_dtype, layout, height, width, 
     np.testing.assert_allclose(to_numpy(out).astype(np.float64), expect.astype(np.float64), rtol=0, atol=EXACT_ATOL[out_dtype])
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_augment_more_tiles_than_one_launch(device):
+    """The CUDA twin carries 99 tiles' parameters per launch: 250 tiles take three launches."""
+    region, origins, params = random_augment_case(22, 90, 100, 20, 250, 8)
+    kw = dict(**params, mean=MEAN, std=STD, out_dtype="float16", layout="NCHW")
+    out = ops.augment(to_device(region, device), origins, 20, **kw)
+    np.testing.assert_array_equal(to_numpy(out), augment_reference(region, origins, 20, **kw))
+
+
 def test_augment_defaults_are_identity_crops():
     region, origins, _ = random_augment_case(5, 100, 120, 32, 6, 0)
     out = ops.augment(region, origins, 32, out_dtype="uint8", layout="NHWC")
