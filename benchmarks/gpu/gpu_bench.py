@@ -386,11 +386,13 @@ def part_pipeline(slide: dict[str, Any], a: argparse.Namespace, clock: Clock, lo
             fed_steps += n - 1
     fed_s = steady / fed_steps if fed_steps else float("nan")
     busy = model_s / fed_s if fed_steps else None
-    log(f"(3) pipeline-fed: {fed_s * 1e3:.1f} ms/step over {fed_steps} steps; busy {busy}")
+    log(f"(3) pipeline-fed: {fed_s * 1e3:.1f} ms/step over {fed_steps} steps; busy "
+        + ("—" if busy is None else f"{busy:.0%}"))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"slide": slide["path"], "settings": {**cfg, "patch_widths": list(cfg["patch_widths"]),
                                                  "image_widths": list(cfg["image_widths"])},
-            "reduced": bool(a.quick), "dtype": a.pipeline_dtype, "amp": str(amp), "batch_shape": shape,
+            "reduced": bool(a.quick), "device": a.device, "decode": a.decode, "dtype": a.pipeline_dtype,
+            "amp": str(amp), "batch_shape": shape,
             "pipeline": repr(pipe), "pipeline_build_s": build_s, "steps_per_epoch": steps_per_epoch,
             "model_step_s": model_s, "model_step_all_s": per_step, "fed_step_s": fed_s, "fed_steps": fed_steps,
             "first_batch_s": startup, "images_per_s_fed": cfg["batch_size"] / fed_s if fed_steps else None,
@@ -404,27 +406,36 @@ def part_pipeline(slide: dict[str, Any], a: argparse.Namespace, clock: Clock, lo
 
 def part_kernels(slide: dict[str, Any], a: argparse.Namespace, log: Log) -> dict[str, Any]:
     """white_ratio and augment (rot90 0 and 1 apart) on the slide's pixels on the device, timed with CUDA events,
-    as a fraction of a large device-to-device copy's bandwidth (bytes read + written)."""
+    as a fraction of a large device-to-device copy's bandwidth (bytes read + written). With ``--device cpu
+    --cpu-kernels`` the same on torch CPU tensors, timed by the host clock against a host copy (a smoke test)."""
     import torch
 
     device = torch.device(a.device)
+    cuda = device.type == "cuda"
     side = min(a.kernel_region, slide["width"], slide["height"])
     with hf.open_slide(slide["path"]) as s:
         host = s.read_region((0, 0), 0, (side, side))
     region = torch.from_numpy(np.ascontiguousarray(host)).to(device)
 
+    def once_ms(fn: Callable[[], Any]) -> float:
+        if not cuda:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()  # on the current stream, the one histofast.ops launches on
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
     def median_ms(fn: Callable[[], Any], rounds: int) -> tuple[float, list[float]]:
+        """Median milliseconds of ``rounds`` calls after ``a.kernel_warmup`` untimed ones, and every time."""
         for _ in range(a.kernel_warmup):
             fn()
-        torch.cuda.synchronize(device)
-        times = []
-        for _ in range(rounds):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        if cuda:
+            torch.cuda.synchronize(device)
+        times = [once_ms(fn) for _ in range(rounds)]
         return statistics.median(times), times
 
     def copy_ms(n: int) -> tuple[float, list[float]]:
@@ -436,7 +447,8 @@ def part_kernels(slide: dict[str, Any], a: argparse.Namespace, log: Log) -> dict
     n = int(a.copy_gib * 2**30)
     ms, copy_all = copy_ms(n)
     copy_bw = 2 * n / (ms / 1e3)  # bytes read plus bytes written per second
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     log(f"(4) device copy: {copy_bw / 1e9:.0f} GB/s (read + write)")
     out: dict[str, Any] = {"region": [side, side], "copy": {"bytes": 2 * n, "ms": ms, "all_ms": copy_all,
                                                             "gb_per_s": copy_bw / 1e9}}
@@ -466,7 +478,7 @@ def part_kernels(slide: dict[str, Any], a: argparse.Namespace, log: Log) -> dict
         few = slice(0, min(8, count))
         cpu = hf.ops.augment(host, origins[few], tile, rot90=rot90[few], mean=IMAGENET_MEAN, std=IMAGENET_STD,
                              out_dtype="float16", layout="NCHW")
-        gpu = to_numpy(run())[few]
+        gpu = to_numpy(run()[few])
         out[f"augment_rot{turns}"] = {
             "tiles": count, "tile_size": tile, "out_dtype": "float16", "layout": "NCHW", "bytes": moved, "ms": ms,
             "all_ms": all_ms, "gb_per_s": moved / (ms / 1e3) / 1e9, "of_copy": moved / (ms / 1e3) / copy_bw,
@@ -568,6 +580,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--augment-tiles", type=int, default=256, help="tiles per augment call (default 256)")
     p.add_argument("--kernel-rounds", type=int, default=20, help="timed kernel calls, median (default 20)")
     p.add_argument("--kernel-warmup", type=int, default=3, help="untimed kernel calls first (default 3)")
+    p.add_argument("--cpu-kernels", action="store_true",
+                   help="with --device cpu, run (4) on the CPU too (host copy as the ceiling): a smoke test, no target")
     p.add_argument("--copy-gib", type=float, default=2.0, help="device-to-device copy size, GiB (default 2)")
     p.add_argument("--cache-dir", help="where generated slides are kept (default: histofast bench's cache)")
     p.add_argument("--json", type=Path, default=Path(".benchmarks") / "gpu_bench.json", help="the JSON report")
@@ -581,7 +595,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.recipe_tiles = a.recipe_tiles or (16 if a.quick else 256)
     if a.quick:
         a.pipeline_epochs, a.warmup, a.model_steps = 1, 1, 2
-        a.kernel_rounds, a.kernel_warmup, a.copy_gib, a.augment_tiles = 5, 1, 0.25, 32
+        a.kernel_rounds, a.kernel_warmup, a.copy_gib, a.augment_tiles = 5, 1, 0.125, 32
     return a
 
 
@@ -625,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         if "pipeline" in a.parts:
             plan.append(("pipeline", lambda: report.__setitem__("pipeline", part_pipeline(slide, a, clock, log))))
         if "kernels" in a.parts:
-            if on_gpu:
+            if on_gpu or a.cpu_kernels:
                 plan.append(("kernels", lambda: report.__setitem__("kernels", part_kernels(slide, a, log))))
             else:
                 report["skipped"].append({"part": "kernels", "why": "needs a CUDA device (fractions of the device's "
