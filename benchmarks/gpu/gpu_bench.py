@@ -349,10 +349,14 @@ def part_pipeline(slide: dict[str, Any], a: argparse.Namespace, clock: Clock, lo
 
     # Pre-made device batches: the first few of an epoch, copied so that no buffer is recycled under them.
     made = []
-    for batch in pipe:
-        made.append((batch["image"].clone(), batch["label"].clone()))
-        if len(made) == min(4, steps_per_epoch):
-            break
+    stream = iter(pipe)
+    try:
+        for batch in stream:
+            made.append((batch["image"].clone(), batch["label"].clone()))
+            if len(made) == min(4, steps_per_epoch):
+                break
+    finally:
+        getattr(stream, "close", lambda: None)()  # stop the epoch's lanes now, not when collected
     shape = list(made[0][0].shape)
     for k in range(a.warmup):
         step(*made[k % len(made)])

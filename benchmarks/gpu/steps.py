@@ -172,6 +172,12 @@ def info() -> dict[str, Any]:
                             "path": str(Path(histofast.__file__).parent)}
     except Exception as e:  # the build failed: say so, keep the rest
         out["histofast"] = {"error": f"{type(e).__name__}: {e}"}
+    try:  # where `nvidia.*` resolves: a regular package in site-packages would hide the carried nvimgcodec
+        import nvidia
+
+        out["nvidia_package_path"] = list(getattr(nvidia, "__path__", []))
+    except ImportError as e:
+        out["nvidia_package_path"] = f"ImportError: {e}"
     return out
 
 
