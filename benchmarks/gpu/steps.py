@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -68,18 +69,26 @@ def _run(command: list[str], env: dict[str, str] | None = None, cwd: Path = REPO
     return subprocess.run(command, env=env, cwd=cwd).returncode
 
 
+def _tool(name: str) -> str:
+    """A build tool: on PATH, else beside this interpreter (a virtual environment's pip-installed cmake, ninja)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.exists() else name)
+
+
 def cmake_build(env: dict[str, str]) -> int:
     """setup.py's CMake configure and build, run directly: ``_C`` lands in ``histofast/``; 0 on success."""
     import pybind11
 
     build = REPO / "build" / "gpu-verify"
-    configure = ["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja",
+    env = dict(env, PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))  # for ninja
+    cmake = _tool("cmake")
+    configure = [cmake, "-S", str(REPO), "-B", str(build), "-G", "Ninja",
                  f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={REPO / 'histofast'}{os.sep}",
                  f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                  "-DCMAKE_BUILD_TYPE=Release",
                  f"-DHISTOFAST_CUDA={'OFF' if env.get('HISTOFAST_CUDA') == '0' else 'AUTO'}",
                  f"-DHISTOFAST_CUDA_ARCHS={env.get('HISTOFAST_CUDA_ARCHS', DEFAULT_ARCHS)}"]
-    return _run(configure, env) or _run(["cmake", "--build", str(build), "--parallel",
+    return _run(configure, env) or _run([cmake, "--build", str(build), "--parallel",
                                          env["CMAKE_BUILD_PARALLEL_LEVEL"]], env)
 
 
