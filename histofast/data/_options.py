@@ -9,6 +9,7 @@ from ..augment import Augment
 PIPELINE_BACKENDS = ("auto", "dali", "torch")
 DALI_INSTALL = "pip install histofast[dali]"
 BATCH_KEYS = ("image", "label", "slide", "x", "y")  # every batch's keys, in DALI's output order
+PRESETS = ("train", "eval")  # "eval": no shuffle, no augmentation unless asked for
 DEFAULT_AUGMENT = object()  # the ``augment=`` default: ``default_augment(seed)``
 
 

@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import torch
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ..augment import Augment
 from ..checks import check_count, check_device, count_or_default
+from ..errors import HistofastError
 from ..io.decode import check_decode
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import TileGrid
-from ._options import DEFAULT_AUGMENT, default_augment, default_workers
+from ._options import DEFAULT_AUGMENT, PRESETS, default_augment, default_workers
+from .distributed import EpochClock, effective_shard
 from .lanes import Lane, decode_threads
 from .plan import batch_count, check_shard, merge, plan, shard_size
 from .samples import build_samples
@@ -47,11 +50,17 @@ class TileDataset(torch.utils.data.IterableDataset):
             Default: ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``.
         batch_size: samples per batch. dtype: "float32", "float16" or "uint8".
         mean, std: per channel, in units of pixel / 255 (the default gives [0, 1]).
-        shuffle: permute blocks of slide area over all slides, then samples within windows of blocks.
-        seed: the shuffle (and default augmentation) seed; ``set_epoch`` gives each epoch its draw.
-        shard: ``(rank, world_size)``: this process's share; all shards together hold every kept
-            sample exactly once per epoch and differ by at most one sample.
-        drop_last: drop the epoch's last partial batch.
+        shuffle: permute blocks of slide area over all slides, then samples within windows of blocks
+            (default: True for ``preset="train"``, False for ``"eval"``).
+        seed: the shuffle (and default augmentation) seed; each epoch has its own draw.
+        shard: ``(rank, world_size)``: this process's share. Default: taken when iterating from the
+            initialised ``torch.distributed`` process group (torchrun, Lightning DDP), else (0, 1).
+            Every rank gets the same number of samples, as with ``DistributedSampler``: without
+            ``drop_last`` ⌈N/world⌉ (a shorter share repeats its own first samples, with label −100), with
+            it ⌊N/world⌋; so every rank yields ``len(self)`` batches of the same sizes.
+        drop_last: drop the epoch's last partial batch (and the samples beyond an even share).
+        preset: "train" (shuffle and the default augmentation) or "eval" (neither, unless given: the
+            order and pixels of validation and ``histofast evaluate``).
         workers: lanes run in threads in the main process (default: CPU cores, at most 4).
         threads: decode threads per process (default: CPU cores / processes).
         device: "cpu" or "cuda[:i]": where grids are scored (and, decoding on the GPU, slides decoded).
@@ -60,8 +69,12 @@ class TileDataset(torch.utils.data.IterableDataset):
         progress: a tqdm bar while grids are scored.
     Yields:
         dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
-        ``label`` int64 (B,) (−1 when unlabelled); ``slide`` int64 (B,) (index into ``slides``);
-        ``x``, ``y`` int64 (B,): the tile's or window's corner in level-0 pixels.
+        ``label`` int64 (B,) (−100 when unlabelled or a repeat evening out the shards: ``cross_entropy``'s
+        default ``ignore_index``); ``slide`` int64 (B,) (index into ``slides``); ``x``, ``y`` int64 (B,):
+        the tile's or window's corner in level-0 pixels.
+
+    Epochs: each iteration is the next epoch (a new shuffle and augmentation draw), in the main process
+    and in ``DataLoader`` workers alike, persistent or not; ``set_epoch(e)`` makes the next one epoch e.
     """
 
     def __init__(
@@ -85,10 +98,11 @@ class TileDataset(torch.utils.data.IterableDataset):
         dtype: str = "float32",
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
-        shuffle: bool = True,
+        shuffle: bool | None = None,
         seed: int = 0,
-        shard: tuple[int, int] = (0, 1),
+        shard: tuple[int, int] | None = None,
         drop_last: bool = False,
+        preset: str = "train",
         workers: int | None = None,
         threads: int | None = None,
         device: str = "cpu",
@@ -97,11 +111,17 @@ class TileDataset(torch.utils.data.IterableDataset):
     ) -> None:
         super().__init__()
         check_count(seed, "seed", 0)
+        if preset not in PRESETS:
+            raise HistofastError(f"preset={preset!r}: expected one of {', '.join(map(repr, PRESETS))}")
         self.device = check_device(device)
         self.decode = check_decode(decode, self.device)
-        self.shard = check_shard(shard)
+        self._shard = None if shard is None else check_shard(shard)
+        self._inherited_shard: tuple[int, int] | None = None
         self.workers = count_or_default(workers, "workers", default_workers())
         self.threads = None if threads is None else check_count(threads, "threads")
+        if preset == "eval":
+            shuffle = False if shuffle is None else shuffle
+            augment = None if augment is DEFAULT_AUGMENT else augment
         augment = default_augment(augment, seed)
         if isinstance(source, Sequence) and not isinstance(source, str) and source and \
                 all(isinstance(g, TileGrid) for g in source):
@@ -113,8 +133,10 @@ class TileDataset(torch.utils.data.IterableDataset):
             magnification=magnification, hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white,
             mode=mode, image_size=image_size, augment=augment, batch_size=batch_size, dtype=dtype,
             mean=mean, std=std, device=self.device, decode=self.decode, progress=progress)
-        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
-        self.epoch = 0
+        self.shuffle = True if shuffle is None else bool(shuffle)
+        self.seed, self.drop_last = int(seed), bool(drop_last)
+        self.epoch = 0  # the epoch of the latest iteration begun in this process
+        self._clock = EpochClock()
 
     @property
     def slides(self) -> list[str]:
@@ -133,29 +155,44 @@ class TileDataset(torch.utils.data.IterableDataset):
 
     @property
     def num_samples(self) -> int:
-        """Kept samples of this shard per epoch (before ``drop_last``)."""
-        return shard_size(int(self.samples.offsets[-1]), self.shard)
+        """Samples of this shard per epoch, the same on every rank (repeats included; with ``drop_last``
+        the even share, before the last partial batch is dropped)."""
+        return shard_size(int(self.samples.offsets[-1]), self.shard, self.drop_last)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process's share: ``shard=`` as given, else the process group's."""
+        return effective_shard(self._shard, self._inherited_shard)
 
     def __len__(self) -> int:
-        """Batches per epoch of this shard."""
+        """Batches per epoch of this shard (the same on every rank)."""
         return batch_count(self.samples, self.shard, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch``'s shuffle and augmentation draw (call before iterating, as with ``DistributedSampler``)."""
+        """Make the next iteration epoch ``epoch`` (later ones continue from it); as with
+        ``DistributedSampler``, but optional: without it each iteration is the next epoch."""
         self.epoch = check_count(epoch, "epoch", 0)
+        self._clock.set(self.epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A DataLoader worker started by spawning has no process group: it keeps the shard resolved here.
+        state = self.__dict__.copy()
+        state["_inherited_shard"] = self.shard
+        return state
 
     def lanes(self, device: str = "cpu", watch: int = 2) -> list[Lane]:
-        """This process's lanes for the current epoch (one in a ``DataLoader`` worker); ``watch``:
+        """This process's lanes for the next epoch (one in a ``DataLoader`` worker); ``watch``:
         batches a consumer may hold before their arrays are no longer recycled."""
         info = torch.utils.data.get_worker_info()
         count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
+        self.epoch = self._clock.tick(info.num_workers if info is not None else 1)
         threads = self.threads or decode_threads(info.num_workers if info is not None else 1)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
         allocate = _shared_empty if info is not None else None
-        return [Lane(self.samples, plan(self.samples, self.epoch, self.shard, count, s,
-                                                        shuffle=self.shuffle, seed=self.seed,
-                                                        drop_last=self.drop_last),
-                              self.epoch, pool, device, self.drop_last, allocate, watch, self.decode) for s in mine]
+        shard = self.shard
+        return [Lane(self.samples, plan(self.samples, self.epoch, shard, count, s, shuffle=self.shuffle,
+                                        seed=self.seed, drop_last=self.drop_last),
+                     self.epoch, pool, device, allocate, watch, self.decode) for s in mine]
 
     def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
         """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the
@@ -166,7 +203,7 @@ class TileDataset(torch.utils.data.IterableDataset):
         running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in lanes]
         try:
             for batch in merge(running):
-                yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
+                yield Batch({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()})
         finally:
             for it in running:
                 it.close()
@@ -175,6 +212,19 @@ class TileDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self.batches()
 
+
+class Batch(dict):
+    """A batch as ``TileDataset`` yields it: a dict of tensors that refuses to be batched again."""
+
+
+def _refuse_collate(batch: Any, *, collate_fn_map: Any = None) -> Any:
+    raise HistofastError("DataLoader(TileDataset): its items are whole batches already; pass batch_size=None "
+                         "(DataLoader(dataset, batch_size=None, num_workers=…)), or iterate the dataset or a "
+                         "histofast.Pipeline directly")
+
+
+# default_collate looks a batch's type up here first (torch's documented extension point for custom types).
+default_collate_fn_map[Batch] = _refuse_collate
 
 
 class _Ahead:

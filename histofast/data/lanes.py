@@ -18,8 +18,10 @@ from ..io import Slide, open_slide
 from ..io.bands import Pending
 from ..io.decode import RegionReader
 from ..tiling.buffers import BatchBuffers
+from .distributed import local_world_size
 from .plan import Window
 from .samples import Samples
+from .sources import NO_LABEL
 
 log = logging.getLogger("histofast")
 
@@ -48,7 +50,6 @@ class Lane:
         device: "cpu" or "cuda[:i]": where the regions go and the batches are made.
         decode: what decodes the regions (``histofast.io.decode.DECODES``; "auto": nvImageCodec on a GPU
             device where it reads the slide).
-        drop_last: drop a final partial batch (one left short by a failing slide, too).
         allocate: ``allocate(shape, dtype) -> torch tensor`` for CPU batch images (e.g. in shared memory);
             default: arrays recycled once nobody holds them (``watch`` of them at a time).
     Yields:
@@ -58,16 +59,17 @@ class Lane:
     """
 
     def __init__(self, samples: Samples, windows: list[Window], epoch: int, pool: ThreadPoolExecutor,
-                 device: str = "cpu", drop_last: bool = False, allocate: Any = None, watch: int = 2,
+                 device: str = "cpu", allocate: Any = None, watch: int = 2,
                  decode: str = "auto") -> None:
         self.samples, self.windows, self.epoch, self.pool = samples, windows, epoch, pool
-        self.device, self.drop_last = device, drop_last
+        self.device = device
         self._regions = RegionReader(decode, device, 1)
         self.allocate = allocate
         # Fresh 200 MB batches cost their page faults: a third of the CPU time of a float32 epoch here.
         self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
         self._slides: OrderedDict[int, Slide] = OrderedDict()
         self._skip: set[int] = set()  # slides that failed in this lane: the rest of them is skipped
+        self._recent: deque[np.ndarray] = deque(maxlen=4)  # ids of the last batches cut: replacements' source
         size = samples.grids_sample_size
         self._reach = samples.augment.reach(size) if samples.augment is not None else 0
         self._patches = None
@@ -86,23 +88,48 @@ class Lane:
             self._slides.clear()
 
     def _batches(self) -> Iterator[dict[str, Any]]:
+        """The lane's planned batches, every one of them whatever fails: samples of a slide that fails
+        are replaced by repeats of samples cut before (label −100), so every rank keeps its step count."""
         b = self.samples.batch_size
+        planned = sum(len(w.ids) for w in self.windows)
         ahead: deque = deque()
-        pending: list[tuple[np.ndarray, list[_Region]]] = []
-        waiting = k = 0  # samples in pending; windows submitted
-        while k < len(self.windows) or ahead:
+        pending: list[tuple[np.ndarray, list[_Region], np.ndarray]] = []
+        waiting = made = k = replaced = 0  # samples in pending, in batches yielded; windows submitted
+        while made + waiting < planned:
             while k < len(self.windows) and len(ahead) < 2:  # this window and the next are decoding
                 ahead.append(self._read(self.windows[k]))
                 k += 1
-            window, regions, futures = ahead.popleft()
-            ids, region_of = self._finish(window, regions, futures)
-            pending.append((ids, region_of))
-            waiting += len(ids)
+            if not ahead:  # every window is in, some samples failed: read replacements
+                deficit = planned - made - waiting
+                replaced += deficit
+                ahead.append(self._read(self._replacements(deficit)))
+            got = self._finish(*ahead.popleft())
+            pending.append(got)
+            waiting += len(got[0])
             while waiting >= b:
                 yield self._cut(pending, b)
-                waiting -= b
-        if waiting and not self.drop_last:
+                waiting, made = waiting - b, made + b
+        if waiting:
             yield self._cut(pending, waiting)
+        if replaced:
+            log.warning("%d samples of failed slides were replaced by repeats of other samples (label %d): this "
+                        "lane still yields its %d batches, as every rank must", replaced, NO_LABEL, -(-planned // b))
+
+    def _replacements(self, count: int) -> Window:
+        """``count`` samples to stand in for failed ones: repeats of samples this lane cut (else the first
+        samples of slides that have not failed), marked as padding."""
+        s = self.samples
+        ok = [ids for ids in self._recent if not np.isin(s.owner[ids], list(self._skip)).any()]
+        if ok:
+            candidates = np.concatenate(ok)
+        else:
+            alive = [i for i in range(len(s.slides)) if i not in self._skip and s.counts[i] > 0
+                     and s.slides[i] not in s.failed]
+            if not alive:
+                raise HistofastError(f"every slide failed this epoch ({len(s.failed)}: {', '.join(s.failed)})")
+            candidates = s.offsets[alive]
+        ids = np.sort(np.resize(candidates, count))
+        return Window(ids, s.blocks[0][ids], np.ones(count, bool))
 
     def _slide(self, i: int) -> Slide:
         slide = self._slides.pop(i, None) or open_slide(self.samples.slides[i], workers=1)
@@ -139,8 +166,9 @@ class Lane:
         return window, regions, futures
 
     def _finish(self, window: Window, regions: dict[int, _Region],
-                futures: list[tuple[_Region, Pending]]) -> tuple[np.ndarray, list[_Region]]:
-        """Wait for the window's blocks; drop the samples of a slide that failed (logged once)."""
+                futures: list[tuple[_Region, Pending]]) -> tuple[np.ndarray, list[_Region], np.ndarray]:
+        """Wait for the window's blocks; drop the samples of a slide that failed (logged once).
+        Returns the samples left: their ids, regions and padding marks."""
         for region, pending in futures:
             try:
                 pending.wait()
@@ -159,22 +187,24 @@ class Lane:
                     self.samples.failed[path] = str(region.error)
                     self._skip.add(region.slide)
                 ok &= window.blocks != block
-        return window.ids[ok], [regions[int(bk)] for bk in window.blocks[ok]]
+        return window.ids[ok], [regions[int(bk)] for bk in window.blocks[ok]], window.pad[ok]
 
-    def _cut(self, pending: list[tuple[np.ndarray, list[_Region]]], n: int) -> dict[str, Any]:
-        """Cut the first ``n`` pending samples into one batch."""
-        ids, regions = [], []
+    def _cut(self, pending: list[tuple[np.ndarray, list[_Region], np.ndarray]], n: int) -> dict[str, Any]:
+        """Cut the first ``n`` pending samples into one batch; padding samples get label ``NO_LABEL``."""
+        ids, regions, pads = [], [], []
         while len(ids) < n:
-            head_ids, head_regions = pending[0]
+            head_ids, head_regions, head_pads = pending[0]
             take = min(n - len(ids), len(head_ids))
             ids.extend(head_ids[:take].tolist())
             regions.extend(head_regions[:take])
+            pads.extend(head_pads[:take].tolist())
             if take == len(head_ids):
                 pending.pop(0)
             else:
-                pending[0] = (head_ids[take:], head_regions[take:])
+                pending[0] = (head_ids[take:], head_regions[take:], head_pads[take:])
         s = self.samples
         ids = np.asarray(ids, np.int64)
+        self._recent.append(ids)
         slide = s.owner[ids]
         image = self._empty((n, *s.sample_shape))
         out = image.numpy() if self.device == "cpu" else image
@@ -185,8 +215,9 @@ class Lane:
             self._augment(regions[start], ids[start:k], out[start:k])
             start = k
         level0 = s.coords[ids]
-        return {"image": image, "label": s.labels[slide], "slide": slide, "x": level0[:, 0].copy(),
-                "y": level0[:, 1].copy()}
+        label = s.labels[slide]
+        label[np.asarray(pads, bool)] = NO_LABEL
+        return {"image": image, "label": label, "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
 
     def _empty(self, shape: tuple[int, ...]) -> Any:
         import torch
@@ -213,5 +244,6 @@ class Lane:
 
 
 def decode_threads(processes: int = 1) -> int:
-    """Decode threads per process: the machine's cores shared by ``processes`` processes."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
+    """Decode threads per process: the node's cores shared by ``processes`` processes (e.g. a DataLoader's
+    workers) in each of the job's ranks on this node (``LOCAL_WORLD_SIZE``)."""
+    return max(1, (os.cpu_count() or 1) // (max(1, processes) * local_world_size()))

@@ -19,11 +19,14 @@ if TYPE_CHECKING:
 class Pipeline:
     """Tissue tiles of many slides, augmented on the device, as ready PyTorch batches.
 
-    ``for batch in pipe`` is one epoch; ``len(pipe)`` its batches; ``pipe.set_epoch(e)`` before each
-    epoch gives a new shuffle and augmentation draw, reproducible from ``seed``.
+    ``for batch in pipe`` is one epoch, a new shuffle and augmentation draw each time, reproducible from
+    ``seed`` (``pipe.set_epoch(e)`` picks the epoch the next iteration draws); ``len(pipe)`` its batches.
+    Under ``torch.distributed`` (torchrun, Lightning DDP) each rank takes its shard of the samples at
+    iteration time, and every rank yields ``len(pipe)`` batches of the same sizes.
 
     Args:
-        source and the sample, batch and order arguments: as for ``TileDataset``.
+        source and the sample, batch, order and shard arguments (``preset="eval"`` for validation: no
+            shuffle, no augmentation): as for ``TileDataset``.
         backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
             from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
             over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches.
@@ -34,6 +37,10 @@ class Pipeline:
         prefetch: batches made ahead per lane (and DALI's prefetch queue depth).
     Batches:
         dicts of torch tensors on ``device``: ``image``, ``label``, ``slide``, ``x``, ``y`` as ``TileDataset``.
+    Attributes:
+        tile_dataset: the ``TileDataset`` that makes the batches. (Not named ``dataset``: Lightning would
+            take the Pipeline for a DataLoader over an ``IterableDataset`` and warn that its length may be
+            wrong; it is exact.)
     """
 
     def __init__(self, source: Any, tile_size: int = 512, stride: int | None = 256, *, backend: str = "auto",
@@ -48,7 +55,7 @@ class Pipeline:
         self.device = check_device(device)
         self.prefetch = count_or_default(prefetch, "prefetch", 1)
         self.backend = backend
-        self.dataset = TileDataset(source, tile_size, stride, workers=workers, device=self.device, **options)
+        self.tile_dataset = TileDataset(source, tile_size, stride, workers=workers, device=self.device, **options)
 
     @classmethod
     def from_tfrecord(cls, paths: Any, **options: Any) -> "TFRecordPipeline":
@@ -57,15 +64,16 @@ class Pipeline:
 
         return TFRecordPipeline(paths, **options)
 
-    slides = property(lambda self: self.dataset.slides, doc="The slide paths; ``batch['slide']`` indexes it.")
-    classes = property(lambda self: self.dataset.classes, doc="Class names; ``batch['label']`` indexes it.")
-    failed = property(lambda self: self.dataset.failed, doc="Slides left out: path → reason.")
+    slides = property(lambda self: self.tile_dataset.slides, doc="The slide paths; ``batch['slide']`` indexes it.")
+    classes = property(lambda self: self.tile_dataset.classes, doc="Class names; ``batch['label']`` indexes it.")
+    failed = property(lambda self: self.tile_dataset.failed, doc="Slides left out: path → reason.")
+    shard = property(lambda self: self.tile_dataset.shard, doc="(rank, world size) in effect (see ``TileDataset``).")
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.tile_dataset)
 
     def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
+        self.tile_dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if len(self) == 0:
@@ -75,14 +83,14 @@ class Pipeline:
         return self._dali()
 
     def __repr__(self) -> str:
-        s = self.dataset.samples
-        return (f"Pipeline({len(s.slides)} slides, {self.dataset.num_samples} {s.mode}, {len(self)} batches of "
+        s = self.tile_dataset.samples
+        return (f"Pipeline({len(s.slides)} slides, {self.tile_dataset.num_samples} {s.mode}, {len(self)} batches of "
                 f"{s.batch_size}, backend={self.backend!r}, device={self.device!r})")
 
     def _torch(self) -> Iterator[dict[str, torch.Tensor]]:
         # The dataset's own lane threads do the work, on the device; no worker processes, so
         # batches need no trip through shared memory.
-        for batch in self.dataset.batches(self.device, self.prefetch):
+        for batch in self.tile_dataset.batches(self.device, self.prefetch):
             yield {k: v.to(self.device) for k, v in batch.items()}
 
     def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -90,13 +98,13 @@ class Pipeline:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         gpu = self.device != "cpu"
-        source = _DaliSource(self.dataset.batches(self.device if gpu else "cpu", self.prefetch, self.prefetch + 2),
+        source = _DaliSource(self.tile_dataset.batches(self.device if gpu else "cpu", self.prefetch, self.prefetch + 2),
                              self.prefetch)
         device_id = (torch.device(self.device).index or 0) if gpu else None
 
         # A pipeline per epoch: DALI asks an external source for the next epoch before this one
         # ends, which would run ahead of set_epoch.
-        @pipeline_def(batch_size=self.dataset.samples.batch_size, num_threads=self.dataset.workers,
+        @pipeline_def(batch_size=self.tile_dataset.samples.batch_size, num_threads=self.tile_dataset.workers,
                       device_id=device_id, prefetch_queue_depth=self.prefetch)
         def pipe():
             return tuple(fn.external_source(source=source, num_outputs=len(BATCH_KEYS), batch=True,

@@ -18,10 +18,12 @@ WINDOW_BLOCKS = 2  # shuffle mixes the samples of this many blocks (memory: ~50 
 
 @dataclass(frozen=True)
 class Window:
-    """Samples a lane cuts from a few blocks: ``ids`` in output order and each one's ``block``."""
+    """Samples a lane cuts from a few blocks: ``ids`` in output order, each one's ``block``, and which are
+    repeats that even out the shards (``pad``)."""
 
     ids: np.ndarray  # int64 (n,) sample numbers
     blocks: np.ndarray  # int64 (n,) block numbers
+    pad: np.ndarray  # bool (n,)
 
 
 def check_shard(shard: Any) -> tuple[int, int]:
@@ -35,14 +37,16 @@ def check_shard(shard: Any) -> tuple[int, int]:
     return rank, world
 
 
-def shard_size(total: int, shard: tuple[int, int]) -> int:
-    """Samples in ``shard`` when ``total`` are dealt out (shards differ by at most one)."""
-    rank, world = shard
-    return (rank + 1) * total // world - rank * total // world
+def shard_size(total: int, shard: tuple[int, int], drop_last: bool = False) -> int:
+    """Samples every rank of ``shard``'s world draws when ``total`` are dealt out, the same on every rank
+    (``DistributedSampler``'s rule): ⌈total/world⌉, shorter shares repeating their own first samples;
+    with ``drop_last`` ⌊total/world⌋, the rest left out this epoch."""
+    world = shard[1]
+    return total // world if drop_last else -(-total // world)
 
 
 def batch_count(samples: Samples, shard: tuple[int, int], drop_last: bool) -> int:
-    n, b = shard_size(int(samples.offsets[-1]), shard), samples.batch_size
+    n, b = shard_size(int(samples.offsets[-1]), shard, drop_last), samples.batch_size
     return n // b if drop_last else -(-n // b)
 
 
@@ -51,10 +55,11 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], lanes: int, lane:
     """The windows lane ``lane`` of ``lanes`` cuts in ``epoch`` for ``shard``.
 
     The epoch's sequence is the blocks in order (or permuted by (seed, epoch) when shuffling),
-    each block's samples row-major; shard r of w takes its r-th contiguous share; the shard's batches
-    are dealt to lanes in contiguous runs (only the last lane's last batch can be partial);
-    with ``shuffle`` each window's samples are permuted. Batches are then taken round-robin over
-    the lanes (``merge``)."""
+    each block's samples row-major; shard r of w takes its r-th contiguous share, evened out to
+    ``shard_size`` samples (a short share repeats its first samples, marked ``pad``; a long one is cut);
+    the shard's batches are dealt to lanes in contiguous runs (only the last lane's last batch can be
+    partial); with ``shuffle`` each window's samples are permuted. Batches are then taken round-robin
+    over the lanes (``merge``)."""
     block_of, order = samples.blocks
     if shuffle:
         rng = np.random.default_rng([seed, epoch])
@@ -64,21 +69,26 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], lanes: int, lane:
         order = np.concatenate([order[first[b] : first[b] + sizes[b]] for b in perm])
     rank, world = shard
     total = len(order)
-    mine = order[rank * total // world : (rank + 1) * total // world]
+    share = order[rank * total // world : (rank + 1) * total // world]
+    size = shard_size(total, shard, drop_last)
+    # A share shorter than ``size`` (by one at most; or empty when total < world) repeats from its start.
+    mine = np.resize(share if len(share) else order, size)
+    pad = np.arange(size) >= len(share)
     b = samples.batch_size
     n_batches = batch_count(samples, shard, drop_last)
-    mine = mine[: min(len(mine), n_batches * b)]
+    keep = min(size, n_batches * b)
     lo, hi = lane * n_batches // lanes * b, (lane + 1) * n_batches // lanes * b
-    mine = mine[lo:hi]
+    mine, pad = mine[:keep][lo:hi], pad[:keep][lo:hi]
     windows, start = [], 0
     rng = np.random.default_rng([seed, epoch, rank, world, lanes, lane])
     starts = np.flatnonzero(np.r_[True, np.diff(block_of[mine]) != 0]) if len(mine) else np.array([], np.int64)
     for k in range(0, len(starts), WINDOW_BLOCKS):
         stop = starts[k + WINDOW_BLOCKS] if k + WINDOW_BLOCKS < len(starts) else len(mine)
-        ids = mine[start:stop]
+        ids, padded = mine[start:stop], pad[start:stop]
         if shuffle:
-            ids = ids[rng.permutation(len(ids))]
-        windows.append(Window(ids, block_of[ids]))
+            perm = rng.permutation(len(ids))
+            ids, padded = ids[perm], padded[perm]
+        windows.append(Window(ids, block_of[ids], padded))
         start = stop
     return windows
 

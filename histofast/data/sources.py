@@ -15,7 +15,7 @@ from ..utils.atomic import atomic_open
 
 # The columns of a slide manifest CSV (path relative to the CSV; label and patient optional).
 SLIDE_MANIFEST_FIELDS = ("path", "label", "patient")
-NO_LABEL = -1
+NO_LABEL = -100  # unlabelled (and padding) samples: cross_entropy's default ignore_index
 
 
 @dataclass(frozen=True)

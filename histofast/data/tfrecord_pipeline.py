@@ -18,7 +18,7 @@ from ..checks import check_device, count_or_default
 from ..errors import HistofastError
 from ..export.tfrecord import dali_features, decode_example, read_tfrecord
 from ._options import BATCH_KEYS, DALI_INSTALL, DEFAULT_AUGMENT, dali_installed, default_augment, default_workers
-from .plan import check_shard, shard_size
+from .plan import check_shard
 
 
 def shard_files(paths: Any) -> list[str]:
@@ -175,8 +175,10 @@ class TFRecordPipeline:
 
     @property
     def num_samples(self) -> int:
-        """Tiles of this shard per epoch (before ``drop_last``)."""
-        return shard_size(self.num_records, self.shard)
+        """Tiles of this shard per epoch (before ``drop_last``): DALI's reader deals the records out, shards
+        differing by one at most (not evened out as ``Pipeline``'s are)."""
+        rank, world = self.shard
+        return (rank + 1) * self.num_records // world - rank * self.num_records // world
 
     def __len__(self) -> int:
         """Batches per epoch of this shard."""

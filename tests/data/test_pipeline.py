@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -74,20 +75,26 @@ def test_epoch_holds_every_kept_tile_once_and_len_is_right(slides):
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_shards_are_disjoint_and_cover_every_tile(slides, world, shuffle):
+def test_shards_cover_every_tile_in_equal_steps(slides, world, shuffle):
+    """DistributedSampler's rule: every rank the same ⌈N/world⌉ samples, the short shares repeating their own
+    first samples; so the union covers every kept tile and only the repeats appear twice."""
     base = TileDataset(slides, **_opts(shuffle=shuffle))
     expected = sorted({(i, int(x), int(y)) for i, g in enumerate(base.samples.grids) for x, y in g.coords})
     for epoch in (0, 1):
-        keys, sizes = [], []
+        keys, steps = [], []
         for rank in range(world):
             ds = TileDataset(slides, **_opts(shuffle=shuffle, shard=(rank, world)))
             ds.set_epoch(epoch)
-            mine = _keys(_epoch(ds))
-            assert len(mine) == ds.num_samples
+            batches = _epoch(ds)
+            mine = _keys(batches)
+            assert len(mine) == ds.num_samples == -(-len(expected) // world)
             keys += mine
-            sizes.append(len(mine))
-        assert sorted(keys) == expected
-        assert max(sizes) - min(sizes) <= 1
+            steps.append([len(b["x"]) for b in batches])
+            assert len(batches) == len(ds)
+        assert sorted(set(keys)) == expected
+        assert len(keys) - len(expected) == world * -(-len(expected) // world) - len(expected)
+        assert max(Counter(keys).values()) <= 2
+        assert all(s == steps[0] for s in steps)
 
 
 def test_same_seed_same_batches_new_epoch_new_draw(slides):
@@ -112,6 +119,7 @@ def test_dataloader_workers_give_the_threads_order(slides, openslide_level):
     ds = TileDataset(slides, **_opts(workers=2, dtype="uint8"))
     ds.set_epoch(2)
     threads = _epoch(ds)
+    ds.set_epoch(2)  # else the loader's iteration is the next epoch
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     workers = _epoch(loader)
     assert len(workers) == len(threads) == len(ds)
@@ -179,7 +187,7 @@ def test_labels_from_manifest_and_class_folders(tmp_path):
     ds = TileDataset(root, 128, 128, classes=["NORM", "SC", "ADC"], max_white=1.0, progress=False)
     assert set(next(iter(ds))["label"].tolist()) == {1, 2}
     unlabelled = TileDataset(sorted(root.glob("SC/*.png")), 128, 128, max_white=1.0, progress=False)
-    assert set(next(iter(unlabelled))["label"].tolist()) == {-1}
+    assert set(next(iter(unlabelled))["label"].tolist()) == {-100}  # cross_entropy's default ignore_index
 
 
 def test_tile_grids_as_source(slides):
@@ -188,15 +196,23 @@ def test_tile_grids_as_source(slides):
     assert ds.num_samples == sum(len(g) for g in grids) and ds.slides == [os.fspath(p) for p in slides[:2]]
 
 
-def test_a_slide_failing_mid_epoch_is_skipped_and_the_epoch_completes(slides, tmp_path, caplog):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_slide_failing_mid_epoch_is_replaced_and_the_steps_stay(slides, tmp_path, caplog, workers):
+    """Its samples are replaced by repeats of other slides' samples (label −100): the same batches, of the
+    same sizes, as planned, so ranks under DDP stay in step."""
     paths = [os.fspath(shutil.copy(p, tmp_path / f"{k}.svs")) for k, p in enumerate(slides)]
-    ds = TileDataset(paths, **_opts(workers=1))
+    ds = TileDataset(paths, labels=["a", "b", "a"], **_opts(workers=workers))
     kept = ds.samples.counts
+    planned = [min(16, int(kept.sum()) - 16 * k) for k in range(len(ds))]
     os.truncate(paths[1], 20000)  # scored fine, then damaged: its tiles can no longer be decoded
     with caplog.at_level(logging.WARNING, logger="histofast"):
-        keys = _keys(_epoch(ds))
-    assert "1.svs" in caplog.text and paths[1] in ds.failed
-    assert {k[0] for k in keys} == {0, 2} and len(keys) == kept[0] + kept[2]
+        batches = _epoch(ds)
+    assert "1.svs" in caplog.text and paths[1] in ds.failed and "replaced by repeats" in caplog.text
+    assert [len(b["x"]) for b in batches] == planned
+    keys, labels = _keys(batches), torch.cat([b["label"] for b in batches]).tolist()
+    real = [k for k, label in zip(keys, labels) if label != -100]
+    assert {k[0] for k in keys} == {0, 2} and sorted(real) == sorted(set(real))
+    assert len(real) == kept[0] + kept[2] and labels.count(-100) == kept[1]
 
 
 def test_a_slide_failing_while_scored_is_left_out(slides, tmp_path, caplog):

@@ -92,4 +92,4 @@ def test_manifest_errors_name_the_file(tmp_path):
 def test_class_index_default_is_sorted_names():
     items = [hf.SlideSource("a", "SC"), hf.SlideSource("b", "ADC"), hf.SlideSource("c")]
     classes, index = class_index(items, None)
-    assert classes == ["ADC", "SC"] and index.tolist() == [1, 0, -1]
+    assert classes == ["ADC", "SC"] and index.tolist() == [1, 0, -100]

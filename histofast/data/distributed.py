@@ -1,0 +1,82 @@
+"""What a dataset learns from the processes around it: its shard from ``torch.distributed`` (torchrun,
+Lightning DDP, ``ddp_spawn``) at iteration time, the ranks sharing this node, and an epoch counter that
+``DataLoader`` workers share with the process that made them."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from multiprocessing.context import get_spawning_popen
+
+log = logging.getLogger("histofast")
+
+_warned_shard = False
+
+
+def process_group_shard() -> tuple[int, int] | None:
+    """(rank, world size) of the initialised default process group, None without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def effective_shard(given: tuple[int, int] | None, inherited: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The shard a dataset iterates: ``given`` when there is one (with a warning, once, when the process
+    group has several ranks but ``given`` says one), else the process group's, else ``inherited`` (what
+    the parent process resolved, for a ``DataLoader`` worker started by spawning), else (0, 1)."""
+    global _warned_shard
+    group = process_group_shard()
+    if given is not None:
+        if group is not None and group[1] > 1 and given[1] == 1 and not _warned_shard:
+            _warned_shard = True
+            log.warning("shard=%s but torch.distributed has %d ranks: every rank iterates every sample; "
+                        "leave shard= out to shard by rank", given, group[1])
+        return given
+    return group or inherited or (0, 1)
+
+
+def local_world_size() -> int:
+    """Processes of this job on this node: torchrun's LOCAL_WORLD_SIZE, else the process group's size
+    (one node assumed), else 1."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    group = process_group_shard()
+    return group[1] if group is not None else 1
+
+
+class EpochClock:
+    """Which epoch an iteration draws: ``set(e)`` makes the next iteration epoch e, and each iteration after
+    it advances one epoch. The count lives in shared memory, so ``DataLoader`` workers (each begins one
+    iteration per epoch, persistent or not) advance with it: ``tick(per_epoch=num_workers)``."""
+
+    def __init__(self) -> None:
+        self._shared = multiprocessing.Array("q", [0, 0])  # the epoch set, iterations begun since
+
+    def set(self, epoch: int) -> None:
+        with self._shared.get_lock():
+            self._shared[0], self._shared[1] = epoch, 0
+
+    def tick(self, per_epoch: int = 1) -> int:
+        """Begin an iteration: its epoch (``per_epoch`` iterations make one epoch, e.g. the loader's workers)."""
+        with self._shared.get_lock():
+            begun = self._shared[1]
+            self._shared[1] = begun + 1
+            return self._shared[0] + begun // per_epoch
+
+    @property
+    def next(self) -> int:
+        """The epoch the next iteration of this process draws."""
+        with self._shared.get_lock():
+            return self._shared[0] + self._shared[1]
+
+    def __getstate__(self) -> dict:
+        # Shared with a process being started (a DataLoader worker, a spawned rank); copied otherwise.
+        if get_spawning_popen() is not None:
+            return {"shared": self._shared}
+        return {"values": list(self._shared[:])}
+
+    def __setstate__(self, state: dict) -> None:
+        self._shared = state.get("shared") or multiprocessing.Array("q", state["values"])
