@@ -14,11 +14,21 @@ import torch
 
 from .. import ops
 from ..augment import Augment
-from ..checks import check_device, count_or_default
+from ..checks import check_count, check_device, count_or_default
 from ..errors import HistofastError
 from ..export.tfrecord import dali_features, decode_example, read_tfrecord
-from ._options import BATCH_KEYS, DALI_INSTALL, DEFAULT_AUGMENT, dali_installed, default_augment, default_workers
-from .plan import check_shard
+from ._options import (
+    BATCH_KEYS,
+    DALI_INSTALL,
+    DEFAULT_AUGMENT,
+    PRESETS,
+    dali_installed,
+    default_augment,
+    default_workers,
+)
+from .distributed import EpochClock, effective_shard
+from .plan import check_shard, shard_size
+from .sources import NO_LABEL
 
 
 def shard_files(paths: Any) -> list[str]:
@@ -122,8 +132,11 @@ class TFRecordPipeline:
         as ``Pipeline``'s; ``slide`` indexes ``pipe.slides``.
 
     The records of all files, in order, are dealt out as DALI's reader does (``stick_to_shard``): shard r of
-    w holds records [r·N // w, (r+1)·N // w) of the N counted in the files' ``.idx`` indexes (N ≥ w), which
-    gives ``len(pipe)`` without reading a record; ``drop_last`` drops the shard's short last batch.
+    w holds records [r·N // w, (r+1)·N // w) of the N counted in the files' ``.idx`` indexes (N ≥ w). As for
+    ``Pipeline``, the shard is taken from ``torch.distributed`` at iteration time unless ``shard=`` is given,
+    and every rank yields ``len(pipe)`` batches of the same sizes: ⌈N/w⌉ samples (a short shard repeats its
+    last sample, with label −100) or, with ``drop_last``, ⌊N/w⌋ in whole batches. Records without a
+    label (stored −1) have label −100. Each iteration is the next epoch unless ``set_epoch`` says otherwise.
 
     ``pipe.slides`` is the sorted distinct ``slide`` features of the records (records without one: slide
     ""), found when the pipeline is made (``shard_slides``): for the per-slide shards of ``histofast tile``,
@@ -134,19 +147,25 @@ class TFRecordPipeline:
 
     def __init__(self, paths: Any, *, augment: Augment | None = DEFAULT_AUGMENT,  # type: ignore[assignment]
                  batch_size: int = 64, dtype: str = "float32", mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), shuffle: bool = True, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1), drop_last: bool = False, device: str = "cpu",
+                 std: Sequence[float] = (1.0, 1.0, 1.0), shuffle: bool | None = None, seed: int = 0,
+                 shard: tuple[int, int] | None = None, drop_last: bool = False, device: str = "cpu",
                  workers: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024,
-                 classes: Sequence[str] | None = None) -> None:
+                 classes: Sequence[str] | None = None, preset: str = "train") -> None:
         if not dali_installed():
             raise HistofastError("Pipeline.from_tfrecord reads with NVIDIA DALI, which is not installed "
                                  f"({DALI_INSTALL})")
+        if preset not in PRESETS:
+            raise HistofastError(f"preset={preset!r}: expected one of {', '.join(map(repr, PRESETS))}")
+        if preset == "eval":
+            shuffle = False if shuffle is None else shuffle
+            augment = None if augment is DEFAULT_AUGMENT else augment
         self.files = shard_files(paths)
         self.batch_size = count_or_default(batch_size, "batch_size", 64)
         self.mean, self.std = ops.check_batch_format(dtype, "NCHW", mean, std)
         self.augment = default_augment(augment, seed)
-        self.dtype, self.shuffle, self.seed, self.drop_last = dtype, bool(shuffle), int(seed), bool(drop_last)
-        self.shard = check_shard(shard)
+        self.shuffle = True if shuffle is None else bool(shuffle)
+        self.dtype, self.seed, self.drop_last = dtype, int(seed), bool(drop_last)
+        self._shard = None if shard is None else check_shard(shard)
         self.device = check_device(device)
         self.workers = count_or_default(workers, "workers", default_workers())
         self.prefetch = count_or_default(prefetch, "prefetch", 2)
@@ -156,16 +175,26 @@ class TFRecordPipeline:
             raise HistofastError(f"classes={self._classes}: class names must be distinct")
         counts = [record_count(f) for f in self.files]
         self.num_records = sum(counts)
-        if self.num_records < self.shard[1]:
-            raise HistofastError(f"shard={self.shard}: {self.num_records} records in {len(self.files)} files cannot "
-                                 f"be dealt to {self.shard[1]} shards (DALI's reader needs one per shard at least)")
+        if self._shard is not None:
+            self._check_shard(self._shard)
         names = set().union(*shard_slides(self.files, counts))
         if None in names and len(names) > 1:
             raise HistofastError(f"paths={paths!r}: some records have a 'slide' feature and some have none; DALI's "
                                  "reader cannot batch them together")
         self._named = None not in names  # without slide features every record is slide "", index 0
         self._slides = sorted(names) if self._named else [""]
-        self.epoch = 0
+        self.epoch = 0  # the epoch of the latest iteration
+        self._clock = EpochClock()
+
+    def _check_shard(self, shard: tuple[int, int]) -> None:
+        if self.num_records < shard[1]:
+            raise HistofastError(f"shard={shard}: {self.num_records} records in {len(self.files)} files cannot "
+                                 f"be dealt to {shard[1]} shards (DALI's reader needs one per shard at least)")
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) in effect: ``shard=`` as given, else the process group's."""
+        return effective_shard(self._shard)
 
     slides = property(lambda self: list(self._slides),
                       doc="The slide names the records carry, sorted; ``batch['slide']`` indexes it.")
@@ -175,13 +204,11 @@ class TFRecordPipeline:
 
     @property
     def num_samples(self) -> int:
-        """Tiles of this shard per epoch (before ``drop_last``): DALI's reader deals the records out, shards
-        differing by one at most (not evened out as ``Pipeline``'s are)."""
-        rank, world = self.shard
-        return (rank + 1) * self.num_records // world - rank * self.num_records // world
+        """Samples per epoch, the same on every rank (see the class docstring)."""
+        return shard_size(self.num_records, self.shard, self.drop_last)
 
     def __len__(self) -> int:
-        """Batches per epoch of this shard."""
+        """Batches per epoch, the same on every rank."""
         n, b = self.num_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
@@ -190,12 +217,37 @@ class TFRecordPipeline:
                 f"{self.batch_size}, {len(self.files)} files, device={self.device!r})")
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Make the next iteration epoch ``epoch`` (later ones continue from it)."""
+        self.epoch = check_count(epoch, "epoch", 0)
+        self._clock.set(self.epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._check_shard(self.shard)
+        self.epoch = self._clock.tick()
         if len(self) == 0:
             return iter(())
-        return self._dali()
+        return self._even(self._dali())
+
+    def _even(self, batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Exactly ``len(self)`` batches of the planned sizes: a shard one record short repeats its last
+        sample (label −100) at the end; a shard with more stops at the count every rank has."""
+        want, b = self.num_samples, self.batch_size
+        sizes = [min(b, want - k) for k in range(0, want, b)][: len(self)]
+        last = None
+        for size in sizes:
+            batch = next(batches, None)
+            if batch is None:  # the reader ran dry one sample early: repeat the last one
+                batch = {k: v[-1:].repeat(size, *[1] * (v.dim() - 1)) for k, v in last.items()}
+                batch["label"] = torch.full_like(batch["label"], NO_LABEL)
+            elif len(batch["label"]) < size:
+                extra = {k: v[-1:].repeat(size - len(v), *[1] * (v.dim() - 1)) for k, v in batch.items()}
+                extra["label"] = torch.full_like(extra["label"], NO_LABEL)
+                batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
+            else:
+                batch = {k: v[:size] for k, v in batch.items()}
+            last = batch
+            yield batch
+        batches.close()
 
     def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
         from nvidia.dali import fn, pipeline_def, types
@@ -233,6 +285,7 @@ class TFRecordPipeline:
                 continue
             batch["slide"] = (self._slide_index(batch.pop("slide_name"), batch.pop("slide_length"), index)
                               if self._named else torch.zeros(n, dtype=torch.int64))
+            batch["label"] = batch["label"].where(batch["label"] >= 0, NO_LABEL)  # stored −1: unlabelled
             yield {"image": self._augment(batch["image"], done), **{k: batch[k].reshape(-1).to(self.device)
                                                                     for k in BATCH_KEYS[1:]}}
             done += n

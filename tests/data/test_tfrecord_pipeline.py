@@ -76,15 +76,18 @@ def test_len_is_the_batches_dali_yields_and_shards_split_as_dali_does(export, wo
         pipe.set_epoch(1)
         batches = _epoch(pipe)
         start, stop = rank * n // world, (rank + 1) * n // world  # DALI's start_index(shard_id, num_shards, N)
-        assert pipe.num_samples == stop - start
-        assert len(pipe) == len(batches) == ((stop - start) // size if drop_last else -(-(stop - start) // size))
+        # every rank the same samples (DistributedSampler's rule), so the same batches: no DDP rank waits alone
+        assert pipe.num_samples == (n // world if drop_last else -(-n // world))
+        assert len(pipe) == len(batches) == (pipe.num_samples // size if drop_last else -(-pipe.num_samples // size))
         assert all(list(b) == list(BATCH_KEYS) for b in batches)
         assert all(len(b["x"]) == size for b in (batches if drop_last else batches[:-1]))
         got = _samples(pipe, batches)
-        # the shard's records: all of them, or all but the dropped tail (which tail depends on the shuffle)
-        assert len(set(got)) == len(got) and set(got) <= set(order[start:stop])
+        # the shard's records: all of them, the short shard's last one twice (its repeat labelled −100); or,
+        # with drop_last, all but a dropped tail (which tail depends on the shuffle)
+        assert set(got) <= set(order[start:stop]) and len(got) - len(set(got)) <= 1
         if not drop_last:
-            assert sorted(got) == sorted(order[start:stop])
+            assert sorted(set(got)) == sorted(order[start:stop])
+            assert len(got) - len(set(got)) == pipe.num_samples - (stop - start)
 
 
 def test_a_record_per_shard_and_fewer_records_than_shards(export):
@@ -198,8 +201,9 @@ def test_from_tfrecord_reads_exported_tiles_back(make_slide, tmp_path, openslide
             pipe.set_epoch(1)
             done = 0
             for b in pipe:
-                assert b["image"].shape[1:] == (3, 128, 128) and set(b["label"].tolist()) == {2}
-                for j in range(len(b["x"])):
+                # a shard one record short of ⌈N/world⌉ repeats its last one, labelled −100
+                assert b["image"].shape[1:] == (3, 128, 128) and set(b["label"].tolist()) <= {2, -100}
+                for j in np.flatnonzero(b["label"].numpy() == 2):
                     k = int(np.flatnonzero((grid.coords == (int(b["x"][j]), int(b["y"][j]))).all(1))[0])
                     tile = level[grid.level_coords[k, 1] :, grid.level_coords[k, 0] :][:128, :128]
                     p = aug.draw_at([(done + j) * world + rank], 1)
@@ -222,3 +226,21 @@ def test_from_tfrecord_bad_paths(tmp_path):
     (tmp_path / "a.tfrecord").write_bytes(b"")
     with pytest.raises(hf.HistofastError, match="no DALI index a.tfrecord.idx"):
         hf.Pipeline.from_tfrecord(tmp_path / "a.tfrecord")
+
+
+def test_epochs_advance_by_themselves_and_the_eval_preset_holds_still(export):
+    out, _ = export
+    pipe = _tfrecord(out, batch_size=8, shuffle=True)
+    first, second = _samples(pipe, _epoch(pipe)), _samples(pipe, _epoch(pipe))
+    assert pipe.epoch == 1 and first != second and sorted(first) == sorted(second)
+    pipe.set_epoch(0)
+    assert _samples(pipe, _epoch(pipe)) == first
+    still = _tfrecord(out, batch_size=8, preset="eval")
+    assert still.augment is None and _samples(still, _epoch(still)) == _samples(still, _epoch(still))
+
+
+def test_unlabelled_records_read_as_minus_100(make_slide, tmp_path):
+    path = make_slide(600, 600, seed=8)
+    export_slides([path], tmp_path / "out", ExportOptions(tile_size=128, format="tfrecord"), progress=False)
+    pipe = hf.Pipeline.from_tfrecord(tmp_path / "out", batch_size=64)
+    assert {v for b in pipe for v in b["label"].tolist()} == {-100}  # cross_entropy's default ignore_index
