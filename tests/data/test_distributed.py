@@ -327,53 +327,92 @@ def _no_len_warning(text: str) -> None:
     assert not bad, "Lightning warned about the dataset's length:\n" + "\n".join(bad)
 
 
-def test_torchrun_two_ranks_equal_steps_under_ddp(datasets, tmp_path):
-    truncated = [os.fspath(shutil.copy(p, tmp_path / f"t{k}.svs")) for k, p in enumerate(datasets[432])]
+# torchrun scenarios: name → (dataset, Pipeline options beyond OPTIONS, DataLoader arguments or None).
+TORCHRUN = {
+    **{f"{n}-drop{int(d)}": (n, {"drop_last": d, "backend": "torch"}, None) for n in (385, 383) for d in (False, True)},
+    "385-auto": (385, {}, None),  # backend="auto": DALI where installed
+    # DataLoader(TileDataset) workers: forked ones see the process group, spawned ones inherit the shard.
+    "385-loader-fork": (385, {}, {"num_workers": 2, "persistent_workers": True}),
+    "385-loader-spawn": (385, {}, {"num_workers": 2, "persistent_workers": True, "multiprocessing_context": "spawn"}),
+    # Unshuffled: both ranks' shares hold part of the middle slide, truncated once both have scored it.
+    **{f"432-truncated-drop{int(d)}": (432, {"drop_last": d, "shuffle": False, "backend": "torch"}, None)
+       for d in (False, True)},
+}
+
+
+@pytest.fixture(scope="module")
+def torchrun(datasets, tmp_path_factory):
+    """One ``torchrun --nproc_per_node 2`` run of every TORCHRUN scenario (2 epochs each): (spec, rank results)."""
+    tmp = tmp_path_factory.mktemp("torchrun")
     scenarios = []
-    for n in (385, 383):
-        for drop_last in (False, True):
-            scenarios.append({"name": f"{n}-drop{int(drop_last)}", "n": n, "paths": list(map(os.fspath, datasets[n])),
-                              "options": {**OPTIONS, "drop_last": drop_last, "backend": "torch"}})
-    scenarios.append({"name": "385-auto", "n": 385, "paths": list(map(os.fspath, datasets[385])),
-                      "options": {**OPTIONS, "backend": "auto"}})  # DALI where installed
-    for drop_last in (False, True):  # unshuffled: both ranks' shares hold part of the truncated slide
-        paths = truncated if not drop_last else \
-            [os.fspath(shutil.copy(p, tmp_path / f"d{k}.svs")) for k, p in enumerate(datasets[432])]
-        scenarios.append({"name": f"432-truncated-drop{int(drop_last)}", "n": 432, "paths": paths,
-                          "options": {**OPTIONS, "drop_last": drop_last, "shuffle": False, "backend": "torch"},
-                          "truncate": [paths[1], 20000]})
-    for s in scenarios:
-        s["labels"] = _labels(s["paths"])
+    for name, (n, options, loader) in TORCHRUN.items():
+        paths = list(map(os.fspath, datasets[n]))
+        s = {"name": name, "n": n, "options": {**OPTIONS, **options}, "loader": loader}
+        if "truncated" in name:
+            paths = [os.fspath(shutil.copy(p, tmp / f"{name}-{k}.svs")) for k, p in enumerate(paths)]
+            s["truncate"] = [paths[1], 20000]
+        scenarios.append({**s, "paths": paths, "labels": _labels(paths)})
     spec = {"epochs": 2, "timeout_s": DEADLINE_S, "collective_timeout_s": 30, "scenarios": scenarios,
             "explicit": {k: scenarios[0][k] for k in ("paths", "labels", "options")}}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp / "spec.json").write_text(json.dumps(spec))
     rc, output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       os.fspath(SCRIPTS / "ddp_equal_steps.py"), os.fspath(tmp_path / "spec.json"),
-                       os.fspath(tmp_path / "out")], tmp_path)
-    assert rc == 0, output[-6000:]
-    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2)]
-    for s in scenarios:
-        results = [r["scenarios"][s["name"]] for r in ranks]
-        assert [r["shard"] for r in results] == [[0, 2], [1, 2]], s["name"]
-        lengths = [r["len"] for r in results]
-        failed = {1} if s.get("truncate") else set()
-        orders = []
-        for epoch in range(spec["epochs"]):
-            check_epoch([r["epochs"][epoch] for r in results], _expected(s["n"]), lengths,
-                        drop_last=s["options"]["drop_last"] if "drop_last" in s["options"] else False, failed=failed)
-            orders.append([row[:3] for r in results for b in r["epochs"][epoch] for row in b])
-        if s["options"].get("shuffle", True):
-            assert orders[0] != orders[1], f"{s['name']}: epoch 1 repeats epoch 0's order"
-        if failed:
-            assert all(s["paths"][1] in r["failed"] for r in results), s["name"]
-            assert all(any("t1.svs" in m or "d1.svs" in m for m in rank["log"]) for rank in ranks)
-    explicit = [r["explicit"] for r in ranks]
-    auto = [r["scenarios"][scenarios[0]["name"]]["epochs"][0] for r in ranks]
+                       os.fspath(SCRIPTS / "ddp_equal_steps.py"), os.fspath(tmp / "spec.json"), os.fspath(tmp / "out")],
+                      tmp)
+    if rc != 0:
+        pytest.fail(f"torchrun exited with {rc}:\n{output[-6000:]}")
+    return spec, [json.loads((tmp / "out" / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _scenario(torchrun, name: str) -> tuple[dict, list[dict]]:
+    spec, ranks = torchrun
+    results = [r["scenarios"][name] for r in ranks]
+    for r, result in enumerate(results):
+        assert "error" not in result, f"rank {r}:\n{result['error']}"
+    return next(s for s in spec["scenarios"] if s["name"] == name), results
+
+
+@pytest.mark.parametrize("name", [k for k in TORCHRUN if "loader" not in k])
+def test_torchrun_two_ranks_step_together_under_ddp(torchrun, name):
+    s, results = _scenario(torchrun, name)
+    assert [r["shard"] for r in results] == [[0, 2], [1, 2]]
+    lengths = [r["len"] for r in results]
+    failed = {1} if s.get("truncate") else set()
+    orders = []
+    for epoch in range(torchrun[0]["epochs"]):
+        check_epoch([r["epochs"][epoch] for r in results], _expected(s["n"]), lengths,
+                    drop_last=s["options"].get("drop_last", False), failed=failed)
+        orders.append([row[:3] for r in results for b in r["epochs"][epoch] for row in b])
+    if s["options"].get("shuffle", True):
+        assert orders[0] != orders[1], "epoch 1 repeats epoch 0's order"
+    if failed:
+        assert all(s["paths"][1] in r["failed"] for r in results)
+        assert all(any(os.path.basename(s["paths"][1]) in m for m in rank["log"]) for rank in torchrun[1])
+
+
+@pytest.mark.parametrize("name", [k for k in TORCHRUN if "loader" in k])
+def test_torchrun_dataloader_workers_give_the_pipelines_batches(torchrun, name):
+    """``DataLoader(TileDataset, batch_size=None, num_workers=2)`` under DDP = the Pipeline's 2 lanes in threads."""
+    _, results = _scenario(torchrun, name)
+    _, pipeline = _scenario(torchrun, "385-drop0")
+    assert [r["shard"] for r in results] == [[0, 2], [1, 2]]
+    assert [r["epochs"] for r in results] == [r["epochs"] for r in pipeline]
+
+
+def test_torchrun_explicit_shard_wins(torchrun):
+    explicit = [r["explicit"] for r in torchrun[1]]
+    _, auto = _scenario(torchrun, "385-drop0")
     assert [e["mine_shard"] for e in explicit] == [[0, 2], [1, 2]]
-    assert [e["mine_epoch0"] for e in explicit] == auto  # shard=(rank, 2) is what the group gave
+    assert [e["mine_epoch0"] for e in explicit] == [r["epochs"][0] for r in auto]  # what the group gave
     assert all(e["whole_shard"] == [0, 1] and e["whole_len"] == -(-385 // BATCH) for e in explicit)
     for e in explicit:
         assert any("shard" in m for m in e["whole_warnings"]), f"no warning for shard=(0, 1) under 2 ranks: {e}"
+
+
+def _reference(paths, shard: tuple[int, int], epoch: int) -> list[list[list[int]]]:
+    """The rows of ``epoch`` for ``shard``, from a TileDataset in this process (2 lanes, as the runs use)."""
+    ds = TileDataset(paths, labels=_labels(paths), shard=shard, progress=False, **OPTIONS)
+    ds.set_epoch(epoch)
+    return [_rows(b) for b in ds]
 
 
 def _lightning_spec(tmp_path: Path, paths, runs: list[dict]) -> None:
@@ -405,8 +444,11 @@ def test_lightning_ddp_shards_a_pipeline_built_without_shard(datasets, tmp_path,
     per_rank = [_lightning_epochs(r) for r in results]
     for epoch in (0, 1):
         check_epoch([p[epoch] for p in per_rank], _expected(385), lengths, drop_last=False)
-    for r in results:
-        assert _lightning_epochs(r)[0] != _lightning_epochs(r)[1], "epoch 1 repeats epoch 0"
+    for r, result in enumerate(results):
+        epochs = _lightning_epochs(result)
+        assert epochs[0] != epochs[1], "epoch 1 repeats epoch 0"
+        for epoch in (0, 1):  # Lightning's epoch e is the Pipeline's epoch e: a rerun gives the same batches
+            assert epochs[epoch] == _reference(datasets[385], (r, 2), epoch), f"rank {r}, epoch {epoch}"
     first = {k: v for r in results for k, v in _prints(r, 0).items()}
     second = {k: v for r in results for k, v in _prints(r, 1).items()}
     assert sum(first[k] != second[k] for k in first.keys() & second.keys()) > len(first) // 2, \
@@ -424,6 +466,7 @@ def test_lightning_dataloader_workers_advance_the_epoch(datasets, tmp_path):
     rc, output = _run([sys.executable, os.fspath(SCRIPTS / "lightning_fit.py"), os.fspath(tmp_path / "spec.json"),
                        os.fspath(tmp_path / "out")], tmp_path)
     assert rc == 0, output[-6000:]
+    reference = [_reference(datasets[383], (0, 1), epoch) for epoch in (0, 1)]
     for run in runs:
         result = json.loads((tmp_path / "out" / f"{run['name']}.rank0.json").read_text())
         assert result["shard"] == [0, 1]
@@ -431,9 +474,11 @@ def test_lightning_dataloader_workers_advance_the_epoch(datasets, tmp_path):
         for epoch in epochs:
             check_epoch([epoch], _expected(383), [result["len"]], drop_last=False)
         assert epochs[0] != epochs[1], f"{run['name']}: epoch 1 repeats epoch 0's order"
+        assert epochs == reference, f"{run['name']}: Lightning's epochs 0, 1 are not the dataset's epochs 0, 1"
         first, second = _prints(result, 0), _prints(result, 1)
         assert sum(first[k] != second[k] for k in first) > len(first) // 2, \
             f"{run['name']}: epoch 1's augmentation repeats epoch 0's"
+    for run in runs:
         _no_len_warning((tmp_path / "out" / f"{run['name']}.warnings.json").read_text())
     _no_len_warning(output)
 

@@ -5,8 +5,9 @@ DistributedDataParallel step (a gradient all-reduce: a rank with one batch more 
 gloo timeout). Writes ``OUT/rank<r>.json``: per scenario ``len(pipe)``, ``pipe.shard``, the batches as
 ``[slide, x, y, label]`` rows, ``pipe.failed``; and the histofast log records.
 
-SPEC (JSON): ``{"epochs": int, "timeout_s": float, "scenarios": [{"name", "paths", "labels", "options",
-"truncate": [path, bytes] or null}], "explicit": {"paths", "labels", "options"}}``."""
+SPEC (JSON): ``{"epochs": int, "timeout_s": float, "collective_timeout_s": float, "scenarios": [{"name",
+"paths", "labels", "options", "truncate": [path, bytes] or null, "loader": DataLoader arguments or null (then
+a ``DataLoader(TileDataset)`` instead of a Pipeline)}], "explicit": {"paths", "labels", "options"}}``."""
 from __future__ import annotations
 
 import faulthandler
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from datetime import timedelta
 
 SPEC, OUT = sys.argv[1], sys.argv[2]
@@ -47,9 +49,16 @@ def rows(batch: dict) -> list[list[int]]:
     return [list(r) for r in zip(*(batch[k].tolist() for k in ("slide", "x", "y", "label")))]
 
 
+def build(s: dict) -> object:
+    """A Pipeline, or with ``loader`` a ``DataLoader(TileDataset, batch_size=None, **loader)``."""
+    if s.get("loader") is None:
+        return hf.Pipeline(s["paths"], labels=s["labels"], progress=False, **s["options"])
+    dataset = hf.TileDataset(s["paths"], labels=s["labels"], progress=False, **s["options"])
+    return torch.utils.data.DataLoader(dataset, batch_size=None, **s["loader"])
+
+
 # Built before init_process_group, without shard=: the shard must come from the group when iterating.
-pipes = {s["name"]: hf.Pipeline(s["paths"], labels=s["labels"], progress=False, **s["options"])
-         for s in spec["scenarios"]}
+pipes = {s["name"]: build(s) for s in spec["scenarios"]}
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=spec["collective_timeout_s"]))
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -59,15 +68,14 @@ net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveA
 model = torch.nn.parallel.DistributedDataParallel(net)
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
-out: dict = {"rank": rank, "world": world, "scenarios": {}}
-for s in spec["scenarios"]:
-    pipe = pipes[s["name"]]
+def run(s: dict, pipe: object) -> dict:
     if s.get("truncate"):  # scored fine, then damaged on the shared disk before the epoch
         dist.barrier()
         if rank == 0:
             os.truncate(*s["truncate"])
         dist.barrier()
-    result = {"len": len(pipe), "shard": list(pipe.shard), "epochs": []}
+    owner = pipe.dataset if isinstance(pipe, torch.utils.data.DataLoader) else pipe
+    result = {"len": len(pipe), "shard": list(owner.shard), "epochs": []}
     for _ in range(spec["epochs"]):
         batches = []
         for batch in pipe:
@@ -79,8 +87,17 @@ for s in spec["scenarios"]:
             optimizer.step()
             batches.append(rows(batch))
         result["epochs"].append(batches)
-    result["failed"] = sorted(pipe.failed)
-    out["scenarios"][s["name"]] = result
+    result["failed"] = sorted(owner.failed)
+    return result
+
+
+out: dict = {"rank": rank, "world": world, "scenarios": {}}
+for s in spec["scenarios"]:
+    try:  # one scenario's error is reported with it; the others still run
+        out["scenarios"][s["name"]] = run(s, pipes[s["name"]])
+    except Exception:
+        out["scenarios"][s["name"]] = {"error": traceback.format_exc()}
+        traceback.print_exc()
 
 # shard= given: it wins; shard=(r, 2) gives what the process group gave; (0, 1) under 2 ranks is warned about.
 e = spec["explicit"]
@@ -90,7 +107,6 @@ whole = hf.Pipeline(e["paths"], labels=e["labels"], progress=False, shard=(0, 1)
 out["explicit"] = {"mine_shard": list(mine.shard), "mine_epoch0": [rows(b) for b in mine],
                    "whole_shard": list(whole.shard), "whole_len": len(whole),
                    "whole_warnings": records.messages[before:]}
-out["params_finite"] = all(bool(torch.isfinite(p).all()) for p in model.parameters())
 out["log"] = records.messages
 with open(os.path.join(OUT, f"rank{rank}.json"), "w") as f:
     json.dump(out, f)
