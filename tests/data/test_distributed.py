@@ -36,9 +36,10 @@ SCRIPTS = Path(__file__).resolve().parent / "dist_scripts"
 ROOT = Path(hf.__file__).resolve().parents[1]  # the histofast the subprocesses import: this one
 README = ROOT / "README.md"
 TILE, BATCH = 32, 64
-SIZES = {  # slide (width, height) per dataset; kept tiles = Σ (W // 32) · (H // 32)
-    385: [(704, 320), (480, 352)],  # 220 + 165
-    383: [(544, 416), (576, 288)],  # 221 + 162
+SIZES = {  # slide (width, height) per dataset; kept tiles = Σ (W // 32) · (H // 32). Each slide is one block
+    # (``samples.BLOCK_PIXELS``), the unit the shuffle permutes: several, so ranks on different epochs disagree.
+    385: [(352, 224)] * 5,  # 5 × 77
+    383: [(352, 224)] * 4 + [(480, 160)],  # 4 × 77 + 75
     432: [(384, 384)] * 3,  # 3 × 144: the middle slide is truncated after scoring
 }
 OPTIONS = dict(tile_size=TILE, stride=TILE, max_white=1.0, batch_size=BATCH, workers=2)
@@ -211,11 +212,12 @@ def test_each_iteration_is_the_next_epoch_in_dataloader_workers(datasets, persis
 def test_unlabelled_samples_are_ignored_by_cross_entropy(datasets):
     assert NO_LABEL == -100 == torch.nn.CrossEntropyLoss().ignore_index
     paths = datasets[385]
-    ds = TileDataset(paths, labels=["ADC", None], shuffle=False, augment=None, progress=False, **OPTIONS)
+    ds = TileDataset(paths, labels=["ADC"] + [None] * (len(paths) - 1), shuffle=False, augment=None, progress=False,
+                     **OPTIONS)
     seen = set()
     for b in ds:
         label = b["label"]
-        assert ((label == NO_LABEL) == (b["slide"] == 1)).all()
+        assert ((label == NO_LABEL) == (b["slide"] != 0)).all()
         seen.update(label.tolist())
         logits = torch.randn(len(label), 2)
         loss = torch.nn.functional.cross_entropy(logits, label)  # was an IndexError with −1
@@ -327,6 +329,13 @@ def _no_len_warning(text: str) -> None:
     assert not bad, "Lightning warned about the dataset's length:\n" + "\n".join(bad)
 
 
+def _reference(paths, shard: tuple[int, int], epoch: int, **options) -> list[list[list[int]]]:
+    """The rows of ``epoch`` for ``shard``, from a TileDataset in this process (2 lanes, as the runs use)."""
+    ds = TileDataset(paths, labels=_labels(paths), shard=shard, progress=False, **{**OPTIONS, **options})
+    ds.set_epoch(epoch)
+    return [_rows(b) for b in ds]
+
+
 # torchrun scenarios: name → (dataset, Pipeline options beyond OPTIONS, DataLoader arguments or None).
 TORCHRUN = {
     **{f"{n}-drop{int(d)}": (n, {"drop_last": d, "backend": "torch"}, None) for n in (385, 383) for d in (False, True)},
@@ -384,6 +393,11 @@ def test_torchrun_two_ranks_step_together_under_ddp(torchrun, name):
         orders.append([row[:3] for r in results for b in r["epochs"][epoch] for row in b])
     if s["options"].get("shuffle", True):
         assert orders[0] != orders[1], "epoch 1 repeats epoch 0's order"
+    if not failed:  # the group's epoch e on rank r is TileDataset(shard=(r, 2)) epoch e, as in one process
+        options = {k: v for k, v in s["options"].items() if k != "backend"}
+        for r, result in enumerate(results):
+            for epoch, batches in enumerate(result["epochs"]):
+                assert batches == _reference(s["paths"], (r, 2), epoch, **options), f"rank {r}, epoch {epoch}"
     if failed:
         assert all(s["paths"][1] in r["failed"] for r in results)
         assert all(any(os.path.basename(s["paths"][1]) in m for m in rank["log"]) for rank in torchrun[1])
@@ -406,13 +420,6 @@ def test_torchrun_explicit_shard_wins(torchrun):
     assert all(e["whole_shard"] == [0, 1] and e["whole_len"] == -(-385 // BATCH) for e in explicit)
     for e in explicit:
         assert any("shard" in m for m in e["whole_warnings"]), f"no warning for shard=(0, 1) under 2 ranks: {e}"
-
-
-def _reference(paths, shard: tuple[int, int], epoch: int) -> list[list[list[int]]]:
-    """The rows of ``epoch`` for ``shard``, from a TileDataset in this process (2 lanes, as the runs use)."""
-    ds = TileDataset(paths, labels=_labels(paths), shard=shard, progress=False, **OPTIONS)
-    ds.set_epoch(epoch)
-    return [_rows(b) for b in ds]
 
 
 def _lightning_spec(tmp_path: Path, paths, runs: list[dict]) -> None:
