@@ -18,7 +18,10 @@ def add_parser(commands: Any) -> None:
         "maps) for --epochs, then end to end for --finetune-epochs. Prints a line every --log-interval batches and "
         "at each epoch's last batch (loss, samples/s) and a line per epoch (losses, accuracies, seconds), as they "
         "happen, also when the output goes to a file. --resume of a run that has done all its epochs says so and "
-        "changes nothing; give more epochs to continue it.",
+        "changes nothing; give more epochs to continue it. Under torchrun (torchrun --nproc_per_node N [--nnodes M] "
+        "-m histofast.cli train ...) every rank trains its shard of the data with DistributedDataParallel (nccl on "
+        "the GPUs, cuda:LOCAL_RANK each; gloo with --device cpu), --batch-size per rank, and rank 0 alone writes "
+        "and prints.",
     )
     add_arguments(train)
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt exactly")
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = from_arguments(args)
     result = fit(config, resume=args.resume, progress=False if args.quiet else None, report=_say)
+    if result.rank != 0:  # under torchrun, rank 0 alone reports
+        return 0
     if result.already_complete:
         n, last = len(result.history), result.history[-1]["stage"] if result.history else "train"
         later = TWO_LEVEL_STAGES[TWO_LEVEL_STAGES.index(last):] if last in TWO_LEVEL_STAGES else (last,)

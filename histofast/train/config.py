@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = _opt("weight decay", 0.0)
     lr_steps: list[int] | None = _opt("epochs (of a stage) at which sgd's rate drops ×0.1; default a third "
                                       "and two thirds of the stage: 0.01 → 0.001 → 0.0001")
-    batch_size: int = _opt("samples (tiles, or images) per batch", 16)
+    batch_size: int = _opt("samples (tiles, or images) per batch (of each rank, under torchrun)", 16)
     epochs: int = _opt("epochs (two_level_cnn: of the image stage)", 10)
     patch_epochs: int | None = _opt("two_level_cnn: epochs of the patch stage (the patch net on patches) "
                                     "first; default --epochs")
@@ -77,6 +77,8 @@ class TrainConfig:
     amp: str = _opt("autocast dtype: auto (bf16 on a GPU, off on the CPU), bf16, fp16 or off", "auto", choices=AMP)
     channels_last: bool = _opt("channels-last memory format on a GPU", True)
     compile: bool = _opt("torch.compile the model", False)
+    sync_bn: bool = _opt("under torchrun on GPUs: BatchNorm statistics over all ranks' batches (SyncBatchNorm), as one "
+                         "process with the whole batch would have them", False)
     backend: str = _opt("Pipeline backend: auto, dali or torch", "auto", choices=("auto", "dali", "torch"))
     workers: int | None = _opt("Pipeline lanes (threads); default CPU cores, at most 4")
     max_batches: int | None = _opt("stop each epoch after this many batches (smoke tests)")

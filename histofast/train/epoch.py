@@ -24,7 +24,7 @@ class EpochResult:
 
 def reports(result: EpochResult, classes: list[str]) -> dict[str, metrics.Report]:
     """Reports of an epoch per patch (or tile), image and slide; a slide's prediction is the mean of its
-    images' (or tiles') probabilities. Samples without a label (−1) are left out."""
+    images' (or tiles') probabilities. Samples without a label (< 0: −100) are left out."""
     out = {}
     labelled = result.labels >= 0
     if not labelled.any():
@@ -49,8 +49,23 @@ def slide_predictions(result: EpochResult) -> tuple[np.ndarray, np.ndarray, np.n
         per = len(result.patch) // len(result.labels)
         probs, slides, labels = result.patch, np.repeat(result.slides, per), result.patch_labels
     ids, mean, counts = metrics.aggregate(probs, slides)
-    _, first = np.unique(slides, return_index=True)  # a slide's samples share its label
-    return ids, mean, counts, labels[first]
+    slide_labels = np.full(len(ids), -100, np.int64)  # a slide's labelled samples share its label
+    np.maximum.at(slide_labels, np.searchsorted(ids, slides), labels)
+    return ids, mean, counts, slide_labels
+
+
+def drop_unlabelled(result: EpochResult) -> EpochResult:
+    """``result`` without its samples of label < 0: in labelled data (training, validation) these are the
+    repeats that even out the ranks' shards (or stand in for a slide that failed mid-epoch), so every sample
+    is then counted once."""
+    keep = result.labels >= 0
+    if keep.all():
+        return result
+    per = len(result.patch) // len(result.labels)
+    keep_patch = np.repeat(keep, per)
+    return EpochResult(result.loss, result.patch[keep_patch], result.patch_labels[keep_patch],
+                       None if result.image is None else result.image[keep], result.labels[keep],
+                       None if result.slides is None else result.slides[keep], result.batches)
 
 
 def summary(result: EpochResult, reps: dict[str, metrics.Report]) -> dict[str, Any]:

@@ -27,10 +27,11 @@ def is_tfrecord(source: Any) -> bool:
 def make_pipeline(config: TrainConfig, source: Any, *, train: bool, classes: list[str] | None, device: str,
                   progress: bool = False) -> Any:
     """The ``Pipeline`` (or ``TFRecordPipeline``) of ``source`` with ``config``'s sample settings; training
-    pipelines shuffle and augment, evaluation pipelines do neither."""
+    pipelines shuffle and augment, evaluation pipelines do neither (``preset="eval"``). Under torch.distributed
+    each rank iterates its shard (taken from the process group when iterating), ``batch_size`` per rank."""
     augment = Augment.parse(config.augment, config.seed) if train else None
     common = dict(augment=augment, batch_size=config.batch_size, dtype="float32", mean=config.mean, std=config.std,
-                  shuffle=train, seed=config.seed, device=device, workers=config.workers)
+                  preset="train" if train else "eval", seed=config.seed, device=device, workers=config.workers)
     if is_tfrecord(source):
         if image_size_of(config):
             raise HistofastError(f"data={os.fspath(source)}: TFRecord shards hold tiles; {config.model} with images "

@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .._version import __version__
+from ..data._options import default_workers
 from ..errors import HistofastError
 from ..models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
 from ..utils.atomic import atomic_open
 from . import metrics, plots
 from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .epoch import reports, summary
-from .loop import amp_dtype, batch_count, prepare_model, resolve_device, run_epoch
+from .distributed import World, current_rank, rank_seed, setup, sync_batchnorm
+from .epoch import drop_unlabelled, reports, summary
+from .loop import amp_dtype, batch_count, prepare_model, run_epoch, stage_module
 from .pipelines import image_size_of, load_data
 
 log = logging.getLogger(__name__)
@@ -81,13 +84,15 @@ _RESUME_MAY_CHANGE = ("epochs", "patch_epochs", "finetune_epochs", "device", "ba
 class FitResult:
     """What ``fit`` leaves: the per-epoch ``history`` records, the best epoch, the output files.
     ``already_complete``: ``resume`` named a run that had trained all the epochs of the schedule, so nothing was
-    trained or written (``checkpoint`` is then that checkpoint)."""
+    trained or written (``checkpoint`` is then that checkpoint). ``rank``: this process's rank (0 without
+    torchrun); rank 0 wrote the files."""
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
     classes: list[str]
     checkpoint: Path
     best_checkpoint: Path | None
     already_complete: bool = False
+    rank: int = 0
 
 
 def _monitor(has_images: bool) -> str:
@@ -127,12 +132,20 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     the batches since the previous one), ``curves.png``, ``roc.png`` and
     ``confusion.png`` (validation). Checkpoints hold only ``torch.load(weights_only=True)``-safe values.
 
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1), or in a process group the caller initialised,
+    every rank calls ``fit`` and trains with ``DistributedDataParallel`` (see ``histofast.train.distributed``):
+    each rank on its GPU (``cuda:LOCAL_RANK``) or the CPU (gloo), on its shard of the data (``batch_size`` per
+    rank), with gradients averaged so that N ranks × batch B train as one process with batch N·B would (exactly
+    for models without BatchNorm, or with ``sync_bn`` on GPUs). Metrics count every sample of every rank once;
+    rank 0 alone writes the files, reports and shows progress bars, and every rank returns the same result.
+
     Args:
         resume: a ``last.pt`` to continue from: the run goes on exactly as if it had not stopped (same
-            weights, optimizer, scheduler, RNG, data order; bit for bit on the CPU, up to cuDNN's
-            nondeterministic kernels on a GPU); ``config`` may add epochs to the last stage. When the
-            checkpoint already holds every epoch of ``config``'s schedule, nothing is trained or written: the
-            result is the finished run's, with ``already_complete`` set.
+            weights, optimizer, scheduler, RNG of every rank, data order; bit for bit on the CPU, up to cuDNN's
+            nondeterministic kernels on a GPU) when it has as many ranks as before; ``config`` may add epochs to
+            the last stage. When the checkpoint already holds every epoch of ``config``'s schedule, nothing is
+            trained or written: the result is the finished run's, with ``already_complete`` set. Every rank
+            reads the file: under torchrun on several nodes, a path all of them can read.
         progress: tqdm bars (default: when stderr is a terminal).
         report: called with each line of the run's log as it happens: the start, one line every
             ``log_interval`` batches and at each epoch's last batch (batch, loss, samples/s), one line per epoch
@@ -163,16 +176,37 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
             best_path = Path(resume).parent / "best.pt"
             return FitResult(list(state["history"]), state["best"], list(state["classes"]), Path(resume),
                              best_path if state["best"] is not None and best_path.exists() else None,
-                             already_complete=True)
-    device = resolve_device(config.device)
+                             already_complete=True, rank=current_rank())
+    world, device = setup(config.device)
+    try:
+        result = _fit(config, state, resume, world, device, progress and world.main,
+                      say if world.main else lambda line: None)
+        # Last, a collective of no tensors: gloo's threads drop the tensors of the ones before while this waits, not
+        # while the interpreter exits (a thread taking the GIL then aborts the process).
+        world.barrier()
+        return result
+    finally:
+        world.close()
+
+
+def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.PathLike | None, world: World,
+         device: torch.device, progress: bool, say: Callable[[str], None]) -> FitResult:
     out = Path(config.out)
-    if state is None and (out / "last.pt").exists():
-        raise HistofastError(f"out={config.out}: holds the run of {out / 'last.pt'}; resume it (--resume) or choose "
-                             "another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:  # rank 0 alone looks at and writes the output folder; every rank stops on its verdict
+        held = state is None and (out / "last.pt").exists()
+        world.agree(f"out={config.out}: holds the run of {out / 'last.pt'}; resume it (--resume) or choose another "
+                    "--out" if held else None)
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        world.agree(None)
+    if config.sync_bn and world.distributed and device.type != "cuda":
+        raise HistofastError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; train on the GPUs (--device cuda) "
+                             "or leave --sync-bn out")
+    if world.distributed and config.workers is None:  # the order depends on it: the same on every rank, pinned
+        config = dataclasses.replace(config, workers=world.broadcast(default_workers()))
     train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
-    if config.workers is None and hasattr(train_pipe, "dataset"):  # the order depends on it: pin it for resume
-        config = dataclasses.replace(config, workers=train_pipe.dataset.workers)
+    if config.workers is None and hasattr(train_pipe, "tile_dataset"):  # the order depends on it: pin it for resume
+        config = dataclasses.replace(config, workers=train_pipe.tile_dataset.workers)
     torch.manual_seed(config.seed)
     options = model_options(config)
     model = build_model(config.model, len(classes), **options)
@@ -187,6 +221,10 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
                                  f"{classes} in the data")
         load_state(model, state["state_dict"], f"checkpoint {resume}")
     model = prepare_model(model, device, config.channels_last, config.compile)
+    if config.sync_bn and world.distributed:
+        sync_batchnorm(model)
+    if world.distributed:  # the same weights on every rank (from seed); then each rank its own draws (dropout)
+        torch.manual_seed(rank_seed(config.seed, world.rank))
     dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     start = 0 if state is None else state["epoch"]
@@ -207,15 +245,18 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
             scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        _restore_rng(state, world, resume)
     n = len(schedule)
+    on = f"{device}" if not world.distributed else f"{world.size} ranks ({device.type}, {dist.get_backend()})"
     say(f"training {config.model} ({len(classes)} classes: {', '.join(classes)}) for {n} epoch{'s' * (n != 1)} on "
-        f"{device}{f', from epoch {start + 1}' if start else ''}; data {train_pipe}")
+        f"{on}{f', from epoch {start + 1}' if start else ''}; data {train_pipe}")
     for epoch in range(start, len(schedule)):
         stage = schedule[epoch]
         if stage != current:
             optimizer, scheduler = _optimizer(config, model, stage, schedule.count(stage))
             current = stage
+        # A fresh DDP wrapper each epoch: its gradient buckets then start each epoch alike, in a resumed run too.
+        net = world.wrap(stage_module(model, stage), device)
         train_pipe.set_epoch(epoch)
         tic = time.perf_counter()
         steps: list[dict[str, Any]] = []
@@ -233,41 +274,62 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         lr = optimizer.param_groups[0]["lr"]
         train_result = run_epoch(model, train_pipe, stage, config, device, len(classes), optimizer=optimizer,
                                  scaler=scaler, desc=f"epoch {epoch + 1}/{len(schedule)} {stage}", progress=progress,
-                                 on_log=on_log, checkpoint=last)
+                                 on_log=on_log, checkpoint=last, net=net, world=world)
+        del net
+        world.sync_buffers(model)  # rank 0's BatchNorm statistics, which the checkpoint holds, on every rank
         if scheduler is not None:
             scheduler.step()
-        train_reports = reports(train_result, classes)
+        train_reports = reports(drop_unlabelled(train_result), classes)
         record: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": lr,
                                   "train": summary(train_result, train_reports)}
         val_reports: dict[str, metrics.Report] = {}
         if val_pipe is not None:
             with torch.no_grad():
-                val_result = run_epoch(model, val_pipe, stage, config, device, len(classes),
-                                       desc=f"epoch {epoch + 1} val", progress=progress, checkpoint=last)
+                val_result = drop_unlabelled(run_epoch(model, val_pipe, stage, config, device, len(classes),
+                                                       desc=f"epoch {epoch + 1} val", progress=progress,
+                                                       checkpoint=last, world=world))
             val_reports = reports(val_result, classes)
             record["val"] = summary(val_result, val_reports)
         record["seconds"] = time.perf_counter() - tic
-        history.append(record)
         monitored = record.get("val", record["train"]).get(_monitor(has_images))
         improved = stage != "patch" and monitored is not None and (best is None or monitored > best["value"])
         if improved:
             best = {"metric": ("val_" if val_pipe is not None else "train_") + _monitor(has_images),
                     "value": monitored, "epoch": epoch}
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT, "histofast": __version__, "model": config.model, "model_options": options,
-            "classes": classes, "config": config.to_dict(), "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "epoch": epoch + 1, "stage": stage,
-            "best": best, "history": history, "rng": rng_state(),
-        }
-        if improved:  # best first: last.pt never names a best epoch that best.pt does not hold
-            save_checkpoint(best_path, checkpoint)
-        save_checkpoint(last, checkpoint)
-        _append_steps(out / "steps.jsonl", steps, epoch)
-        _write_outputs(out, history, val_reports or train_reports)
-        say(_epoch_report(record, len(schedule)))
-    return FitResult(history, best, classes, last, best_path if best_path.exists() else None)
+        # Every rank computed the same metrics from the same gathered samples; rank 0's record decides all the same.
+        record, improved, best = world.broadcast((record, improved, best))
+        history.append(record)
+        rngs = world.gather(rng_state())  # each rank's random state, for an exact resume
+        if world.main:
+            checkpoint = {
+                "format": CHECKPOINT_FORMAT, "histofast": __version__, "model": config.model,
+                "model_options": options, "classes": classes, "config": config.to_dict(),
+                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "epoch": epoch + 1, "stage": stage,
+                "best": best, "history": history, "rng": rngs[0], "world_size": world.size, "rng_ranks": rngs,
+            }
+            if improved:  # best first: last.pt never names a best epoch that best.pt does not hold
+                save_checkpoint(best_path, checkpoint)
+            save_checkpoint(last, checkpoint)
+            _append_steps(out / "steps.jsonl", steps, epoch)
+            _write_outputs(out, history, val_reports or train_reports)
+            say(_epoch_report(record, len(schedule)))
+        world.barrier()  # the epoch's files exist before any rank goes on (or returns)
+    has_best = world.broadcast(world.main and best_path.exists())  # rank 0's folder (other nodes may not see it)
+    return FitResult(history, best, classes, last, best_path if has_best else None, rank=world.rank)
 
+
+def _restore_rng(state: dict[str, Any], world: World, resume: str | os.PathLike | None) -> None:
+    """Each rank's random state from the checkpoint, when it has as many ranks as the run had; else the draws
+    go on from the ranks' fresh seeds (rank 0 says the run is then not the one it would have been)."""
+    ranks = state.get("world_size", 1)
+    if ranks == world.size:
+        set_rng_state(state["rng_ranks"][world.rank] if "rng_ranks" in state else state["rng"])
+    elif world.main:
+        log.warning("resume=%s: the run had %d rank%s, this one has %d: it goes on, but not as the run would have "
+                    "(each rank's share of the data and its random draws differ)", os.fspath(resume), ranks,
+                    "s" * (ranks != 1), world.size)
 
 
 def _epoch_line(record: dict[str, Any]) -> str:
