@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -225,6 +226,11 @@ def _refuse_collate(batch: Any, *, collate_fn_map: Any = None) -> Any:
 
 # default_collate looks a batch's type up here first (torch's documented extension point for custom types).
 default_collate_fn_map[Batch] = _refuse_collate
+# Lightning cautions, for any DataLoader over an IterableDataset with __len__, that workers not configured
+# apart would duplicate data and make the length wrong. A TileDataset's workers are lanes of one plan and
+# its length is exact, so the caution (raised from Lightning's own modules only) is silenced.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined",
+                        module=r"(lightning|pytorch_lightning)(\.|$)")
 
 
 class _Ahead:

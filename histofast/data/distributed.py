@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 from multiprocessing.context import get_spawning_popen
+from typing import Any
 
 log = logging.getLogger("histofast")
 
@@ -50,33 +51,43 @@ def local_world_size() -> int:
 class EpochClock:
     """Which epoch an iteration draws: ``set(e)`` makes the next iteration epoch e, and each iteration after
     it advances one epoch. The count lives in shared memory, so ``DataLoader`` workers (each begins one
-    iteration per epoch, persistent or not) advance with it: ``tick(per_epoch=num_workers)``."""
+    iteration per epoch, persistent or not) advance with the process that made them:
+    ``tick(per_epoch=num_workers)``. Another rank (a process started with a copy, as ``ddp_spawn`` does) is
+    not a worker: on first use there it takes a count of its own, shared with its own workers."""
 
-    def __init__(self) -> None:
-        self._shared = multiprocessing.Array("q", [0, 0])  # the epoch set, iterations begun since
+    def __init__(self, values: tuple[int, int] = (0, 0)) -> None:
+        # A spawn-context lock: it may be inherited by forked workers and sent to spawned ones.
+        self._shared = multiprocessing.get_context("spawn").Array("q", list(values))  # epoch set, iterations since
+        self._owner = os.getpid()
+
+    def _mine(self) -> Any:
+        from torch.utils.data import get_worker_info
+
+        if os.getpid() != self._owner and get_worker_info() is None:  # a copy in another rank: its own count
+            self.__init__(tuple(self._shared[:]))
+        return self._shared
 
     def set(self, epoch: int) -> None:
-        with self._shared.get_lock():
-            self._shared[0], self._shared[1] = epoch, 0
+        shared = self._mine()
+        with shared.get_lock():
+            shared[0], shared[1] = epoch, 0
 
     def tick(self, per_epoch: int = 1) -> int:
         """Begin an iteration: its epoch (``per_epoch`` iterations make one epoch, e.g. the loader's workers)."""
-        with self._shared.get_lock():
-            begun = self._shared[1]
-            self._shared[1] = begun + 1
-            return self._shared[0] + begun // per_epoch
-
-    @property
-    def next(self) -> int:
-        """The epoch the next iteration of this process draws."""
-        with self._shared.get_lock():
-            return self._shared[0] + self._shared[1]
+        shared = self._mine()
+        with shared.get_lock():
+            begun = shared[1]
+            shared[1] = begun + 1
+            return shared[0] + begun // per_epoch
 
     def __getstate__(self) -> dict:
         # Shared with a process being started (a DataLoader worker, a spawned rank); copied otherwise.
         if get_spawning_popen() is not None:
-            return {"shared": self._shared}
-        return {"values": list(self._shared[:])}
+            return {"shared": self._shared, "owner": self._owner}
+        return {"values": tuple(self._shared[:]), "owner": None}
 
     def __setstate__(self, state: dict) -> None:
-        self._shared = state.get("shared") or multiprocessing.Array("q", state["values"])
+        if "shared" in state:
+            self._shared, self._owner = state["shared"], state["owner"]
+        else:
+            self.__init__(state["values"])

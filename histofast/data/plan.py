@@ -56,7 +56,8 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], lanes: int, lane:
 
     The epoch's sequence is the blocks in order (or permuted by (seed, epoch) when shuffling),
     each block's samples row-major; shard r of w takes its r-th contiguous share, evened out to
-    ``shard_size`` samples (a short share repeats its first samples, marked ``pad``; a long one is cut);
+    ``shard_size`` samples (a short share starts with repeats of its first samples, marked ``pad``; a long
+    one is cut);
     the shard's batches are dealt to lanes in contiguous runs (only the last lane's last batch can be
     partial); with ``shuffle`` each window's samples are permuted. Batches are then taken round-robin
     over the lanes (``merge``)."""
@@ -71,9 +72,11 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], lanes: int, lane:
     total = len(order)
     share = order[rank * total // world : (rank + 1) * total // world]
     size = shard_size(total, shard, drop_last)
-    # A share shorter than ``size`` (by one at most; or empty when total < world) repeats from its start.
-    mine = np.resize(share if len(share) else order, size)
-    pad = np.arange(size) >= len(share)
+    # A share shorter than ``size`` (by one at most; or empty when total < world) repeats its first samples,
+    # placed first: beside their originals (the same blocks), and never a last batch made only of repeats.
+    extra = np.resize(share if len(share) else order, max(0, size - len(share)))
+    mine = np.concatenate([extra, share])[:size]
+    pad = np.arange(size) < len(extra)
     b = samples.batch_size
     n_batches = batch_count(samples, shard, drop_last)
     keep = min(size, n_batches * b)

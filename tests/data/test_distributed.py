@@ -157,12 +157,10 @@ def test_shard_defaults_to_one_process_without_a_process_group(datasets):
     assert sum(len(b["x"]) for b in pipe) == 385
 
 
-@pytest.mark.xfail(strict=True, reason="a short share's repeats come last: with ⌈N/world⌉ ≡ 1 (mod batch) its last "
-                   "batch is one repeat (the README's recipes sum the loss over the batch size for that reason)")
 def test_no_batch_holds_only_repeats(datasets):
-    """A batch of repeats only (every label −100) makes ``cross_entropy``'s default mean 0/0 = NaN, which DDP
-    then spreads to every rank's weights. Dataset 385 over 2 ranks, unshuffled: rank 0 has 192 tiles and one
-    repeat, 193 samples = 3 batches of 64 and a batch of 1."""
+    """A batch of repeats only (every label −100) would make ``cross_entropy``'s default mean 0/0 = NaN, which
+    DDP then spreads to every rank's weights. Dataset 385 over 2 ranks, unshuffled: rank 0 has 192 tiles and
+    one repeat, 193 samples = 3 batches of 64 and a batch of 1; the repeats come first, so that batch is real."""
     paths = datasets[385]
     for shuffle in (False, True):
         for rank in range(2):
