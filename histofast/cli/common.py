@@ -3,6 +3,7 @@ run behind ``tile`` and ``demo``."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -70,9 +71,25 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
         hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
         augment=Augment.parse(args.augment, args.seed),
     )
-    start = time.perf_counter()
-    results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
-                            progress=False if args.quiet else None, device=args.device, decode=args.decode)
+    processes, scheduler = getattr(args, "processes", 1), getattr(args, "scheduler", None)
+    where = ""
+    if scheduler is None and processes == 1:
+        start = time.perf_counter()
+        results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
+                                progress=False if args.quiet else None, device=args.device, decode=args.decode)
+    else:  # --processes N / --scheduler ADDRESS: one Dask task per slide (histofast.export.cluster)
+        from ..export.cluster import connect, export_slides_distributed, local_cluster, scheduler_workers
+
+        if not getattr(args, "verbose", False):  # Dask's INFO lines (workers starting, stopping) are noise here
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+        with connect(scheduler) if scheduler else local_cluster(processes) as client:
+            nworkers = len(scheduler_workers(client))
+            where = f" on {nworkers} Dask workers ({scheduler or 'local processes'})"
+            start = time.perf_counter()
+            results = export_slides_distributed(
+                paths, args.out, options, client, workers=args.workers, qc=args.qc,
+                progress=False if args.quiet else None, device=args.device, decode=args.decode,
+                retries=args.retries, rows=False)
     seconds = time.perf_counter() - start
     done = [r for r in results if r.status == "done"]
     skipped = [r for r in results if r.status == "skipped"]
@@ -86,7 +103,7 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
     kept, total = sum(r.kept for r in done), sum(r.total for r in done)
     decoders = sorted({r.decoder for r in done})
     print(f"{len(done)} slides tiled, {len(skipped)} already done, {len(failed)} failed; "
-          f"tiles kept {kept}/{total}; {seconds:.1f} s; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
+          f"tiles kept {kept}/{total}; {seconds:.1f} s{where}; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
           f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written"
           + (f"; decoded by {', '.join(decoders)}" if decoders else "")
           + f"; manifest {Path(args.out) / 'manifest.csv'}")
