@@ -18,7 +18,8 @@ threads, so workers × threads = the cores of each machine. Splitting one giant 
 done: a slide is the unit of work.
 
 A Dask cluster runs pickled code sent to it: its scheduler must be reachable only by its users. The
-``LocalCluster`` that ``local_cluster`` starts listens on 127.0.0.1 only and has no dashboard.
+``LocalCluster`` that ``local_cluster`` starts listens on 127.0.0.1 only (scheduler, workers, and its HTTP
+server on a free port).
 """
 from __future__ import annotations
 
@@ -58,11 +59,11 @@ def require_distributed() -> Any:
 def local_cluster(processes: int) -> Iterator[Any]:
     """A ``distributed.Client`` on a ``LocalCluster`` of ``processes`` worker processes (one Dask thread each,
     so each runs one slide at a time with cores // processes decode/encode threads), listening on 127.0.0.1
-    only, without a dashboard; closed on exit."""
+    only (its HTTP server on a free port there); closed on exit."""
     check_count(processes, "processes")
     distributed = require_distributed()
     with distributed.LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                                  dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -98,8 +99,9 @@ def export_slides_distributed(
     from the per-slide manifests either way). ``progress``: one tqdm bar over slides with kept tiles/s
     (None: only on a terminal).
 
-    Writes ``out_dir/manifest.csv`` (the finished slides' manifests, in the order of ``paths``, atomically)
-    once, at the end."""
+    Slide paths and ``out_dir`` are made absolute before they travel (workers run in other folders), so the
+    manifests' ``slide`` column holds absolute paths. Writes ``out_dir/manifest.csv`` (the finished slides'
+    manifests, in the order of ``paths``, atomically) once, at the end."""
     from tqdm.auto import tqdm
 
     distributed = require_distributed()
@@ -109,10 +111,11 @@ def export_slides_distributed(
         check_count(workers, "workers")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise HistofastError(f"retries={retries!r}: must be an integer >= 0")
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))  # workers elsewhere run in other folders: absolute paths travel
+    ids = slide_ids(paths)  # from the paths as given: the same folders as export_slides
+    paths = [os.path.abspath(p) for p in paths]
     _writable(out)
     _remove_temporary(out)
-    ids = slide_ids(paths)
     hosts = _threads_per_host(client)
     order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest file first
     futures: dict[Any, int] = {}
