@@ -78,10 +78,18 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
         results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
                                 progress=False if args.quiet else None, device=args.device, decode=args.decode)
     else:  # --processes N / --scheduler ADDRESS: one Dask task per slide (histofast.export.cluster)
-        from ..export.cluster import connect, export_slides_distributed, local_cluster, scheduler_workers
+        from ..export.cluster import (
+            connect,
+            export_slides_distributed,
+            local_cluster,
+            require_distributed,
+            scheduler_workers,
+        )
 
+        require_distributed()  # the message naming the extra, before anything starts
         if not getattr(args, "verbose", False):  # Dask's INFO lines (workers starting, stopping) are noise here
-            logging.getLogger("distributed").setLevel(logging.WARNING)
+            for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+                logging.getLogger(name).setLevel(logging.WARNING)
         with connect(scheduler) if scheduler else local_cluster(processes) as client:
             nworkers = len(scheduler_workers(client))
             where = f" on {nworkers} Dask workers ({scheduler or 'local processes'})"

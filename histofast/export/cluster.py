@@ -123,7 +123,7 @@ def export_slides_distributed(
     for rank, i in enumerate(order):
         future = client.submit(
             _task, os.fspath(paths[i]), os.fspath(out), options, ids[i], workers, hosts, qc, device, decode, rows,
-            key=f"histofast-tile-{ids[i]}-{token}", pure=False, retries=retries, priority=len(order) - rank)
+            key=f"histofast-tile-{token}-{i:06d}-{ids[i]}", pure=False, retries=retries, priority=len(order) - rank)
         futures[future] = i
     results: list[SlideResult | None] = [None] * len(paths)
     kept = 0

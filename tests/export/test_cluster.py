@@ -96,7 +96,7 @@ def _processing_worker(client, out: Path) -> str | None:
     """The address of a worker running a slide that has started writing tiles, if any."""
     for address, keys in client.processing().items():
         for key in keys:
-            folder = str(key).split("histofast-tile-", 1)[-1].rsplit("-", 1)[0]
+            folder = str(key).split("-", 4)[-1]  # histofast-tile-TOKEN-INDEX-SLIDE_ID
             if _written_tiles(out / folder):
                 return address
     return None
