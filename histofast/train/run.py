@@ -191,6 +191,9 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
 
 def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.PathLike | None, world: World,
          device: torch.device, progress: bool, say: Callable[[str], None]) -> FitResult:
+    if config.sync_bn and world.distributed and device.type != "cuda":
+        raise HistofastError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; train on the GPUs (--device cuda) "
+                             "or leave --sync-bn out")
     out = Path(config.out)
     if world.main:  # rank 0 alone looks at and writes the output folder; every rank stops on its verdict
         held = state is None and (out / "last.pt").exists()
@@ -199,9 +202,6 @@ def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.Pat
         out.mkdir(parents=True, exist_ok=True)
     else:
         world.agree(None)
-    if config.sync_bn and world.distributed and device.type != "cuda":
-        raise HistofastError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; train on the GPUs (--device cuda) "
-                             "or leave --sync-bn out")
     if world.distributed and config.workers is None:  # the order depends on it: the same on every rank, pinned
         config = dataclasses.replace(config, workers=world.broadcast(default_workers()))
     train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
@@ -220,9 +220,9 @@ def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.Pat
             raise HistofastError(f"resume={os.fspath(resume)}: classes {state['classes']} in the checkpoint, "
                                  f"{classes} in the data")
         load_state(model, state["state_dict"], f"checkpoint {resume}")
-    model = prepare_model(model, device, config.channels_last, config.compile)
     if config.sync_bn and world.distributed:
         sync_batchnorm(model)
+    model = prepare_model(model, device, config.channels_last, config.compile)
     if world.distributed:  # the same weights on every rank (from seed); then each rank its own draws (dropout)
         torch.manual_seed(rank_seed(config.seed, world.rank))
     dtype = amp_dtype(config.amp, device)

@@ -94,24 +94,47 @@ def test_histofast_train_under_torchrun_resumes_exactly_and_rank_0_alone_writes(
             assert record["train"]["image"]["count"] == 7 and record["val"]["image"]["count"] == 5
 
 
-def _spawned_fit(rank: int, world: int, store: str, config: dict, result: str) -> None:
-    """One rank of a user's script: it makes the process group itself, then calls fit."""
+def _spawned_fit(rank: int, world: int, store: str, configs: list[dict], result: str) -> None:
+    """One rank of a user's script: it makes the process group itself, then calls fit with each config in turn;
+    what each gave (its history, or the message of the HistofastError it raised) goes to ``result.RANK``."""
     import torch.distributed as dist
     from torchrun_train import plain_cnn
 
+    from histofast import HistofastError
     from histofast.models import MODELS
     from histofast.train import TrainConfig, fit
 
     torch.set_num_threads(1)
     MODELS["plain_cnn"] = plain_cnn
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    outcomes = []
     try:
-        fitted = fit(TrainConfig(**config), progress=False)
-        still = dist.is_initialized()  # the caller's group: fit leaves it
-        Path(f"{result}.{rank}").write_text(json.dumps({"rank": fitted.rank, "group_kept": still,
-                                                        "history": _without_seconds(fitted.history)}))
+        for config in configs:
+            try:
+                fitted = fit(TrainConfig(**config), progress=False)
+            except HistofastError as e:
+                outcomes.append({"error": str(e)})
+                continue
+            outcomes.append({"rank": fitted.rank, "group_kept": dist.is_initialized(),  # the caller's: fit leaves it
+                             "history": _without_seconds(fitted.history)})
+        Path(f"{result}.{rank}").write_text(json.dumps(outcomes))
     finally:
         dist.destroy_process_group()
+
+
+def spawn(tmp_path: Path, configs: list[dict], ranks: int = 2) -> list[list[dict]]:
+    """``_spawned_fit`` in ``ranks`` processes started by torch.multiprocessing (spawn): each rank's outcomes."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_spawned_fit, args=(r, ranks, str(tmp_path / "store"), configs, str(tmp_path / "r")))
+             for r in range(ranks)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0] * ranks
+    return [json.loads(Path(f"{tmp_path / 'r'}.{r}").read_text()) for r in range(ranks)]
 
 
 def test_two_ranks_with_batch_b_train_as_one_rank_with_batch_2b(regions, tmp_path, monkeypatch):
@@ -130,18 +153,7 @@ def test_two_ranks_with_batch_b_train_as_one_rank_with_batch_2b(regions, tmp_pat
     monkeypatch.setitem(MODELS, "plain_cnn", plain_cnn)
     one = fit(TrainConfig(**common, batch_size=2 * 38, out=str(tmp_path / "one")), progress=False)
 
-    ctx = torch.multiprocessing.get_context("spawn")
-    config = dict(common, batch_size=38, out=str(tmp_path / "two"))
-    procs = [ctx.Process(target=_spawned_fit, args=(r, 2, str(tmp_path / "store"), config, str(tmp_path / "r")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT)
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
-    results = [json.loads(Path(f"{tmp_path / 'r'}.{r}").read_text()) for r in range(2)]
+    results = [outcome for outcome, in spawn(tmp_path, [dict(common, batch_size=38, out=str(tmp_path / "two"))])]
     assert [r["rank"] for r in results] == [0, 1] and all(r["group_kept"] for r in results)
     assert results[0]["history"] == results[1]["history"]  # every rank returns rank 0's records
 
@@ -179,3 +191,18 @@ def test_sync_batchnorm_replaces_the_trained_batchnorm_layers_only():
     assert all(type(m) is not nn.BatchNorm2d for m in model.modules())
     world = World()  # one process: the collectives give back what they are given
     assert world.gather(3) == [3] and world.broadcast("x") == "x" and not world.distributed and world.main
+
+
+def test_a_check_only_rank_0_can_make_stops_every_rank(regions, tmp_path):
+    """Rank 0 alone looks at the output folder, but every rank raises its verdict (none is left waiting);
+    --sync-bn on the CPU is refused on every rank."""
+    common = dict(data=str(regions / "train3.csv"), val_data=str(regions / "val.csv"), model="plain_cnn",
+                  classes=["ADC", "NORM", "SC", "SCLC"], tile_size=64, epochs=1, workers=1, backend="torch",
+                  device="cpu", batch_size=64)
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "last.pt").write_bytes(b"")
+    outcomes = spawn(tmp_path, [dict(common, out=str(tmp_path / "held")),
+                                dict(common, out=str(tmp_path / "bn"), sync_bn=True)])
+    for held, bn in outcomes:
+        assert "holds the run of" in held["error"] and "SyncBatchNorm runs on GPUs only" in bn["error"]
+    assert not (tmp_path / "bn").exists()
