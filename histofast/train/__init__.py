@@ -1,6 +1,7 @@
 """Training and evaluation of ``histofast.models`` on what ``histofast.Pipeline`` makes.
 
-``fit(TrainConfig(...))`` trains (``run``: checkpoints, exact resume, history, plots); ``evaluate.evaluate``
+``fit(TrainConfig(...))`` trains (``run``: checkpoints, exact resume, history, plots; under torchrun with DDP,
+``distributed``); ``evaluate.evaluate``
 scores a checkpoint (``histofast evaluate``). Inside: ``config`` (every setting, from flags, YAML/JSON or
 Python), ``pipelines`` (the run's data), ``loop`` (a model over a pipeline), ``epoch`` (an epoch's metrics),
 ``checkpoint``, ``tta`` (8-view test-time augmentation), ``metrics`` (numpy), ``plots`` (matplotlib).
@@ -17,7 +18,8 @@ _NAMES = {
     "forward": "loop", "run_epoch": "loop", "read_checkpoint": "checkpoint", "model_from_checkpoint": "checkpoint",
     "Evaluation": "evaluate",
 }
-_SUBMODULES = ("checkpoint", "config", "epoch", "evaluate", "loop", "metrics", "pipelines", "plots", "run", "tta")
+_SUBMODULES = ("checkpoint", "config", "distributed", "epoch", "evaluate", "loop", "metrics", "pipelines",
+               "plots", "run", "tta")
 
 
 def __getattr__(name: str) -> Any:
