@@ -134,6 +134,14 @@ def rank_device(device: str, world: World) -> torch.device:
     return torch.device("cuda", index)
 
 
+def caller_world() -> World:
+    """The world of a process group the caller initialised (never one started here), else one process."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+    return World()
+
+
 def setup(device: str) -> tuple[World, torch.device]:
     """The run's world and this rank's device.
 

@@ -16,6 +16,7 @@ from ..utils.atomic import atomic_open
 from . import metrics, plots
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import TrainConfig
+from .distributed import caller_world
 from .epoch import EpochResult, reports, slide_predictions
 from .loop import prepare_model, resolve_device, run_epoch
 from .pipelines import make_pipeline
@@ -49,6 +50,9 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         out: when given, writes ``metrics.json`` (with the checkpoint, the data and ``tta`` it scored),
             ``slides.csv``, and ``roc_<scope>.png``/``confusion_<scope>.png`` per patch, image, slide.
         device, batch_size, workers: override the training run's.
+
+    Inside an initialised ``torch.distributed`` process group every rank must call it: each scores its
+    shard, the results are gathered (every sample once), every rank returns them, rank 0 alone writes ``out``.
     """
     state = read_checkpoint(checkpoint)
     overrides = {k: v for k, v in (("batch_size", batch_size), ("workers", workers)) if v is not None}
@@ -60,8 +64,10 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
     progress = sys.stderr.isatty() if progress is None else progress
     pipe = make_pipeline(config, data, train=False, classes=classes, device="cpu" if dev.type == "cpu" else str(dev))
     stage = "image" if state["model"] == "two_level_cnn" else "train"
+    world = caller_world()
     with torch.no_grad():
-        result = run_epoch(model, pipe, stage, config, dev, len(classes), desc="evaluate", progress=progress, tta=tta)
+        result = run_epoch(model, pipe, stage, config, dev, len(classes), desc="evaluate",
+                           progress=progress and world.main, tta=tta, world=world)
     reps = reports(result, classes)
     for r in reps.values():
         r.loss = None  # a per-slide or per-image mean of patch losses would mislead
@@ -69,7 +75,7 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         (reps.get("image") or reps["patch"]).loss = result.loss
     rows = _slide_rows(result, getattr(pipe, "slides", None), classes)
     evaluation = Evaluation(reps, rows, classes)
-    if out is not None:
+    if out is not None and world.main:
         _write(Path(out), evaluation, tta, os.fspath(checkpoint), data_record(data))
     return evaluation
 

@@ -206,3 +206,54 @@ def test_a_check_only_rank_0_can_make_stops_every_rank(regions, tmp_path):
     for held, bn in outcomes:
         assert "holds the run of" in held["error"] and "SyncBatchNorm runs on GPUs only" in bn["error"]
     assert not (tmp_path / "bn").exists()
+
+
+def _spawned_evaluate(rank: int, world: int, store: str, checkpoint: str, data: str, out: str, result: str) -> None:
+    """One rank of a user's script calling ``evaluate`` inside the process group it made."""
+    import torch.distributed as dist
+    from torchrun_train import plain_cnn
+
+    from histofast.models import MODELS
+    from histofast.train.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    MODELS["plain_cnn"] = plain_cnn
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        scored = evaluate(checkpoint, data, out=out, device="cpu", workers=1, progress=False)
+        Path(f"{result}.{rank}").write_text(json.dumps(scored.reports["patch"].to_dict()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_in_a_process_group_counts_every_tile_once(regions, tmp_path, monkeypatch):
+    """Every rank scores its shard (5 regions over 2 ranks: one repeat, label −100), the outputs are gathered:
+    each rank returns what one process gives, and rank 0 alone writes the files."""
+    from torchrun_train import plain_cnn
+
+    from histofast.models import MODELS
+    from histofast.train import TrainConfig, fit
+    from histofast.train.evaluate import evaluate
+
+    monkeypatch.setitem(MODELS, "plain_cnn", plain_cnn)
+    fit(TrainConfig(data=str(regions / "train3.csv"), val_fraction=0, model="plain_cnn", tile_size=64, epochs=1,
+                    classes=["ADC", "NORM", "SC", "SCLC"], workers=1, backend="torch", device="cpu",
+                    batch_size=32, out=str(tmp_path / "run")), progress=False)
+    checkpoint, data = str(tmp_path / "run" / "last.pt"), str(regions / "val.csv")
+    alone = evaluate(checkpoint, data, device="cpu", workers=1, progress=False).reports["patch"].to_dict()
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_spawned_evaluate, args=(r, 2, str(tmp_path / "store"), checkpoint, data,
+                                                         str(tmp_path / "eval"), str(tmp_path / "r")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    for r in range(2):
+        got = json.loads(Path(f"{tmp_path / 'r'}.{r}").read_text())
+        assert got["count"] == alone["count"] == 5 * 25
+        assert got["accuracy"] == pytest.approx(alone["accuracy"])
+    assert (tmp_path / "eval" / "metrics.json").exists()
