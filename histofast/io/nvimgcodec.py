@@ -214,8 +214,8 @@ class NvDecoder:
 
 def level_ifd(slide: Slide, level: int) -> tuple[int, str] | None:
     """(IFD byte offset, why not) for a level nvImageCodec can read: a level the tiled-TIFF fast path
-    decodes directly (so its pixels match OpenSlide's), 8-bit RGB, a compression served here. Returns
-    (offset, "") or (0, the reason it cannot)."""
+    decodes directly (8-bit RGB without alpha, pixels matching OpenSlide's) in a compression served here.
+    Returns (offset, "") or (0, the reason it cannot)."""
     from .tiff import TiffSlide
 
     if not isinstance(slide, TiffSlide):
@@ -223,8 +223,6 @@ def level_ifd(slide: Slide, level: int) -> tuple[int, str] | None:
     page = slide.stored_page(level)
     if page is None:
         return 0, f"level {level} is read through OpenSlide, not decoded directly"
-    if page.samplesperpixel != 3:
-        return 0, f"level {level} has {page.samplesperpixel} samples per pixel (only RGB is served)"
     if page.compression not in COMPRESSIONS:
         return 0, f"level {level} uses TIFF compression {page.compression}, not served through nvImageCodec"
     if page.offset == 0:

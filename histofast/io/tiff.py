@@ -145,13 +145,15 @@ class TiffSlide(OpenSlideSlide):
 
 
 def _tiled_pages(tif) -> dict[tuple[int, int], object]:
-    """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins."""
+    """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins. Pages with an
+    alpha (or any extra) sample go to OpenSlide, which composites them on white: a check of one tile at open
+    could not vouch for the transparent ones."""
     pages: dict[tuple[int, int], object] = {}
     for series in tif.series:
         for level in series.levels:
             for page in level.pages:
                 ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
-                      and page.bitspersample == 8 and page.samplesperpixel in (3, 4)
+                      and page.bitspersample == 8 and page.samplesperpixel == 3
                       and page.planarconfig == 1 and page.imagedepth == 1)
                 if ok:
                     pages.setdefault((page.imagewidth, page.imagelength), page)

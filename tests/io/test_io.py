@@ -487,3 +487,23 @@ def test_silently_corrupt_tile_reads_as_openslide_reads_it(svs, tile3, tmp_path)
     with histofast.open_slide(path) as s, openslide.OpenSlide(path) as osr:
         mine = s.read_level_region(0, (768, 0), (256, 256))
         assert max_diff(mine, on_white(osr.read_region((768, 0), 0, (256, 256)))) <= MAX_DIFF
+
+
+def test_a_tiled_rgba_tiff_composites_on_white_as_openslide_does(tmp_path, openslide_level):
+    """Transparent black background must read white, not black tissue: RGBA pages go to OpenSlide (issue 15,
+    item 2: the fast path once read the RGB under alpha 0, and 13 of 16 tiles were kept where OpenSlide keeps 5)."""
+    import tifffile
+
+    rgba = np.zeros((1024, 1024, 4), np.uint8)
+    rgba[..., :3] = histofast.synth.tissue_image(1024, 1024, seed=2)
+    rgba[:, :512, 3] = 255
+    rgba[300:400, 700:800, 3] = 128  # half transparent too
+    rgba[300:400, 700:800, :3] = 90
+    path = tmp_path / "rgba.tif"
+    tifffile.imwrite(path, rgba, tile=(256, 256), photometric="rgb", extrasamples=[2], compression="deflate")
+    expected = openslide_level(path, 0)
+    with histofast.open_slide(path) as slide:
+        np.testing.assert_array_equal(slide.read_level_region(0, (0, 0), (1024, 1024)), expected)
+    assert (expected[:, 512:] == 255).mean() > 0.98  # the transparent half is white
+    grid = histofast.tile_grid(path, 256)
+    assert not grid.keep[:, 2:].any() and grid.keep[:, :2].any()
