@@ -17,12 +17,13 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 
 
 def slide_paths(items: Sequence[str]) -> list[str]:
-    """SLIDE arguments with folders expanded to the slide and image files directly inside them."""
+    """SLIDE arguments with folders expanded to the entries directly inside them named like slides or images:
+    files, and also folders, links, FIFOs or devices with such names, which then fail by name with the reason."""
     paths: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(os.fspath(f) for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file())
+            paths += sorted(os.fspath(f) for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES)
         else:
             paths.append(item)
     return paths

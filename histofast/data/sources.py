@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import HistofastError
+from ..io import file_problem
 from ..utils.atomic import atomic_open
 
 # The columns of a slide manifest CSV (path relative to the CSV; label and patient optional).
@@ -105,10 +106,10 @@ def resolve(source: Any, labels: Sequence[Any] | None = None) -> list[SlideSourc
         if len(labels) != len(items):
             raise HistofastError(f"labels: {len(labels)} labels for {len(items)} slides")
         items = [SlideSource(s.path, None if lab is None else str(lab), s.patient) for s, lab in zip(items, labels)]
-    missing = [s.path for s in items if not os.path.isfile(s.path)]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise HistofastError(f"source: no such file: {', '.join(missing[:3])}{more}")
+    problems = [f"{why}: {s.path}" for s in items if (why := file_problem(s.path))]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise HistofastError(f"source: {'; '.join(problems[:3])}{more}")
     return items
 
 

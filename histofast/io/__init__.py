@@ -4,7 +4,9 @@ Tiled TIFFs (SVS, generic tiled TIFF) are decoded directly; other OpenSlide form
 OpenSlide; plain images through Pillow."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,9 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     path = Path(path)
     if backend not in SLIDE_BACKENDS:
         raise SlideError(path, f"backend={backend!r}: expected one of {', '.join(SLIDE_BACKENDS)}")
-    if not path.exists():
-        raise SlideError(path, "no such file")
-    if path.is_dir():
-        raise SlideError(path, "is a directory, not a slide file")
-    if not os.access(path, os.R_OK):
-        raise SlideError(path, "not readable (permission denied)")
+    problem = file_problem(path)
+    if problem:
+        raise SlideError(path, problem)
     if backend == "image":
         return ImageSlide(path, workers)
     vendor = openslide.OpenSlide.detect_format(os.fspath(path))
@@ -58,6 +57,26 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
         slide.close()
         return OpenSlideSlide(path, workers)
     return slide
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a slide file, found before any reader touches it; None when it can be read.
+
+    Missing, a broken or looping symbolic link, a directory, anything but a regular file (a FIFO would
+    block a reader forever; a device could be endless), or unreadable."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else "no such file"
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be examined ({e.strerror or e})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a slide file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device): a reader could wait on it forever"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
 
 
 def _not_a_broken_slide(path: Path) -> None:
@@ -93,4 +112,5 @@ class opened:
             self.slide.close()
 
 
-__all__ = ["ImageSlide", "OpenSlideSlide", "SLIDE_BACKENDS", "Slide", "TiffSlide", "open_slide", "opened"]
+__all__ = ["ImageSlide", "OpenSlideSlide", "SLIDE_BACKENDS", "Slide", "TiffSlide", "file_problem", "open_slide",
+           "opened"]

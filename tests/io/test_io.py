@@ -3,6 +3,7 @@ tifffile (file layout), and hand-damaged files for the error paths."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -507,3 +508,26 @@ def test_a_tiled_rgba_tiff_composites_on_white_as_openslide_does(tmp_path, opens
     assert (expected[:, 512:] == 255).mean() > 0.98  # the transparent half is white
     grid = histofast.tile_grid(path, 256)
     assert not grid.keep[:, 2:].any() and grid.keep[:, :2].any()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("fifo", "not a regular file (a FIFO, socket or device)"),
+    ("broken", "a broken symbolic link"),
+    ("loop", "a symbolic link loop"),
+    ("dir", "is a directory, not a slide file"),
+    ("missing", "no such file"),
+])
+def test_what_is_not_a_regular_file_is_refused_before_any_reader_touches_it(tmp_path, kind, message):
+    """A FIFO named *.svs once hung open_slide forever (issue 15, item 9): every kind is refused at once."""
+    path = tmp_path / "a.svs"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "broken":
+        path.symlink_to(tmp_path / "gone.svs")
+    elif kind == "loop":
+        path.symlink_to(tmp_path / "b.svs")
+        (tmp_path / "b.svs").symlink_to(path)
+    elif kind == "dir":
+        path.mkdir()
+    with pytest.raises(histofast.SlideError, match=re.escape(message)):
+        histofast.open_slide(path)
