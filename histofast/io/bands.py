@@ -13,11 +13,13 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
+from ..errors import SlideError
 from .level import LevelView
 
 CHUNK_BYTES = 64 << 20  # decoded bytes per chunk: a few hundred stored tiles at 16k width
 CHUNKS_AHEAD = 2  # chunks decoded ahead of the one being consumed
 MEMORY_BUDGET = 512 << 20  # band buffers of very wide levels: fewer chunks ahead rather than more memory
+BAND_MEMORY_LIMIT = 4 << 30  # bytes: band buffers beyond this (tall stored tiles on a huge level) are refused
 
 
 @dataclass
@@ -113,6 +115,9 @@ def read_bands(
         rows: what decodes the view's rows (default: ``SlideRows(view)``, the slide's own decoders).
     Yields:
         ``Band``s in order; each tile row appears in exactly one band.
+    Raises:
+        SlideError: the band buffers would exceed ``BAND_MEMORY_LIMIT`` (e.g. stored tiles thousands of rows
+            tall on a level a million pixels wide), found before anything is allocated.
     """
     width, height = view.dimensions
     n_rows = grid_rows(height, tile_size, stride)
@@ -130,6 +135,12 @@ def read_bands(
     chunks = -(-end // chunk)
     # Two buffers at least when there are several chunks: the previous one is read until the next is filled.
     count = min(chunks, max(2, min(prefetch + 1, MEMORY_BUDGET // ((head + chunk) * width * 3))))
+    need = count * (head + chunk) * width * 3
+    if need > BAND_MEMORY_LIMIT:  # checked before allocating: a MemoryError would name nothing
+        raise SlideError(view.slide.path, f"level {view.level} ({width}×{height} pixels, stored tiles {align} rows "
+                                          f"tall) needs {need / 2**30:.1f} GiB of band buffers for tiles of "
+                                          f"{tile_size}, over histofast's {BAND_MEMORY_LIMIT / 2**30:.3g} GiB limit; "
+                                          "tile a coarser level (level=, mpp=)")
     free = [rows.empty((head + chunk, width, 3)) for _ in range(count)]
     inflight: deque = deque()
     next_y = 0

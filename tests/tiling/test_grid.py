@@ -456,3 +456,13 @@ def test_cuda_grid_and_tiles_equal_cpu(slides):
                 np.testing.assert_array_equal(g.coords, c.coords)
                 np.testing.assert_array_equal(g.index, c.index)
             np.testing.assert_array_equal(stream.grid.white_ratio, cpu.white_ratio)
+
+
+def test_band_buffers_beyond_the_limit_are_refused_by_name(make_slide, monkeypatch):
+    """Issue 15, item 10: tall stored tiles on a very wide level once asked for 11.4 GB and the MemoryError
+    escaped every API; the band memory is checked before anything is allocated (the limit scaled down here)."""
+    path = make_slide(2048, 2048, seed=5)
+    monkeypatch.setattr(bands, "BAND_MEMORY_LIMIT", 1 << 20)
+    with pytest.raises(histofast.SlideError, match=r"level 0 \(2048×2048 pixels, stored tiles 256 rows tall\) needs "
+                                                   r"0\.\d GiB of band buffers .* limit; tile a coarser level"):
+        tile_grid(path, 512)
