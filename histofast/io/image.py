@@ -2,12 +2,16 @@
 region images of the two-level CNN; decoded once with Pillow and held in memory."""
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import numpy as np
 
 from ..errors import SlideError
 from .slide import Job, Slide, composite_on_white
+
+log = logging.getLogger("histofast")
 
 
 class ImageSlide(Slide):
@@ -19,14 +23,23 @@ class ImageSlide(Slide):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as im:
+            # Pillow warns of images over its MAX_IMAGE_PIXELS (a decompression-bomb guard) and refuses those
+            # over twice it; in between, the image is read, and histofast says what it costs instead.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
                 fmt = im.format or "image"
+                w, h = im.size
+                if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+                    log.info("%s: a plain %s image of %d×%d pixels is decoded whole into memory (%.1f GB); "
+                             "tiled whole-slide formats are read in bands instead", path, fmt, w, h, w * h * 3 / 1e9)
                 if im.has_transparency_data:  # transparent pixels read white, as OpenSlide's do
                     rgba = np.asarray(im.convert("RGBA"))
                     self._pixels = np.empty(rgba.shape[:2] + (3,), np.uint8)
                     composite_on_white(rgba, self._pixels)
-                else:
-                    self._pixels = np.asarray(im.convert("RGB"))
+                else:  # no convert() copy when the image is RGB already: peak memory 2×, not 3×, the pixels
+                    self._pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         except (UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise SlideError(path, f"not a slide or image that OpenSlide or Pillow can read ({e})") from None
         except OSError as e:  # Pillow's truncated/corrupt data

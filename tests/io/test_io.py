@@ -2,6 +2,7 @@
 tifffile (file layout), and hand-damaged files for the error paths."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -531,3 +532,20 @@ def test_what_is_not_a_regular_file_is_refused_before_any_reader_touches_it(tmp_
         path.mkdir()
     with pytest.raises(histofast.SlideError, match=re.escape(message)):
         histofast.open_slide(path)
+
+
+def test_a_large_plain_image_reads_without_pillows_bomb_warning(tmp_path, monkeypatch, caplog, recwarn):
+    """Issue 15, item 13: Pillow's DecompressionBombWarning leaked to users unexplained; histofast reads the
+    image (Pillow still refuses those over twice its limit) and says what it costs instead."""
+    from PIL import Image
+
+    image = histofast.synth.tissue_image(600, 500, seed=3)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)  # 300,000 pixels: a warning, not an error
+    with caplog.at_level(logging.INFO, "histofast"), histofast.open_slide(tmp_path / "big.png") as slide:
+        np.testing.assert_array_equal(slide.read_level_region(0, (0, 0), (500, 600)), image)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "decoded whole into memory" in caplog.text
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # over twice the limit: refused by name
+    with pytest.raises(histofast.SlideError, match=r"big\.png"):
+        histofast.open_slide(tmp_path / "big.png")
