@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Iterator
 
 import numpy as np
 
@@ -21,6 +22,7 @@ JPEG = 7
 VENDORS = ("aperio", "generic-tiff")
 TILES_PER_JOB = 8
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
+SERIES_PAGES = 256  # IFDs beyond which tifffile's series parsing (quadratic) is not used
 
 
 class TiffSlide(OpenSlideSlide):
@@ -39,7 +41,7 @@ class TiffSlide(OpenSlideSlide):
             raise
         self._read = _reader(os.fspath(path))
         self._local = threading.local()  # per decode thread: a reusable tile buffer per tile shape
-        pages = _tiled_pages(self._tif)
+        pages = _tiled_pages(self._tif, set(self.level_dimensions))
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
         for level, dims in enumerate(self.level_dimensions):
             self._pages[level] = self._checked(level, pages.get(dims))
@@ -144,19 +146,27 @@ class TiffSlide(OpenSlideSlide):
         self._read.close()
 
 
-def _tiled_pages(tif) -> dict[tuple[int, int], object]:
-    """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins. Pages with an
-    alpha (or any extra) sample go to OpenSlide, which composites them on white: a check of one tile at open
-    could not vouch for the transparent ones."""
+def _tiled_pages(tif, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], object]:
+    """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins; the search
+    stops once every size in ``wanted`` (the levels') is found. Pages with an alpha (or any extra) sample go
+    to OpenSlide, which composites them on white: a check of one tile at open could not vouch for the
+    transparent ones.
+
+    tifffile's series (which find SubIFD pyramids) take time quadratic in the IFDs: a file with more IFDs
+    than any pyramid has (``SERIES_PAGES``) is searched along its main IFD chain only."""
+    if len(tif.pages) > SERIES_PAGES:
+        candidates: Iterator = iter(tif.pages)
+    else:
+        candidates = (page for series in tif.series for level in series.levels for page in level.pages)
     pages: dict[tuple[int, int], object] = {}
-    for series in tif.series:
-        for level in series.levels:
-            for page in level.pages:
-                ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
-                      and page.bitspersample == 8 and page.samplesperpixel == 3
-                      and page.planarconfig == 1 and page.imagedepth == 1)
-                if ok:
-                    pages.setdefault((page.imagewidth, page.imagelength), page)
+    for page in candidates:
+        ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
+              and page.bitspersample == 8 and page.samplesperpixel == 3
+              and page.planarconfig == 1 and page.imagedepth == 1)
+        if ok:
+            pages.setdefault((page.imagewidth, page.imagelength), page)
+            if wanted <= pages.keys():
+                break
     return pages
 
 
