@@ -17,6 +17,7 @@ from ..errors import HistofastError, SlideError
 # (or the band streamer's prefetch) can run them in any order.
 Job = Callable[[], None]
 BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
+THUMBNAIL_STRIP_BYTES = 64 << 20  # decoded bytes per strip a thumbnail reads
 
 
 class Slide:
@@ -160,6 +161,10 @@ class Slide:
     def thumbnail(self, max_size: tuple[int, int] = (1024, 1024)) -> np.ndarray:
         """The whole slide, downsampled to fit in ``max_size`` (width, height) pixels.
 
+        The best level is read whole and box-resized; a level over ``THUMBNAIL_STRIP_BYTES`` × 4 decoded (a
+        single-level slide, say) is read in strips instead, each reduced by an integer block mean as it
+        arrives, so memory stays bounded whatever its size (within a few levels of the one-step result).
+
         Returns:
             uint8 (h, w, 3) RGB, aspect ratio kept.
         """
@@ -170,9 +175,19 @@ class Slide:
         scale = max(width / mw, height / mh, 1.0)
         level = self.get_best_level_for_downsample(scale)
         lw, lh = self.level_dimensions[level]
-        region = self.read_level_region(level, (0, 0), (lw, lh))
         size = (max(1, round(width / scale)), max(1, round(height / scale)))
-        return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
+        if lw * lh * 3 <= 4 * THUMBNAIL_STRIP_BYTES:
+            region = self.read_level_region(level, (0, 0), (lw, lh))
+            return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
+        factor = max(1, min(lw // size[0], lh // size[1]) // 2)  # the final resize still does a 2× box
+        rows = factor * max(1, THUMBNAIL_STRIP_BYTES // (lw * 3 * factor))
+        reduced = np.empty((lh // factor, lw // factor, 3), np.uint8)
+        for y in range(0, reduced.shape[0] * factor, rows):
+            h = min(rows, reduced.shape[0] * factor - y)
+            strip = self.read_level_region(level, (0, y), (reduced.shape[1] * factor, h))
+            blocks = strip.reshape(h // factor, factor, reduced.shape[1], factor, 3)
+            reduced[y // factor : (y + h) // factor] = (blocks.mean((1, 3)) + 0.5).astype(np.uint8)
+        return np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BOX))
 
     # -- backends implement -------------------------------------------------------------------
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:

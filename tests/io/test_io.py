@@ -566,3 +566,22 @@ def test_a_tiff_with_thousands_of_ifds_opens_without_tifffiles_series(tmp_path, 
     with histofast.open_slide(path) as slide:
         assert slide.backend == "tiff" and slide.direct_levels == (0,)
         np.testing.assert_array_equal(slide.read_level_region(0, (0, 0), (512, 512)), openslide_level(path, 0))
+
+
+def test_a_thumbnail_of_a_level_too_big_to_hold_is_read_in_strips(fast, monkeypatch):
+    """Issue 15, item 11: --qc on a single-level slide read the whole level (6.5 GB RSS for a 30000² file);
+    past the budget (scaled down here) the level is reduced strip by strip, within a few levels of the
+    one-step thumbnail."""
+    from histofast.io import slide as slide_module
+
+    whole = fast.thumbnail((300, 300))
+    reads = []
+    original = type(fast).read_level_region
+    monkeypatch.setattr(type(fast), "read_level_region",
+                        lambda self, level, location, size, out=None: reads.append(size) or
+                        original(self, level, location, size, out))
+    monkeypatch.setattr(slide_module, "THUMBNAIL_STRIP_BYTES", 1 << 16)
+    strips = fast.thumbnail((300, 300))
+    assert strips.shape == whole.shape and len(reads) > 2
+    assert max(w * h * 3 for w, h in reads) <= 2 << 16
+    assert np.abs(strips.astype(np.int16) - whole).mean() < 4
