@@ -19,7 +19,8 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
              std::array<float, 3> mean, std::array<float, 3> std, const std::string& layout,
              [[maybe_unused]] StreamHandle stream) {
   AugmentArgs a{};
-  a.region = image_of<const uint8_t>(view_of(region_obj, "region", false), "region");
+  const View region_view = view_of(region_obj, "region", false);
+  a.region = image_of<const uint8_t>(region_view, "region");
   a.tile = tile_size;
   grid_shape(a.region.height, a.region.width, tile_size, 1);
   if (origins.ndim() != 2 || origins.shape(1) != 2)
@@ -72,6 +73,7 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
                                                               : std::vector<int64_t>{a.n, a.tile, a.tile, 3};
   if (out_view.dtype == DType::Other) throw DtypeError("out: expected uint8, float16 or float32");
   a.out = output_of(out_view, "out", shape, out_view.dtype, a.region.device);
+  disjoint(region_view, "region", out_view, "out");
   if (a.n == 0) return;
   py::gil_scoped_release nogil;
   if (a.region.device == -1) return augment_cpu(a);

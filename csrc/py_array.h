@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "array.h"
@@ -49,6 +50,9 @@ Pixels<T> image_of(const View& v, const std::string& name) {
 
 // A C-contiguous output of exactly this shape and dtype on `device`; returns its data pointer.
 void* output_of(const View& v, const std::string& name, const std::vector<int64_t>& shape, DType dtype, int device);
+
+// Raises unless the bytes `out` can write and those `in` can read are disjoint (same kind of memory).
+void disjoint(const View& in, const std::string& in_name, const View& out, const std::string& out_name);
 
 // Raises unless value > 0.
 void positive(int64_t value, const char* name);

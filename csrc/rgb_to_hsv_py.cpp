@@ -9,9 +9,11 @@ namespace hf {
 namespace {
 
 void rgb_to_hsv(py::object rgb_obj, py::object out_obj, [[maybe_unused]] StreamHandle stream) {
-  const auto rgb = image_of<const uint8_t>(view_of(rgb_obj, "rgb", false), "rgb");
+  const View rgb_view = view_of(rgb_obj, "rgb", false);
+  const auto rgb = image_of<const uint8_t>(rgb_view, "rgb");
   const View out_view = view_of(out_obj, "out", true);
   output_of(out_view, "out", {rgb.height, rgb.width, 3}, DType::U8, rgb.device);
+  disjoint(rgb_view, "rgb", out_view, "out");
   const auto hsv = image_of<uint8_t>(out_view, "out");
   py::gil_scoped_release nogil;
   if (rgb.device == -1) return rgb_to_hsv_cpu(rgb, hsv);

@@ -35,12 +35,13 @@ HsvRange hsv_range(const std::array<int, 3>& lower, const std::array<int, 3>& up
 
 void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, int64_t stride,
                  std::array<int, 3> lower, std::array<int, 3> upper, [[maybe_unused]] StreamHandle stream) {
-  WhiteRatioArgs a{image_of<const uint8_t>(view_of(region_obj, "region", false), "region"), tile_size, stride,
-                   hsv_range(lower, upper)};
+  const View region_view = view_of(region_obj, "region", false);
+  WhiteRatioArgs a{image_of<const uint8_t>(region_view, "region"), tile_size, stride, hsv_range(lower, upper)};
   grid_shape(a.region.height, a.region.width, tile_size, stride);
   const CellGrid g = make_cell_grid(a, 1);
-  float* out = static_cast<float*>(
-      output_of(view_of(out_obj, "out", true), "out", {g.rows, g.cols}, DType::F32, a.region.device));
+  const View out_view = view_of(out_obj, "out", true);
+  float* out = static_cast<float*>(output_of(out_view, "out", {g.rows, g.cols}, DType::F32, a.region.device));
+  disjoint(region_view, "region", out_view, "out");
   py::gil_scoped_release nogil;
   if (a.region.device == -1) return white_ratio_cpu(a, out);
 #ifdef HISTOFAST_WITH_CUDA

@@ -5,6 +5,7 @@ comes in a batch of 1 or 1000, on any backend, so CPU and GPU pipelines see iden
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 from . import ops
 from .checks import check_count
 from .errors import HistofastError
+
+MAX_SHIFT = 2**31 - 1  # pixels: shifted origins stay far inside int64
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,12 @@ class Augment:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_count(self.max_shift, "max_shift", 0, unit="pixels")
-        if not np.isfinite(self.max_angle) or not 0 <= self.max_angle <= 180:
-            raise HistofastError(f"max_angle={self.max_angle!r}: must lie in [0, 180] degrees")
+        if check_count(self.max_shift, "max_shift", 0, unit="pixels") > MAX_SHIFT:
+            raise HistofastError(f"max_shift={self.max_shift!r}: must be at most {MAX_SHIFT} pixels")
+        angle = self.max_angle
+        if (isinstance(angle, bool) or not isinstance(angle, numbers.Real) or not math.isfinite(angle)
+                or not 0 <= angle <= 180):
+            raise HistofastError(f"max_angle={angle!r}: must be a number of degrees in [0, 180]")
         check_count(self.seed, "seed", 0)
 
     @classmethod

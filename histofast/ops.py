@@ -4,7 +4,9 @@ Each op takes a numpy array, a torch tensor (CPU or CUDA) or a CuPy array, runs 
 data lives on (CUDA ops on the caller's current stream, without synchronising; only white_ratio, on a
 device without memory pools, waits for the stream to free its scratch memory), and returns the same
 kind of array on the same device. Images are uint8 (H, W, 3) RGB in level pixels; rows may be
-strided (a crop of a larger array), pixels must be packed."""
+strided (a crop of a larger array), pixels must be packed. Numpy array-likes (a PIL RGB image) are read
+as ``np.asarray(x)``. An ``out`` must be an array in the machine's byte order that shares no memory
+with the input; every argument is checked before anything is allocated."""
 from __future__ import annotations
 
 import operator
@@ -22,6 +24,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUT_DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("NCHW", "NHWC")
+HSV_TOP = (180, 255, 255)  # the largest H, S, V of OpenCV's 8-bit HSV
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class _Kind:
@@ -34,7 +38,7 @@ class _Kind:
         elif module == "cupy":
             self.lib, self.device = "cupy", x.device
         elif isinstance(x, np.ndarray) or hasattr(x, "__array_interface__") or hasattr(x, "__array__"):
-            self.lib, self.device = "numpy", None
+            self.lib, self.device = "numpy", None  # array-likes (a PIL image too) are read as np.asarray(x)
         else:
             raise TypeError(f"{name}: expected a numpy array, torch tensor or CuPy array, got {type(x).__name__}")
 
@@ -68,6 +72,31 @@ class _Kind:
         return 0
 
 
+def _input(x: Any, name: str) -> tuple[Any, _Kind]:
+    """An input image and its kind; numpy array-likes (a PIL image: np.asarray, RGB → (H, W, 3)) as numpy."""
+    kind = _Kind(x, name)
+    if kind.lib == "numpy" and not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    return x, kind
+
+
+def _dtype_name(x: Any) -> str:
+    """"uint8", "float32", …: numpy's name for the dtype of a numpy array, torch tensor or CuPy array."""
+    dtype = x.dtype
+    return dtype.name if isinstance(dtype, np.dtype) else str(dtype).removeprefix("torch.")
+
+
+def _image_shape(x: Any, name: str) -> tuple[int, int]:
+    """(H, W) of a uint8 (H, W, 3) image; checked here, before any output is allocated (_C checks the rest)."""
+    dtype = _dtype_name(x)
+    if dtype != "uint8":
+        raise TypeError(f"{name}: expected uint8, got {dtype}")
+    shape = tuple(int(d) for d in x.shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise HistofastError(f"{name}: expected shape (H, W, 3), got {shape}")
+    return shape[0], shape[1]
+
+
 def _for_c(x: Any) -> Any:
     """What _C reads without a copy: CPU torch tensors as numpy views, array-likes as numpy."""
     module = type(x).__module__.split(".")[0]
@@ -94,10 +123,15 @@ def _host(x: Any, name: str, dtype: type, shape_tail: tuple[int, ...] = ()) -> n
 
 
 def _int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}={bool(value)}: must be an integer, not a bool")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name}={value!r}: must be an integer") from None
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise HistofastError(f"{name}={value}: out of range (a 64-bit integer)")
+    return value
 
 
 def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
@@ -110,8 +144,26 @@ def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
     return t
 
 
+def _hsv_bounds(lower: Sequence[Any], upper: Sequence[Any]) -> tuple[tuple, tuple]:
+    """lower, upper as int triples within OpenCV's 8-bit HSV, lower ≤ upper per channel."""
+    bounds = {"lower": _triple(lower, "lower", operator.index), "upper": _triple(upper, "upper", operator.index)}
+    for c, top in enumerate(HSV_TOP):
+        for name, b in bounds.items():
+            if not 0 <= b[c] <= top:
+                raise HistofastError(f"{name}[{c}]={b[c]}: {'HSV'[c]} must lie in [0, {top}] (OpenCV 8-bit HSV)")
+        if bounds["lower"][c] > bounds["upper"][c]:
+            raise HistofastError(f"lower[{c}]={bounds['lower'][c]} exceeds upper[{c}]={bounds['upper'][c]}")
+    return bounds["lower"], bounds["upper"]
+
+
 def _check_out(out: Any, kind: _Kind) -> Any:
-    if _Kind(out, "out").cuda != kind.cuda:
+    """A given ``out`` must be an array (not an array-like: it is written in place) of the input's kind of device.
+
+    _C checks its dtype, byte order, shape, contiguity, device and that it does not overlap the input."""
+    out_kind = _Kind(out, "out")
+    if out_kind.lib == "numpy" and not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a numpy array, torch tensor or CuPy array, got {type(out).__name__}")
+    if out_kind.cuda != kind.cuda:
         raise HistofastError("out: must be on the same device as the input")
     return out
 
@@ -127,10 +179,10 @@ def rgb_to_hsv(rgb: Any, *, out: Any = None) -> Any:
     Returns:
         uint8 (H, W, 3) HSV, the same kind of array as ``rgb``.
     """
-    kind = _Kind(rgb, "rgb")
-    if out is None:
-        out = kind.empty(tuple(rgb.shape), "uint8") if len(rgb.shape) == 3 else kind.empty((0, 0, 3), "uint8")
-    _C.rgb_to_hsv(_for_c(rgb), _for_c(_check_out(out, kind)), kind.stream())
+    rgb, kind = _input(rgb, "rgb")
+    height, width = _image_shape(rgb, "rgb")
+    out = kind.empty((height, width, 3), "uint8") if out is None else _check_out(out, kind)
+    _C.rgb_to_hsv(_for_c(rgb), _for_c(out), kind.stream())
     return out
 
 
@@ -165,13 +217,13 @@ def white_ratio(
     Returns:
         float32 (rows, cols): entry [i, j] is the tile at level pixels (x, y) = (j·stride, i·stride).
     """
-    kind = _Kind(region, "region")
+    region, kind = _input(region, "region")
+    height, width = _image_shape(region, "region")
     tile_size, stride = _int(tile_size, "tile_size"), _int(stride, "stride")
-    lower, upper = _triple(lower, "lower", operator.index), _triple(upper, "upper", operator.index)
-    if out is None:
-        height, width = (region.shape[0], region.shape[1]) if len(region.shape) == 3 else (0, 0)
-        out = kind.empty(grid_shape(height, width, tile_size, stride), "float32")
-    _C.white_ratio(_for_c(region), _for_c(_check_out(out, kind)), tile_size, stride, lower, upper, kind.stream())
+    lower, upper = _hsv_bounds(lower, upper)
+    rows_cols = grid_shape(height, width, tile_size, stride)
+    out = kind.empty(rows_cols, "float32") if out is None else _check_out(out, kind)
+    _C.white_ratio(_for_c(region), _for_c(out), tile_size, stride, lower, upper, kind.stream())
     return out
 
 
@@ -223,24 +275,34 @@ def augment(
         mean, std: per channel, in units of x / 255.
         out_dtype: "float32", "float16" or "uint8".
         layout: "NCHW" → (N, 3, T, T) or "NHWC" → (N, T, T, 3).
-        out: optional preallocated output of that shape and dtype, same kind and device as region.
+        out: optional preallocated output of that shape and of dtype ``out_dtype``, same kind and device as
+            region, not overlapping it.
     Returns:
         The batch, the same kind of array as ``region`` on its device.
     """
-    kind = _Kind(region, "region")
+    region, kind = _input(region, "region")
+    height, width = _image_shape(region, "region")
     tile_size = _int(tile_size, "tile_size")
+    grid_shape(height, width, tile_size, 1)  # 0 < tile_size ≤ H, W: checked before anything is allocated
+    mean, std = check_batch_format(out_dtype, layout, mean, std)
+    if out is not None:
+        _check_out(out, kind)
+        got = _dtype_name(out)
+        if got not in OUT_DTYPES:
+            raise TypeError(f"out: expected uint8, float16 or float32, got {got}")
+        if got != out_dtype:
+            raise HistofastError(f"out: dtype {got} contradicts out_dtype={out_dtype!r} (pass out_dtype={got!r})")
     origins = _host(origins, "origins", np.int64, (2,))
     n = len(origins)
     rot90 = np.zeros(n, np.int64) if rot90 is None else _host(rot90, "rot90", np.int64)
     flip = np.zeros(n, np.bool_) if flip is None else _host(flip, "flip", np.bool_)
     shift = np.zeros((n, 2), np.int64) if shift is None else _host(shift, "shift", np.int64, (2,))
     angle = np.zeros(n, np.float64) if angle is None else _host(angle, "angle", np.float64)
-    mean, std = check_batch_format(out_dtype, layout, mean, std)
     if out is None:
         shape = (n, 3, tile_size, tile_size) if layout == "NCHW" else (n, tile_size, tile_size, 3)
         out = kind.empty(shape, out_dtype)
     _C.augment(
-        _for_c(region), _for_c(_check_out(out, kind)), tile_size, origins, rot90, flip, shift, angle,
+        _for_c(region), _for_c(out), tile_size, origins, rot90, flip, shift, angle,
         mean, std, layout, kind.stream(),
     )
     return out

@@ -54,6 +54,10 @@ def test_apply_is_ops_augment_with_the_draw():
         (dict(max_shift=1.5), "max_shift=1.5"),
         (dict(max_angle=200.0), "max_angle=200.0"),
         (dict(seed=-2), "seed=-2"),
+        (dict(max_angle="10"), "max_angle='10': must be a number of degrees"),  # issue 15, item 14
+        (dict(max_angle=True), "max_angle=True"),
+        (dict(max_shift=2**63), f"max_shift={2**63}: must be at most 2147483647 pixels"),
+        (dict(max_shift=True), "max_shift=True"),
     ],
 )
 def test_bad_parameters(kwargs, fragment):

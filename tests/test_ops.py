@@ -338,14 +338,118 @@ BAD_CASES = [
     (lambda: ops.augment(REGION, [[0, 0]], 32, layout="CHW"), HistofastError, "layout='CHW': expected 'NCHW' or 'NHWC'"),
     (lambda: ops.augment(REGION, [[0, 0]], 32, out=np.zeros((1, 32, 32, 3), np.float32)), HistofastError, "out: expected shape (1, 3, 32, 32)"),
     (lambda: ops.augment(REGION, [[0, 0]], 32, out=np.zeros((1, 3, 32, 32), np.int32)), TypeError, "out: expected uint8, float16 or float32"),
+    # issue 15, item 3: byte order and outputs overlapping the input
+    (lambda: ops.white_ratio(REGION, 8, 8, out=np.empty((8, 8), ">f4")), TypeError, "out: byte order '>' is not this machine's"),
+    (lambda: ops.augment(REGION, [[0, 0]], 32, out=np.empty((1, 3, 32, 32), ">f4")), TypeError, "out: byte order '>'"),
+    (lambda: ops.augment(REGION, [[0, 0]], 32, out_dtype="float16", out=np.empty((1, 3, 32, 32), ">f2")), TypeError,
+     "out: byte order '>'"),
+    (lambda: ops.rgb_to_hsv(REGION, out=REGION), HistofastError, "out: shares memory with rgb"),
+    (lambda: ops.rgb_to_hsv(REGION[1:], out=REGION[:-1]), HistofastError, "out: shares memory with rgb"),
+    (lambda: ops.white_ratio(REGION, 8, 8, out=REGION.reshape(-1).view(np.float32)[:64].reshape(8, 8)), HistofastError,
+     "out: shares memory with region"),
+    (lambda: ops.augment(REGION, [[0, 0]], 32, out_dtype="uint8", layout="NHWC",
+                         out=REGION[16:].reshape(-1)[: 32 * 32 * 3].reshape(1, 32, 32, 3)), HistofastError,
+     "out: shares memory with region"),
+    (lambda: ops.augment(REGION, [[0, 0]], 8, out_dtype="uint8", layout="NHWC", out=REGION[8:16, 8:16].copy()[None]), None, ""),
+    # issue 15, item 14: clear messages, checked before anything is allocated
+    (lambda: ops.white_ratio(REGION[..., 0], 8, 8), HistofastError, "region: expected shape (H, W, 3), got (64, 64)"),
+    (lambda: ops.rgb_to_hsv(REGION[..., 0]), HistofastError, "rgb: expected shape (H, W, 3), got (64, 64)"),
+    (lambda: ops.augment(REGION[..., 0], [[0, 0]], 8), HistofastError, "region: expected shape (H, W, 3), got (64, 64)"),
+    (lambda: ops.augment(REGION, [[0, 0]], -5), HistofastError, "tile_size=-5: must be a positive integer"),
+    (lambda: ops.augment(REGION, [[0, 0]], 2**31), HistofastError, "tile_size=2147483648: larger than region (64×64"),
+    (lambda: ops.augment(REGION, [[0, 0]], 30000), HistofastError, "tile_size=30000: larger than region (64×64"),
+    (lambda: ops.augment(REGION, [[0, 0]], 2**70), HistofastError, "tile_size=1180591620717411303424: out of range"),
+    (lambda: ops.white_ratio(REGION, True, 8), TypeError, "tile_size=True: must be an integer, not a bool"),
+    (lambda: ops.white_ratio(REGION, 8, np.bool_(True)), TypeError, "stride=True: must be an integer, not a bool"),
+    (lambda: ops.augment(REGION, [[0, 0]], True), TypeError, "tile_size=True: must be an integer, not a bool"),
+    (lambda: ops.white_ratio(REGION, 8, 8, (0, 0, 2**40), (180, 30, 255)), HistofastError,
+     "lower[2]=1099511627776: V must lie in [0, 255] (OpenCV 8-bit HSV)"),
+    (lambda: ops.white_ratio(REGION, 8, 8, (0, 0, 200), (-(2**63), 30, 255)), HistofastError, "upper[0]=-9223372036854775808: H"),
+    (lambda: ops.augment(REGION, [[0, 0]], 32, out=np.zeros((1, 3, 32, 32), np.uint8)), HistofastError,
+     "out: dtype uint8 contradicts out_dtype='float32'"),
+    (lambda: ops.augment(REGION, [[0, 0]], 32, out_dtype="uint8", out=np.zeros((1, 3, 32, 32), np.float16)), HistofastError,
+     "out: dtype float16 contradicts out_dtype='uint8'"),
+    (lambda: ops.rgb_to_hsv(REGION, out=_pil(REGION)), TypeError, "out: expected a numpy array, torch tensor or CuPy array, got"),
+    (lambda: ops.white_ratio(_pil(REGION[..., 0]), 8, 8), HistofastError, "region: expected shape (H, W, 3), got (64, 64)"),
 ]
+
+
+def _pil(a: np.ndarray):
+    return pytest.importorskip("PIL.Image").fromarray(a)
 
 
 @pytest.mark.parametrize("call, error, fragment", BAD_CASES)
 def test_bad_input_names_the_argument(call, error, fragment):
+    if error is None:  # a near miss that must work
+        call()
+        return
     with pytest.raises(error) as info:
         call()
-    assert fragment in str(info.value)
+    assert fragment in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("tile_size", [-5, 2**31, 30000])
+def test_augment_checks_tile_size_before_allocating(tile_size):
+    """A tile larger than the region was refused only after its (N, 3, T, T) output had been allocated."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HistofastError, match="tile_size"):
+            ops.augment(REGION, np.zeros((4, 2), int), tile_size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_non_native_parameter_arrays_are_honoured():
+    """Big-endian per-tile parameters are converted (they are small host arrays), not misread."""
+    region, origins, params = random_augment_case(23, 80, 90, 16, 5, 6)
+    swapped = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in params.items()}
+    expect = ops.augment(region, origins, 16, **params, out_dtype="uint8")
+    got = ops.augment(region, origins.astype(">i8"), 16, **swapped, angle=np.zeros(5, ">f8"), out_dtype="uint8")
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_overlap_refused_with_torch():
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(REGION.copy())
+    with pytest.raises(HistofastError, match="out: shares memory with rgb"):
+        ops.rgb_to_hsv(x, out=x)
+    with pytest.raises(HistofastError, match="out: shares memory with region"):
+        ops.augment(x, [[0, 0]], 8, out_dtype="uint8", layout="NHWC", out=x.reshape(-1)[192:384].reshape(1, 8, 8, 3))
+
+
+def test_pil_image_is_read_as_numpy():
+    """A PIL image is accepted as np.asarray(image): RGB gives (H, W, 3) uint8 and a numpy result."""
+    image = near_white_image(np.random.default_rng(24), 64, 80)
+    pil = _pil(image)
+    np.testing.assert_array_equal(ops.white_ratio(pil, 32, 16), ops.white_ratio(image, 32, 16))
+    hsv = ops.rgb_to_hsv(pil)
+    assert isinstance(hsv, np.ndarray)
+    np.testing.assert_array_equal(hsv, ops.rgb_to_hsv(image))
+    np.testing.assert_array_equal(ops.augment(pil, [[3, 4]], 16, rot90=[1]), ops.augment(image, [[3, 4]], 16, rot90=[1]))
+
+
+class _FakeCudaArray:
+    """Exposes only __cuda_array_interface__: a NULL data pointer with a non-empty shape."""
+
+    def __init__(self, shape: tuple[int, ...], typestr: str = "|u1") -> None:
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False), "version": 3}
+
+
+def test_c_refuses_null_cuda_array_interface():
+    """Refused before any CUDA call, so no GPU is needed."""
+    from histofast import _C
+
+    with pytest.raises(HistofastError, match="rgb: __cuda_array_interface__ has a NULL data pointer but shape"):
+        _C.rgb_to_hsv(_FakeCudaArray((4, 4, 3)), _FakeCudaArray((4, 4, 3)), 0)
+    with pytest.raises(HistofastError, match="region: __cuda_array_interface__ has a NULL data pointer"):
+        _C.white_ratio(_FakeCudaArray((4, 4, 3)), _FakeCudaArray((1, 1), "<f4"), 4, 4, (0, 0, 200), (180, 30, 255), 0)
+    with pytest.raises(HistofastError, match="out: __cuda_array_interface__ has a NULL data pointer"):
+        _C.augment(REGION, _FakeCudaArray((1, 3, 8, 8), "<f4"), 8, np.zeros((1, 2), np.int64), np.zeros(1, np.int64),
+                   np.zeros(1, bool), np.zeros((1, 2), np.int64), np.zeros(1), (0, 0, 0), (1, 1, 1), "NCHW", 0)
 
 
 def test_errors_are_value_errors():
