@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 from ..checks import check_count, check_device
 from ..errors import HistofastError, SlideError
 from ..io.decode import check_decode
-from ..utils.atomic import atomic_open
+from ..utils.atomic import atomic_open, remove_stale_temporary_files
 from .options import ExportOptions
 from .slides import TILE_MANIFEST_FIELDS, SlideResult, _writable, export_slide, slide_ids
 
@@ -115,7 +115,7 @@ def export_slides_distributed(
     ids = slide_ids(paths)  # from the paths as given: the same folders as export_slides
     paths = [os.path.abspath(p) for p in paths]
     _writable(out)
-    _remove_temporary(out)
+    remove_stale_temporary_files(out)  # a killed client's top manifest; the client alone writes in OUT
     hosts = _threads_per_host(client)
     order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest file first
     futures: dict[Any, int] = {}
@@ -149,8 +149,8 @@ def export_slides_distributed(
 
 def _task(path: str, out_dir: str, options: ExportOptions, slide_id: str, workers: int | None,
           hosts: dict[str, int], qc: bool, device: str, decode: str, rows: bool) -> SlideResult:
-    """One slide on a worker: its folder cleared of a killed attempt's temporary files, then ``export_slide``."""
-    _remove_temporary(Path(out_dir) / slide_id)
+    """One slide on a worker: ``export_slide`` (which first clears its folder of a killed attempt's temporary
+    files)."""
     if workers is None:
         workers = _threads_here(hosts)
     try:
@@ -209,16 +209,6 @@ def _size(path: str | os.PathLike) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _remove_temporary(directory: Path) -> None:
-    """Remove the temporary files (``.NAME.HEX.tmp``, ``utils/atomic.py``) a killed writer left in ``directory``.
-    Safe only while nothing else writes there: one task per slide folder, the client alone in OUT."""
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for p in directory.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
 
 
 def _write_top_manifest(out: Path, results: Sequence[SlideResult]) -> None:

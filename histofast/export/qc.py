@@ -24,7 +24,8 @@ def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int 
     rows, cols = grid.shape
     covered = np.zeros_like(kept)
     reach = (grid.stride * grid.downsample * scale * np.array([cols - 1, rows - 1])) + side
-    covered[: round(reach[1]), : round(reach[0])] = True
+    if grid.white_ratio.size:  # an empty grid (a slide smaller than one tile) covers nothing
+        covered[: round(reach[1]), : round(reach[0])] = True
     out = thumb.astype(np.float32)
     out[covered & ~kept] = 0.65 * out[covered & ~kept] + 0.35 * np.array([230, 30, 30])
     w = max(1, max_size // 512)

@@ -20,8 +20,9 @@ from ..checks import check_device
 from ..errors import HistofastError, SlideError
 from ..io import open_slide
 from ..io.decode import check_decode
-from ..tiling import iter_tiles
-from ..utils.atomic import atomic_open, atomic_write
+from ..io.level import select_level
+from ..tiling import TileGrid, iter_tiles
+from ..utils.atomic import atomic_open, atomic_write, remove_stale_temporary_files
 from .options import ExportOptions
 from .qc import write_qc
 from .writer import TileWriter
@@ -34,7 +35,10 @@ TILE_MANIFEST_FIELDS = ("slide", "x", "y", "level", "level_x", "level_y", "tile_
 
 @dataclass
 class SlideResult:
-    """How one slide went: ``status`` is "done", "skipped" (finished by an earlier run) or "failed"."""
+    """How one slide went: ``status`` is "done", "skipped" (finished by an earlier run) or "failed".
+
+    A slide without tissue, or smaller than one tile, is "done" with ``kept`` 0 (``total`` 0 and a ``warning``
+    for the latter), not "failed"."""
 
     slide: str
     status: str
@@ -45,6 +49,7 @@ class SlideResult:
     directory: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     decoder: str = ""  # what decoded the slide ("tiff", "openslide", "nvimgcodec-gpu", …; "" unless done)
+    warning: str | None = None  # why a done slide has 0 tiles when it is not the tissue test (smaller than a tile)
 
 
 def slide_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -63,7 +68,15 @@ def export_slide(
 
     ``device`` and ``decode`` say where tiles are scored and cut and what decodes them, as for ``iter_tiles``
     (tiles are encoded on the CPU). Raises on failure (``export_slides`` catches per slide). Temporary files
-    never outlive an error.
+    never outlive an error, and a (re)started export first removes those a killed run left in the slide's folder.
+
+    ``settings.json`` (the options, so a rerun with other settings is refused) is written only when the slide
+    starts producing output, and removed again when this attempt fails with nothing exported: a slide that
+    failed before writing anything never blocks a corrected rerun.
+
+    A slide (level) smaller than one tile is exported as 0 tiles, like a slide without tissue: status "done",
+    an empty grid and manifest, and ``warning`` saying why (``tile_grid``/``iter_tiles`` on it raise a
+    ``SlideError``).
     """
     start = time.perf_counter()
     slide_id = slide_id or Path(path).stem
@@ -71,44 +84,105 @@ def export_slide(
     manifest = directory / "manifest.csv"
     settings = directory / "settings.json"
     key = options.key()
-    previous = json.loads(settings.read_text()) if settings.exists() else key
-    if previous != key:
+    previous = json.loads(settings.read_text()) if settings.exists() else None
+    if previous is not None and previous != key:
         raise SlideError(path, f"{directory} holds an export with other settings; use another --out or remove it")
     if manifest.exists():
         rows = _read_manifest(manifest)
         total = len(_read_manifest(directory / "grid.csv"))
         return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory), rows=rows)
+    remove_stale_temporary_files(directory)  # a killed attempt's; one export at a time per slide folder
+    output = _Output(directory, settings, key, fresh=previous is None)
+    try:
+        result = _export(path, Path(out_dir), slide_id, options, output, workers, qc, progress, device, decode)
+    except BaseException:
+        output.undo()
+        raise
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+class _Output:
+    """A slide's folder and ``settings.json``, created on the first ``start()`` (just before the first output
+    file); ``undo()`` removes them again after a failure when this attempt created them and nothing else
+    was exported."""
+
+    def __init__(self, directory: Path, settings: Path, key: dict[str, Any], fresh: bool) -> None:
+        self.directory, self.settings, self.key, self.fresh = directory, settings, key, fresh
+        self._created_dir = False
+        self._wrote = False
+
+    def start(self) -> None:
+        if self._wrote or not self.fresh:
+            return
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._created_dir = True
+        atomic_write(self.settings, json.dumps(self.key, indent=1).encode())
+        self._wrote = True
+
+    def undo(self) -> None:
+        if not self._wrote:
+            return
+        try:
+            if any(p.name != self.settings.name for p in self.directory.iterdir()):
+                return  # tiles or shards of this attempt: a rerun with these settings resumes them
+            self.settings.unlink()
+            if self._created_dir:
+                self.directory.rmdir()
+        except OSError as e:  # the failure that brought us here is the one to report
+            log.debug("%s: not cleaned up after a failure: %s", self.directory, e)
+
+
+def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: ExportOptions, output: _Output,
+            workers: int | None, qc: bool, progress: Any, device: str, decode: str) -> SlideResult:
+    directory = out_dir / slide_id
     with open_slide(path, workers=workers) as slide:
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(settings, json.dumps(key, indent=1).encode())
-        stream = iter_tiles(
-            slide, options.tile_size, options.stride, level=options.level, mpp=options.mpp,
-            magnification=options.magnification, hsv_lower=options.hsv_lower, hsv_upper=options.hsv_upper,
-            max_white=options.max_white, augment=options.augment, batch_size=64, device=device, decode=decode,
-        )
-        writer = TileWriter(Path(out_dir), slide_id, os.fspath(path), stream.grid.level, options,
-                             workers or slide.workers)
-        if progress is not None:
-            progress.reset(total=stream.grid.white_ratio.shape[0])
-        with writer:
-            for batch in stream:
-                if not isinstance(batch.images, np.ndarray):  # cut on a GPU: encoded on the host
-                    batch = replace(batch, images=batch.images.cpu().numpy())
-                writer.add(batch)
-                if progress is not None:
-                    progress.n = int(batch.level_coords[-1, 1]) // stream.grid.stride + 1
-                    progress.refresh()
-        grid = stream.grid
+        view = select_level(slide, options.level, options.mpp, options.magnification)
+        width, height = view.dimensions
+        warning = None
+        if options.tile_size > min(width, height):  # iter_tiles refuses it; an export has 0 tiles
+            warning = (f"level {view.level} is {width}×{height} pixels, smaller than one tile "
+                       f"(tile_size={options.tile_size}): 0 tiles")
+            log.warning("%s: %s", path, warning)
+            grid = TileGrid(os.fspath(slide.path), view.level, options.tile_size,
+                            options.tile_size if options.stride is None else options.stride,
+                            np.ones((0, 0), np.float32), options.max_white, view.downsample, view.scale, view.mpp,
+                            slide.backend)
+            rows: list[dict[str, Any]] = []
+            output.start()
+            if progress is not None:
+                progress.reset(total=0)
+        else:
+            stream = iter_tiles(
+                slide, options.tile_size, options.stride, level=options.level, mpp=options.mpp,
+                magnification=options.magnification, hsv_lower=options.hsv_lower, hsv_upper=options.hsv_upper,
+                max_white=options.max_white, augment=options.augment, batch_size=64, device=device, decode=decode,
+            )
+            writer = TileWriter(out_dir, slide_id, os.fspath(path), stream.grid.level, options,
+                                workers or slide.workers)
+            if progress is not None:
+                progress.reset(total=stream.grid.white_ratio.shape[0])
+            with writer:
+                for batch in stream:
+                    output.start()  # pixels decoded: the export produces output from here on
+                    if not isinstance(batch.images, np.ndarray):  # cut on a GPU: encoded on the host
+                        batch = replace(batch, images=batch.images.cpu().numpy())
+                    writer.add(batch)
+                    if progress is not None:
+                        progress.n = int(batch.level_coords[-1, 1]) // stream.grid.stride + 1
+                        progress.refresh()
+            grid, rows = stream.grid, writer.rows
+            output.start()  # no kept tiles: grid.csv is the first output
         grid.to_csv(directory / "grid.csv")
         if qc:
             write_qc(slide, grid, directory / "qc.png")
-    with atomic_open(manifest, newline="") as f:
+    with atomic_open(directory / "manifest.csv", newline="") as f:
         w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
         w.writeheader()
-        w.writerows(writer.rows)
-    return SlideResult(os.fspath(path), "done", len(grid), grid.white_ratio.size, time.perf_counter() - start,
-                       directory=os.fspath(directory), rows=writer.rows, decoder=stream.decoder)
-
+        w.writerows(rows)
+    return SlideResult(os.fspath(path), "done", len(grid), grid.white_ratio.size, directory=os.fspath(directory),
+                       rows=rows, decoder=grid.decoder, warning=warning)
 
 
 def _read_manifest(path: Path) -> list[dict[str, Any]]:
@@ -121,7 +195,8 @@ def export_slides(
     workers: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
     decode: str = "auto",
 ) -> list[SlideResult]:
-    """Export every slide; one failing slide is reported and the others still finish.
+    """Export every slide; one failing slide is reported and the others still finish. A slide without
+    tissue or smaller than one tile is "done" with 0 tiles (see ``export_slide``), not a failure.
 
     ``device``, ``decode``: as for ``export_slide``; checked before any slide is read.
 

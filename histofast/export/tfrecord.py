@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import os
 import struct
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Union
@@ -13,6 +12,7 @@ from typing import Any, Union
 import google_crc32c
 
 from ..errors import HistofastError
+from ..utils.atomic import temporary_name
 from ..utils.encode import IMAGE_FORMATS
 
 __all__ = [
@@ -294,7 +294,7 @@ def _temp_name(path: str) -> str:
     # Same directory, so os.replace is a rename within one file system; a leading dot and a
     # random part keep it out of "*.tfrecord" globs and away from concurrent writers.
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{uuid.uuid4().hex[:12]}.tmp")
+    return os.path.join(head, temporary_name(tail))
 
 
 def _remove(path: str) -> None:

@@ -167,9 +167,11 @@ def test_zero_tissue_warns_and_succeeds(tmp_path, capsys):
     assert "no tissue tiles" in capsys.readouterr().err
 
 
-def test_slide_smaller_than_a_tile_fails_by_name(slide, tmp_path, capsys):
-    assert main(["tile", os.fspath(slide), "--out", os.fspath(tmp_path), "--tile-size", "4096", "--quiet"]) == 1
-    assert "smaller than one tile" in capsys.readouterr().err
+def test_slide_smaller_than_a_tile_is_0_tiles_and_a_warning(slide, tmp_path, capsys):
+    assert main(["tile", os.fspath(slide), "--out", os.fspath(tmp_path), "--tile-size", "4096", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "FAILED" not in captured.err and "1 slides tiled" in captured.out
+    assert _manifest(tmp_path / "case-01" / "manifest.csv") == []
 
 
 def test_unwritable_output(slide, tmp_path, capsys):
