@@ -106,7 +106,9 @@ def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
     for r in failed:
         print(f"FAILED {r.slide}: {r.error}", file=sys.stderr)
     for r in done + skipped:
-        if r.kept == 0:
+        if r.kept == 0 and r.warning:
+            print(f"warning: {r.slide}: no tiles: {r.warning}", file=sys.stderr)
+        elif r.kept == 0:
             print(f"warning: {r.slide}: no tissue tiles (all {r.total} tiles are more than "
                   f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)
     kept, total = sum(r.kept for r in done), sum(r.total for r in done)

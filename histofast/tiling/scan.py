@@ -55,6 +55,9 @@ def tile_grid(
         progress: an optional tqdm-like object; ``update(n)`` is called with tile rows done.
     Returns:
         The ``TileGrid``.
+    Raises:
+        SlideError: the level is smaller than one tile (``histofast tile`` reports such a slide as 0 tiles
+            with a warning instead), or the slide cannot be read.
     """
     with opened(slide) as s:
         view, rows, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
@@ -101,6 +104,8 @@ def iter_tiles(
     Returns:
         A ``TileIterator``: iterate it for ``TileBatch``es of the kept tiles in row-major order, on
         ``device``; its ``grid`` is complete once the batches are exhausted; its ``decoder`` says what decodes.
+    Raises:
+        SlideError: as ``tile_grid``, at the call (a level smaller than one tile, an unreadable slide).
     """
     source = opened(slide)
     try:

@@ -185,6 +185,8 @@ def test_a_folder_of_mixed_slides_exits_0_with_warnings_for_both_empty_ones(slid
     assert status == 0, captured.err
     assert "3 slides tiled" in captured.out and "0 failed" in captured.out and "FAILED" not in captured.err
     assert "blank.svs" in captured.err and "tiny.svs" in captured.err
+    tiny = [line for line in captured.err.splitlines() if "tiny.svs" in line]
+    assert any("smaller than one tile" in line for line in tiny), tiny  # the real reason, not "try --max-white"
     top = _manifest(out / "manifest.csv")
     assert top and {Path(r["slide"]).name for r in top} == {"case-01.svs"}
     for name in ("blank", "tiny"):
