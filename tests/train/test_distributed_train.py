@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -124,8 +125,14 @@ def _spawned_fit(rank: int, world: int, store: str, configs: list[dict], result:
 
 def spawn(tmp_path: Path, configs: list[dict], ranks: int = 2) -> list[list[dict]]:
     """``_spawned_fit`` in ``ranks`` processes started by torch.multiprocessing (spawn): each rank's outcomes."""
+    return spawn_ranks(tmp_path, _spawned_fit, configs, ranks=ranks)
+
+
+def spawn_ranks(tmp_path: Path, target: Any, *args: Any, ranks: int = 2) -> list[Any]:
+    """``target(rank, world, store, *args, result)`` in ``ranks`` spawned processes, each writing JSON to
+    ``result.RANK``; every rank's JSON, after checking each exited 0 within ``TIMEOUT``."""
     ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_spawned_fit, args=(r, ranks, str(tmp_path / "store"), configs, str(tmp_path / "r")))
+    procs = [ctx.Process(target=target, args=(r, ranks, str(tmp_path / "store"), *args, str(tmp_path / "r")))
              for r in range(ranks)]
     for p in procs:
         p.start()
@@ -241,19 +248,7 @@ def test_evaluate_in_a_process_group_counts_every_tile_once(regions, tmp_path, m
                     batch_size=32, out=str(tmp_path / "run")), progress=False)
     checkpoint, data = str(tmp_path / "run" / "last.pt"), str(regions / "val.csv")
     alone = evaluate(checkpoint, data, device="cpu", workers=1, progress=False).reports["patch"].to_dict()
-    ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_spawned_evaluate, args=(r, 2, str(tmp_path / "store"), checkpoint, data,
-                                                         str(tmp_path / "eval"), str(tmp_path / "r")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT)
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
-    for r in range(2):
-        got = json.loads(Path(f"{tmp_path / 'r'}.{r}").read_text())
+    for got in spawn_ranks(tmp_path, _spawned_evaluate, checkpoint, data, str(tmp_path / "eval")):
         assert got["count"] == alone["count"] == 5 * 25
         assert got["accuracy"] == pytest.approx(alone["accuracy"])
     assert (tmp_path / "eval" / "metrics.json").exists()
