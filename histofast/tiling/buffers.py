@@ -8,12 +8,15 @@ from typing import Any
 import numpy as np
 
 
-def to_device(pixels: np.ndarray, device: str) -> Any:
-    """``pixels`` as they are on the CPU, else a torch tensor on ``device``."""
+def to_device(pixels: Any, device: str) -> Any:
+    """``pixels`` (numpy, or a torch tensor where a GPU decoded them) as they are on the CPU, else a torch
+    tensor on ``device`` (no copy when they are there already)."""
     if device == "cpu":
         return pixels
     import torch
 
+    if isinstance(pixels, torch.Tensor):
+        return pixels.to(device)
     return torch.from_numpy(pixels).to(device, non_blocking=False)
 
 

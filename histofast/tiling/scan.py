@@ -13,7 +13,7 @@ from ..checks import check_device
 from ..errors import SlideError
 from ..io import Slide, opened
 from ..io.bands import Band, Rows, read_bands
-from ..io.decode import check_decode, open_rows
+from ..io.decode import open_rows
 from ..io.level import LevelView, select_level
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .buffers import to_device
@@ -206,8 +206,7 @@ def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, mag
     arguments are checked before anything is decoded."""
     view, tile_size, stride = _setup(slide, tile_size, stride, level, mpp, magnification, lower, upper, max_white)
     device = check_device(device)
-    check_decode(decode, device)
-    rows = open_rows(view, decode, device)
+    rows = open_rows(view, decode, device)  # checks decode= first
     ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
     grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
                     view.scale, view.mpp, rows.name)
