@@ -24,7 +24,6 @@ server on a free port).
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import secrets
@@ -36,9 +35,9 @@ from typing import Any, Iterator, Sequence
 from ..checks import check_count, check_device
 from ..errors import HistofastError, SlideError
 from ..io.decode import check_decode
-from ..utils.atomic import atomic_open, remove_stale_temporary_files
+from ..utils.atomic import remove_stale_temporary_files
 from .options import ExportOptions
-from .slides import TILE_MANIFEST_FIELDS, SlideResult, _writable, export_slide, slide_ids
+from .slides import SlideResult, _writable, export_slide, slide_ids, write_top_manifest
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def export_slides_distributed(
         client.cancel(list(futures))
         raise
     final = [r for r in results if r is not None]
-    _write_top_manifest(out, final)
+    write_top_manifest(out, final)
     return final
 
 
@@ -209,15 +208,3 @@ def _size(path: str | os.PathLike) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _write_top_manifest(out: Path, results: Sequence[SlideResult]) -> None:
-    """``OUT/manifest.csv``: the per-slide manifests of the finished slides, in order, streamed row by row."""
-    with atomic_open(out / "manifest.csv", newline="") as f:
-        w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
-        w.writeheader()
-        for r in results:
-            if r.status == "failed" or r.directory is None:
-                continue
-            with open(Path(r.directory) / "manifest.csv", newline="") as m:
-                w.writerows(csv.DictReader(m))

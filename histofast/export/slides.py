@@ -223,12 +223,21 @@ def export_slides(
                 log.error("%s: failed: %s", path, reason)
                 results.append(SlideResult(os.fspath(path), "failed", error=reason))
             overall.update(1)
+    write_top_manifest(out, results)
+    return results
+
+
+def write_top_manifest(out: Path, results: Sequence[SlideResult]) -> None:
+    """``OUT/manifest.csv`` (atomically): the per-slide manifests of the finished slides, in order, streamed
+    row by row from their files (a cluster's results need not carry their rows)."""
     with atomic_open(out / "manifest.csv", newline="") as f:
         w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
         w.writeheader()
         for r in results:
-            w.writerows(r.rows)
-    return results
+            if r.status == "failed" or r.directory is None:
+                continue
+            with open(Path(r.directory) / "manifest.csv", newline="") as m:
+                w.writerows(csv.DictReader(m))
 
 
 def _writable(out: Path) -> None:
