@@ -12,9 +12,9 @@ def add_parser(commands: Any) -> None:
     tile = commands.add_parser(
         "tile", help="export the tissue tiles of slides (JPEG/PNG files or TFRecord shards) with a manifest",
         description="Tile slides on a grid, keep tiles whose HSV white fraction is at most --max-white, and write "
-        "them under OUT/<slide>/ with OUT/<slide>/manifest.csv and OUT/manifest.csv. Reruns skip finished "
-        "slides and complete interrupted ones; a failing slide is reported and the others still finish "
-        "(exit status 1).",
+        "them under OUT/<slide>/ with OUT/<slide>/manifest.csv and OUT/manifest.csv (every finished slide in OUT). "
+        "Reruns skip finished slides and complete interrupted ones; a failing slide, or one another run is "
+        "exporting into OUT, is reported and the others still finish (exit status 1).",
     )
     tile.add_argument("slides", nargs="+", metavar="SLIDE", help="slide or image files, or folders of them")
     tile.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")

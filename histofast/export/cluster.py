@@ -8,8 +8,10 @@ its own slide (the paths must name storage every worker and the client share) an
   an unexpected exception in a task is retried ``retries`` times; per-slide outputs are atomic and resumable
   (``export_slide``), so a retried slide keeps the tiles its first attempt finished and writes the rest, and
   the retry first removes the temporary files a killed attempt left in the slide's folder;
-- ``OUT/manifest.csv`` is written once, by the client, at the end, from the per-slide manifests of the slides
-  that finished; a rerun after the client itself was killed skips finished slides and completes the others;
+- ``OUT/manifest.csv`` is written once, by the client, at the end, from the per-slide manifests of every
+  finished slide (``write_top_manifest``); a rerun after the client itself was killed skips finished slides
+  and completes the others;
+- a slide another run is exporting (its folder is locked: ``export.lock``) fails at once, untouched;
 - a bad slide fails only itself: its reason comes back in its ``SlideResult``.
 
 Larger slides (by file size) are submitted first and with a higher priority, so one big slide does not run
@@ -33,11 +35,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..checks import check_count, check_device
-from ..errors import HistofastError, SlideError
+from ..errors import HistofastError
 from ..io.decode import check_decode
-from ..utils.atomic import remove_stale_temporary_files
 from .options import ExportOptions
-from .slides import SlideResult, _writable, export_slide, slide_ids, write_top_manifest
+from .slides import SlideResult, _writable, export_slide, failed, slide_ids, write_top_manifest
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def export_slides_distributed(
     (None: only on a terminal).
 
     Slide paths and ``out_dir`` are made absolute before they travel (workers run in other folders), so the
-    manifests' ``slide`` column holds absolute paths. Writes ``out_dir/manifest.csv`` (the finished slides'
-    manifests, in the order of ``paths``, atomically) once, at the end."""
+    manifests' ``slide`` column holds absolute paths. Writes ``out_dir/manifest.csv`` once, at the end
+    (``write_top_manifest``: every finished slide in ``out_dir``)."""
     from tqdm.auto import tqdm
 
     distributed = require_distributed()
@@ -114,7 +115,6 @@ def export_slides_distributed(
     ids = slide_ids(paths)  # from the paths as given: the same folders as export_slides
     paths = [os.path.abspath(p) for p in paths]
     _writable(out)
-    remove_stale_temporary_files(out)  # a killed client's top manifest; the client alone writes in OUT
     hosts = _threads_per_host(client)
     order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest file first
     futures: dict[Any, int] = {}
@@ -141,9 +141,8 @@ def export_slides_distributed(
     except BaseException:
         client.cancel(list(futures))
         raise
-    final = [r for r in results if r is not None]
-    write_top_manifest(out, final)
-    return final
+    write_top_manifest(out)
+    return [r for r in results if r is not None]
 
 
 def _task(path: str, out_dir: str, options: ExportOptions, slide_id: str, workers: int | None,
@@ -155,10 +154,8 @@ def _task(path: str, out_dir: str, options: ExportOptions, slide_id: str, worker
     try:
         result = export_slide(path, out_dir, options, slide_id=slide_id, workers=workers, qc=qc, device=device,
                               decode=decode)
-    except (HistofastError, OSError) as e:
-        reason = e.reason if isinstance(e, SlideError) else str(e)
-        log.error("%s: failed: %s", path, reason)
-        return SlideResult(path, "failed", error=reason)
+    except (HistofastError, OSError) as e:  # the slide's own errors; any other is retried, then failed by _result
+        return failed(path, e)
     if not rows:
         result.rows = []
     return result
@@ -171,7 +168,7 @@ def _result(future: Any, path: str | os.PathLike, distributed: Any) -> SlideResu
     except distributed.KilledWorker:
         reason = "the workers running it died too often (distributed.scheduler.allowed-failures)"
     except Exception as e:  # an unexpected error, after its retries: fail this slide, keep the others
-        reason = f"{type(e).__name__}: {e}"
+        return failed(path, e)
     log.error("%s: failed: %s", path, reason)
     return SlideResult(os.fspath(path), "failed", error=reason)
 

@@ -2,13 +2,17 @@
 and ``OUT/manifest.csv`` over all slides.
 
 Every file is written atomically, a slide's manifest last, so a rerun skips finished slides and
-completes half-done ones (existing tiles and shards are kept, missing ones written)."""
+completes half-done ones (existing tiles and shards are kept, missing ones written). A slide's folder is locked
+while it is exported, and ``OUT`` while its manifest is written, so runs into one ``OUT`` never mix
+(``export.lock``)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +27,7 @@ from ..io.decode import check_decode
 from ..io.level import select_level
 from ..tiling import TileGrid, iter_tiles
 from ..utils.atomic import atomic_open, atomic_write, remove_stale_temporary_files
+from .lock import LOCK_NAME, FolderLocked, folder_lock
 from .options import ExportOptions
 from .qc import write_qc
 from .writer import TileWriter
@@ -74,6 +79,9 @@ def export_slide(
     starts producing output, and removed again when this attempt fails with nothing exported: a slide that
     failed before writing anything never blocks a corrected rerun.
 
+    The slide's folder is locked from the settings check to the end (``export.lock``): while another run
+    exports the slide, this one raises a ``SlideError`` at once ("being exported by another histofast run").
+
     A slide (level) smaller than one tile is exported as 0 tiles, like a slide without tissue: status "done",
     an empty grid and manifest, and ``warning`` saying why (``tile_grid``/``iter_tiles`` on it raise a
     ``SlideError``).
@@ -81,43 +89,50 @@ def export_slide(
     start = time.perf_counter()
     slide_id = slide_id or Path(path).stem
     directory = Path(out_dir) / slide_id
-    manifest = directory / "manifest.csv"
-    settings = directory / "settings.json"
-    key = options.key()
-    previous = json.loads(settings.read_text()) if settings.exists() else None
-    if previous is not None and previous != key:
-        raise SlideError(path, f"{directory} holds an export with other settings; use another --out or remove it")
-    if manifest.exists():
-        rows = _read_manifest(manifest)
-        total = len(_read_manifest(directory / "grid.csv"))
-        return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory), rows=rows)
-    remove_stale_temporary_files(directory)  # a killed attempt's; one export at a time per slide folder
-    output = _Output(directory, settings, key, fresh=previous is None)
-    try:
-        result = _export(path, Path(out_dir), slide_id, options, output, workers, qc, progress, device, decode)
-    except BaseException:
-        output.undo()
-        raise
+    with contextlib.ExitStack() as held:
+        try:  # creates the folder, and removes it again if this attempt leaves it empty
+            held.enter_context(folder_lock(directory, blocking=False))
+        except FolderLocked as e:
+            raise SlideError(path, f"{directory} is being exported by another histofast run "
+                                   f"(pid {'?' if e.pid is None else e.pid})") from None
+        settings = directory / "settings.json"
+        key = options.key()
+        previous = json.loads(settings.read_text()) if settings.exists() else None
+        if previous is not None and previous != key:
+            raise SlideError(path, f"{directory} holds an export with other settings; use another --out or remove it")
+        if finished(directory):
+            rows = _read_manifest(directory / "manifest.csv")
+            total = len(_read_manifest(directory / "grid.csv"))
+            return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory),
+                               rows=rows)
+        remove_stale_temporary_files(directory)  # a killed attempt's: under the lock nothing else writes here
+        output = _Output(directory, settings, key, fresh=previous is None)
+        try:
+            result = _export(path, Path(out_dir), slide_id, options, output, workers, qc, progress, device, decode)
+        except BaseException:
+            output.undo()
+            raise
     result.seconds = time.perf_counter() - start
     return result
 
 
+def finished(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished slide export: its ``manifest.csv``, written last."""
+    return (directory / "manifest.csv").is_file()
+
+
 class _Output:
-    """A slide's folder and ``settings.json``, created on the first ``start()`` (just before the first output
-    file); ``undo()`` removes them again after a failure when this attempt created them and nothing else
-    was exported."""
+    """A slide's ``settings.json``, written on the first ``start()`` (just before the first output file);
+    ``undo()`` removes it again after a failure when this attempt wrote it and nothing else was exported (the
+    folder lock then removes the folder it created)."""
 
     def __init__(self, directory: Path, settings: Path, key: dict[str, Any], fresh: bool) -> None:
         self.directory, self.settings, self.key, self.fresh = directory, settings, key, fresh
-        self._created_dir = False
         self._wrote = False
 
     def start(self) -> None:
         if self._wrote or not self.fresh:
             return
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._created_dir = True
         atomic_write(self.settings, json.dumps(self.key, indent=1).encode())
         self._wrote = True
 
@@ -125,11 +140,9 @@ class _Output:
         if not self._wrote:
             return
         try:
-            if any(p.name != self.settings.name for p in self.directory.iterdir()):
+            if any(p.name not in (self.settings.name, LOCK_NAME) for p in self.directory.iterdir()):
                 return  # tiles or shards of this attempt: a rerun with these settings resumes them
             self.settings.unlink()
-            if self._created_dir:
-                self.directory.rmdir()
         except OSError as e:  # the failure that brought us here is the one to report
             log.debug("%s: not cleaned up after a failure: %s", self.directory, e)
 
@@ -195,12 +208,13 @@ def export_slides(
     workers: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
     decode: str = "auto",
 ) -> list[SlideResult]:
-    """Export every slide; one failing slide is reported and the others still finish. A slide without
-    tissue or smaller than one tile is "done" with 0 tiles (see ``export_slide``), not a failure.
+    """Export every slide; one failing slide (whatever it raised, but ``KeyboardInterrupt`` and ``SystemExit``)
+    is reported and the others still finish. A slide without tissue or smaller than one tile is "done" with 0
+    tiles (see ``export_slide``), not a failure; a slide another run is exporting "failed", untouched.
 
     ``device``, ``decode``: as for ``export_slide``; checked before any slide is read.
 
-    Writes ``out_dir/manifest.csv`` (all finished slides' manifests, atomically) at the end.
+    Writes ``out_dir/manifest.csv`` at the end (``write_top_manifest``: every finished slide in ``out_dir``).
     ``progress``: tqdm bars per slide and overall (None: only on a terminal)."""
     from tqdm.auto import tqdm
 
@@ -218,33 +232,53 @@ def export_slides(
             try:
                 results.append(export_slide(path, out, options, slide_id=slide_id, workers=workers, qc=qc,
                                             progress=rows, device=device, decode=decode))
-            except (HistofastError, OSError) as e:
-                reason = e.reason if isinstance(e, SlideError) else str(e)
-                log.error("%s: failed: %s", path, reason)
-                results.append(SlideResult(os.fspath(path), "failed", error=reason))
+            except Exception as e:  # any error fails this slide only (a bug, MemoryError…); ^C stops the run
+                results.append(failed(path, e))
             overall.update(1)
-    write_top_manifest(out, results)
+    write_top_manifest(out)
     return results
 
 
-def write_top_manifest(out: Path, results: Sequence[SlideResult]) -> None:
-    """``OUT/manifest.csv`` (atomically): the per-slide manifests of the finished slides, in order, streamed
-    row by row from their files (a cluster's results need not carry their rows)."""
-    with atomic_open(out / "manifest.csv", newline="") as f:
-        w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
-        w.writeheader()
-        for r in results:
-            if r.status == "failed" or r.directory is None:
-                continue
-            with open(Path(r.directory) / "manifest.csv", newline="") as m:
-                w.writerows(csv.DictReader(m))
+def failed(path: str | os.PathLike, error: Exception) -> SlideResult:
+    """The "failed" result of a slide that raised ``error``, logged; the reason names the exception's type
+    unless it is one of histofast's or an ``OSError`` (their messages say what happened)."""
+    if isinstance(error, SlideError):
+        reason = error.reason
+    elif isinstance(error, (HistofastError, OSError)):
+        reason = str(error)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+        log.debug("%s: traceback", path, exc_info=error)
+    log.error("%s: failed: %s", path, reason)
+    return SlideResult(os.fspath(path), "failed", error=reason)
+
+
+def write_top_manifest(out: Path) -> None:
+    """``OUT/manifest.csv``: the manifests of every finished slide folder in ``out`` (by folder name, earlier
+    runs' too), streamed row by row, written atomically under ``out``'s lock so that runs finishing together
+    never drop each other's slides. Raises ``HistofastError`` when it cannot be written (a full disk)."""
+    target = out / "manifest.csv"
+    try:
+        with folder_lock(out, blocking=True):
+            remove_stale_temporary_files(out)  # a killed run's top manifest: under the lock nothing else writes it
+            with atomic_open(target, newline="") as f:
+                w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
+                w.writeheader()
+                for directory in sorted(p for p in out.iterdir() if p.is_dir() and finished(p)):
+                    with open(directory / "manifest.csv", newline="") as m:
+                        w.writerows(csv.DictReader(m))
+    except OSError as e:
+        raise HistofastError(f"{target}: not written ({e.strerror or e}); the slides' own folders are complete "
+                             "and a rerun writes it") from None
 
 
 def _writable(out: Path) -> None:
-    """Create ``out`` and check files can be written in it, before any slide is read."""
+    """Create ``out`` and check files can be written in it, before any slide is read (under a unique name:
+    runs starting together never remove each other's probe)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / ".histofast-write-test", b"")
-        (out / ".histofast-write-test").unlink()
+        fd, probe = tempfile.mkstemp(prefix=".histofast-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise HistofastError(f"--out {out}: not a writable directory ({e.strerror or e})") from None

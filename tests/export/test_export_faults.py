@@ -1,9 +1,12 @@
-"""Exports after faults (issue 15, items 7, 8, 15): a slide that failed before writing anything never blocks a
-corrected rerun; a resume removes the temporary files a killed run left (only histofast's, only in that slide's
-folder); a slide smaller than one tile is "0 tiles, warning" like a slide without tissue, in every API."""
+"""Exports after faults (issue 15, items 6, 7, 8, 10, 15): a slide that failed before writing anything never
+blocks a corrected rerun; a resume removes the temporary files a killed run left (only histofast's, only in that
+slide's folder, and OUT's top manifest under OUT's lock); a slide smaller than one tile is "0 tiles, warning" like
+a slide without tissue, in every API; any exception in one slide fails only that slide; a full disk writing
+OUT/manifest.csv is a clear error, not a traceback."""
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 from pathlib import Path
@@ -143,8 +146,9 @@ def test_a_resume_removes_a_killed_runs_temporary_files(slides, tmp_path, monkey
              folder / temporary_name("settings.json"),
              Path(_temp_name(os.fspath(folder / "case-01-00009.tfrecord"))),
              Path(_temp_name(os.fspath(folder / "case-01-00009.tfrecord.idx")))]
-    kept = [folder / "notes.tmp", tmp_path / temporary_name("manifest.csv"),
-            tmp_path / "other" / temporary_name("other_x0_y0.jpg")]
+    # a killed run's top manifest is removed too, by the next top-manifest writer under OUT's lock
+    stale.append(tmp_path / temporary_name("manifest.csv"))
+    kept = [folder / "notes.tmp", tmp_path / "other" / temporary_name("other_x0_y0.jpg")]
     (tmp_path / "other").mkdir()
     for p in stale + kept:
         p.write_bytes(b"half")
@@ -212,3 +216,78 @@ def test_the_cluster_path_reports_a_slide_smaller_than_a_tile_as_done(slides, tm
     assert [(r.status, r.kept, r.error) for r in results] == [("done", 0, None)] * 2
     assert _manifest(tmp_path / "manifest.csv") == []
     assert _manifest(tmp_path / "tiny" / "manifest.csv") == []
+
+
+# ------------------------------------------------------------------ item 10: any exception fails only its slide
+
+
+def _failing_open(monkeypatch, name: str, error: BaseException) -> None:
+    """``open_slide`` raising ``error`` for the slide file ``name``."""
+    import histofast.export.slides as export
+
+    open_slide = export.open_slide
+
+    def failing(path, *args, **kwargs):
+        if Path(path).name == name:
+            raise error
+        return open_slide(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "open_slide", failing)
+
+
+@pytest.mark.parametrize("error", [MemoryError("cannot allocate (simulated)"), ValueError("bad value (simulated)"),
+                                   RuntimeError("a bug (simulated)")], ids=lambda e: type(e).__name__)
+def test_any_exception_in_one_slide_fails_that_slide_only(slides, tmp_path, monkeypatch, error):
+    _failing_open(monkeypatch, "blank.svs", error)
+    paths = [slides / "blank.svs", slides / "case-01.svs"]
+    failed, done = export_slides(paths, tmp_path, ExportOptions(TILE, STRIDE, format="none"), progress=False)
+    assert (failed.slide, failed.status, failed.error) == (os.fspath(paths[0]), "failed",
+                                                           f"{type(error).__name__}: {error}")
+    assert done.status == "done" and done.kept > 0
+    assert _manifest(tmp_path / "manifest.csv") == _manifest(tmp_path / "case-01" / "manifest.csv")
+    assert not (tmp_path / "blank").exists()
+
+
+def test_the_command_names_the_exception_of_a_failing_slide(slides, tmp_path, monkeypatch, capsys):
+    _failing_open(monkeypatch, "blank.svs", RuntimeError("a bug (simulated)"))
+    status = main(["tile", os.fspath(slides / "blank.svs"), os.fspath(slides / "case-01.svs"), "--out",
+                   os.fspath(tmp_path), "--tile-size", str(TILE), "--format", "none", "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 1 and "1 slides tiled, 0 already done, 1 failed" in captured.out
+    assert f"FAILED {slides / 'blank.svs'}: RuntimeError: a bug (simulated)" in captured.err
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_and_exit_still_stop_the_export(slides, tmp_path, monkeypatch, error):
+    _failing_open(monkeypatch, "blank.svs", error())
+    with pytest.raises(error):
+        export_slides([slides / "blank.svs", slides / "case-01.svs"], tmp_path, ExportOptions(TILE), progress=False)
+    assert not (tmp_path / "blank").exists() and not (tmp_path / "case-01").exists()
+
+
+# ------------------------------------------------------------------ item 6: a full disk writing OUT/manifest.csv
+
+
+def test_a_full_disk_writing_the_top_manifest_is_a_clear_error_and_a_rerun_writes_it(slides, tmp_path, monkeypatch,
+                                                                                      capsys):
+    import histofast.export.slides as export
+
+    out, atomic_open = tmp_path / "out", export.atomic_open
+
+    def full(path, *args, **kwargs):
+        if Path(path) == out / "manifest.csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return atomic_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "atomic_open", full)
+    args = ["tile", os.fspath(slides / "case-01.svs"), "--out", os.fspath(out), "--tile-size", str(TILE),
+            "--format", "none", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'manifest.csv'}: not written ({os.strerror(errno.ENOSPC)})" in err and "Traceback" not in err
+    assert not (out / "manifest.csv").exists() and not list(out.glob(".*.tmp"))
+    with pytest.raises(HistofastError, match=os.strerror(errno.ENOSPC)):
+        export_slides([slides / "case-01.svs"], out, ExportOptions(TILE, format="none"), progress=False)
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert _manifest(out / "manifest.csv") == _manifest(out / "case-01" / "manifest.csv") != []
