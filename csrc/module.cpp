@@ -15,6 +15,7 @@ namespace hf {
 void bind_rgb_to_hsv(py::module_& m);
 void bind_white_ratio(py::module_& m);  // white_ratio and grid_shape
 void bind_augment(py::module_& m);
+void bind_jpeg_decode(py::module_& m);  // host only: strict libjpeg-turbo into a band
 void bind_build_info(py::module_& m);  // build_info, cuda_compiled, cuda_device_count, cuda_driver_version
 }  // namespace hf
 
@@ -37,5 +38,6 @@ PYBIND11_MODULE(_C, m) {
   hf::bind_rgb_to_hsv(m);
   hf::bind_white_ratio(m);
   hf::bind_augment(m);
+  hf::bind_jpeg_decode(m);
   hf::bind_build_info(m);
 }

@@ -306,3 +306,27 @@ def augment(
         mean, std, layout, kind.stream(),
     )
     return out
+
+
+def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables: bytes | None = None,
+                rgb: bool = False) -> np.ndarray:
+    """Decode one JPEG strictly into ``out``: pixels ``[y, y + H) × [x, x + W)`` of the decoded image.
+
+    libjpeg-turbo, as OpenSlide uses it: any warning (corrupt or truncated entropy data, a missing marker)
+    raises instead of returning repaired pixels. Host memory only.
+
+    Args:
+        data: the JPEG bytes (a stored tile of a TIFF page).
+        out: uint8 (H, W, 3), written in place; rows may be strided (a part of a band), pixels packed.
+        x, y: where ``out`` starts in the decoded image, its pixels.
+        tables: the page's JPEGTables stream for abbreviated tile streams, or None.
+        rgb: the samples are RGB stored without a colour transform (Aperio's RGB JPEG tiles); else the
+            markers decide (3 components default to YCbCr).
+    Returns:
+        ``out``.
+    Raises:
+        HistofastError: corrupt data (libjpeg's message), not 3 components, or smaller than ``out`` + (x, y).
+    """
+    _C.jpeg_decode(data, tables, 2 if rgb else 0, out, _int(x, "x"), _int(y, "y"))
+    return out
+

@@ -1,7 +1,9 @@
 """The fast path for tiled TIFFs (Aperio SVS, generic tiled TIFF): stored tiles decoded directly.
 
-Tile bytes are read with ``os.pread`` and decoded by tifffile's per-tile decoder (imagecodecs:
-libjpeg-turbo, JPEG 2000, deflate, LZW, …) in the slide's thread pool, releasing the GIL.
+Tile bytes are read with ``os.pread`` and decoded in the slide's thread pool, releasing the GIL: JPEG
+tiles strictly by libjpeg-turbo in the compiled extension (``ops.decode_jpeg``: corrupt data raise, as
+in OpenSlide) straight into their place in the caller's buffer, others by tifffile's per-tile decoder
+(imagecodecs: JPEG 2000, deflate, LZW, …).
 OpenSlide still supplies the metadata, and reads any level this path cannot match pixel for pixel."""
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import ops
 from ..errors import SlideError
 from .openslide_slide import OpenSlideSlide
 from .slide import BACKGROUND, Job
@@ -19,6 +22,7 @@ from .slide import BACKGROUND, Job
 # JPEG 2000 (Aperio YCbCr and RGB, generic), WebP, JPEG XL, zstd.
 COMPRESSIONS = {1, 5, 7, 8, 32946, 33003, 33005, 34712, 50000, 50001, 50002, 52546}
 JPEG = 7
+RGB, YCBCR = 2, 6  # photometric interpretations of the JPEG pages decoded directly
 VENDORS = ("aperio", "generic-tiff")
 TILES_PER_JOB = 8
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
@@ -40,7 +44,6 @@ class TiffSlide(OpenSlideSlide):
             self._osr.close()
             raise
         self._read = _reader(os.fspath(path))
-        self._local = threading.local()  # per decode thread: a reusable tile buffer per tile shape
         pages = _tiled_pages(self._tif, set(self.level_dimensions))
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
         for level, dims in enumerate(self.level_dimensions):
@@ -75,50 +78,32 @@ class TiffSlide(OpenSlideSlide):
         return [self._tiles(page, level, parts[i : i + TILES_PER_JOB]) for i in range(0, len(parts), TILES_PER_JOB)]
 
     def _tiles(self, page, level: int, parts: list) -> Job:
-        """A job decoding stored tiles and copying each one's part at (ox, oy) into its destination."""
+        """A job decoding stored tiles, each one's part at (ox, oy) straight into its destination."""
 
         def job() -> None:
             for index, ox, oy, dst in parts:
-                tile = self._decode(page, level, index)
-                if tile is None:
-                    dst[...] = BACKGROUND
-                else:
-                    dst[...] = tile[oy : oy + dst.shape[0], ox : ox + dst.shape[1], :3]
+                self._decode(page, level, index, dst, ox, oy)
 
         return job
 
-    def _decode(self, page, level: int, index: int) -> np.ndarray | None:
-        """Stored tile ``index`` of a level as uint8 (tile height, tile width, samples); None if absent."""
+    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0) -> None:
+        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level into ``out`` (H, W, 3)."""
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if count == 0:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
-            return None
+            out[...] = BACKGROUND
+            return
         data = self._read(offset, count)
         if len(data) != count:
             raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes "
                                         f"{offset}..{offset + count}, the file ends first")
         try:
-            if page.compression == JPEG:
-                return self._decode_jpeg(page, data)
+            if page.compression == JPEG:  # strict, as OpenSlide decodes: corrupt data raise, never repaired
+                ops.decode_jpeg(data, out, x=x, y=y, tables=page.jpegtables, rgb=_stored_rgb(page))
+                return
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:  # imagecodecs raises one class per codec
             raise SlideError(self.path, f"corrupt tile: level {level} tile {index} does not decode ({e})") from None
-        return tile[0]
-
-    def _decode_jpeg(self, page, data: bytes) -> np.ndarray:
-        """libjpeg-turbo straight into this thread's tile buffer, with tifffile's colourspace rule:
-        no allocation (and no page faults) per tile."""
-        import imagecodecs
-        from tifffile.tifffile import jpeg_decode_colorspace
-
-        shape = (page.tilelength, page.tilewidth, page.samplesperpixel)
-        buffers = self._local.__dict__.setdefault("buffers", {})
-        out = buffers.get(shape)
-        if out is None:
-            out = buffers[shape] = np.empty(shape, np.uint8)
-        colorspace, outcolorspace = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples,
-                                                           page.is_jfif)
-        return imagecodecs.jpeg8_decode(data, tables=page.jpegtables, colorspace=colorspace,
-                                        outcolorspace=outcolorspace, out=out)
+        out[...] = tile[0, y : y + out.shape[0], x : x + out.shape[1], :3]
 
     def _checked(self, level: int, page):
         """``page`` if it is decodable and one of its tiles equals OpenSlide's pixels; else None."""
@@ -131,13 +116,13 @@ class TiffSlide(OpenSlideSlide):
         x, y = (index % across) * page.tilewidth, (index // across) * page.tilelength
         w = min(page.tilewidth, page.imagewidth - x)
         h = min(page.tilelength, page.imagelength - y)
+        mine = np.empty((h, w, 3), np.uint8)
         try:
-            mine = self._decode(page, level, index)
+            self._decode(page, level, index, mine)
         except SlideError:
             return None  # let OpenSlide read (and report) this level
         theirs = np.empty((h, w, 3), np.uint8)
         self.run(super()._jobs(level, x, y, w, h, theirs))
-        mine = np.full_like(theirs, BACKGROUND) if mine is None else mine[:h, :w, :3]
         return page if np.abs(mine.astype(np.int16) - theirs).max() <= MAX_CHECK_DIFF else None
 
     def close(self) -> None:
@@ -162,12 +147,19 @@ def _tiled_pages(tif, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], obj
     for page in candidates:
         ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
               and page.bitspersample == 8 and page.samplesperpixel == 3
-              and page.planarconfig == 1 and page.imagedepth == 1)
+              and page.planarconfig == 1 and page.imagedepth == 1
+              and (page.compression != JPEG or page.photometric in (RGB, YCBCR)))
         if ok:
             pages.setdefault((page.imagewidth, page.imagelength), page)
             if wanted <= pages.keys():
                 break
     return pages
+
+
+def _stored_rgb(page) -> bool:
+    """Whether a JPEG page's samples are RGB without a colour transform (tifffile's rule: Aperio's RGB
+    tiles carry no JFIF marker, and libjpeg would otherwise take 3 components for YCbCr)."""
+    return page.photometric == RGB and not page.is_jfif
 
 
 class _reader:

@@ -482,13 +482,73 @@ def test_corrupt_jpeg_tile_names_file_level_and_tile(svs, tile3, tmp_path):
         assert os.fspath(path) in str(info.value)
 
 
-def test_silently_corrupt_tile_reads_as_openslide_reads_it(svs, tile3, tmp_path):
-    """Zeros inside the entropy-coded data decode without any libjpeg warning: garbage, identical to OpenSlide's."""
+def test_zeros_in_entropy_data_are_refused_where_openslide_serves_garbage(svs, tile3, tmp_path):
+    """Zeros inside the entropy-coded data raise no libjpeg warning until the data end before the EOI marker:
+    OpenSlide stops reading at the last scanline and serves the garbage; histofast reads on and refuses the tile."""
     offset, count = tile3
     path = _damaged(svs, tmp_path, offset + count // 2, b"\0" * 200)
-    with histofast.open_slide(path) as s, openslide.OpenSlide(path) as osr:
-        mine = s.read_level_region(0, (768, 0), (256, 256))
-        assert max_diff(mine, on_white(osr.read_region((768, 0), 0, (256, 256)))) <= MAX_DIFF
+    with openslide.OpenSlide(path) as osr, openslide.OpenSlide(svs) as good:
+        assert max_diff(on_white(osr.read_region((768, 0), 0, (256, 256))),
+                        on_white(good.read_region((768, 0), 0, (256, 256)))) > 100
+    with histofast.open_slide(path) as s:
+        with pytest.raises(SlideError, match=r"level 0 tile 3 does not decode \(libjpeg: .*extraneous bytes"):
+            s.read_level_region(0, (768, 0), (256, 256))
+
+
+def test_bit_flips_in_a_jpeg_tile_are_refused_wherever_openslide_refuses_and_more(svs, tile3, tmp_path):
+    """Issue 15, item 1: one flipped bit in a stored JPEG tile once decoded silently into garbage (imagecodecs
+    ignores libjpeg's warnings; OpenSlide makes them errors). Flip after flip, histofast raises a SlideError naming
+    slide, level and tile wherever OpenSlide refuses the tile, and also where the entropy data end before the EOI
+    marker (which OpenSlide does not read); any tile it serves has OpenSlide's pixels (a flip that decodes without
+    any libjpeg warning is garbage that no decoder can tell)."""
+    offset, count = tile3
+    rng = np.random.default_rng(15)
+    original = svs.read_bytes()
+    refused = 0
+    for trial in range(24):
+        at = offset + int(rng.integers(count // 8, count - 2))  # inside the entropy-coded data
+        path = tmp_path / f"flip{trial}.svs"
+        data = bytearray(original)
+        data[at] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(data))
+        with openslide.OpenSlide(path) as osr:
+            try:
+                theirs = on_white(osr.read_region((768, 0), 0, (256, 256)))
+            except openslide.OpenSlideError:
+                theirs = None
+        with histofast.open_slide(path) as s:
+            assert isinstance(s, TiffSlide) and 0 in s.direct_levels
+            try:
+                mine = s.read_level_region(0, (768, 0), (256, 256))
+            except SlideError as e:
+                assert re.search(r"corrupt tile: level 0 tile 3 does not decode \(libjpeg: ", str(e)), e
+                assert os.fspath(path) in str(e)
+                refused += 1
+                continue
+            assert theirs is not None, f"flip {trial}: OpenSlide refuses the tile, histofast served it"
+            assert max_diff(mine, theirs) <= MAX_DIFF, trial
+    assert refused >= 3  # measured: 28 of 100 flips refused (OpenSlide: 0), the others decode without a warning
+
+
+def test_decode_jpeg_is_libjpeg_turbo_exactly_and_strict():
+    """ops.decode_jpeg (the fast path's JPEG decoder) equals imagecodecs' libjpeg-turbo on every subsampling, into a
+    strided part of a band from any offset of the tile, and raises on truncated data instead of padding it."""
+    import imagecodecs
+
+    rgb = histofast.synth.tissue_image(256, 256, seed=4)
+    for subsampling in ("444", "422", "420"):
+        data = imagecodecs.jpeg8_encode(rgb, level=80, subsampling=subsampling)
+        whole = imagecodecs.jpeg8_decode(data)
+        band = np.zeros((300, 1000, 3), np.uint8)
+        histofast.ops.decode_jpeg(data, band[10:266, 40:296])
+        np.testing.assert_array_equal(band[10:266, 40:296], whole)
+        assert not band[:10].any() and not band[:, :40].any() and not band[:, 296:].any()
+        part = histofast.ops.decode_jpeg(data, np.empty((100, 30, 3), np.uint8), x=226, y=156)
+        np.testing.assert_array_equal(part, whole[156:, 226:])
+        with pytest.raises(HistofastError, match="libjpeg: Premature end of JPEG file"):
+            histofast.ops.decode_jpeg(data[: len(data) * 3 // 4], np.empty((256, 256, 3), np.uint8))
+        with pytest.raises(HistofastError, match="decoded 256×256 pixels, the tile needs 257×256"):
+            histofast.ops.decode_jpeg(data, np.empty((256, 256, 3), np.uint8), x=1)
 
 
 def test_a_tiled_rgba_tiff_composites_on_white_as_openslide_does(tmp_path, openslide_level):

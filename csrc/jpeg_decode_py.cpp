@@ -1,0 +1,40 @@
+// jpeg_decode_py.cpp — Python binding of jpeg_decode: the buffer and destination checks, then the
+// strict decoder with the GIL released (the slide's thread pool decodes tiles in parallel).
+#include <string>
+
+#include "jpeg_decode.h"
+#include "py_array.h"
+
+namespace py = pybind11;
+
+namespace hf {
+namespace {
+
+void jpeg_decode(py::buffer data, py::object tables, int source, py::object out_obj, int64_t x, int64_t y) {
+  if (source != static_cast<int>(JpegSource::Header) && source != static_cast<int>(JpegSource::Rgb))
+    throw ArgumentError("source=" + std::to_string(source) + ": expected 0 (as the markers say) or 2 (RGB)");
+  if (x < 0 || y < 0) throw ArgumentError("x, y: must be >= 0");
+  const py::buffer_info bytes = data.request();
+  py::buffer_info table_bytes;
+  if (!tables.is_none()) table_bytes = tables.cast<py::buffer>().request();
+  const View out_view = view_of(out_obj, "out", true);
+  if (out_view.device != -1) throw ArgumentError("out: must be in host memory, got " + device_name(out_view.device));
+  JpegDecodeArgs a{static_cast<const uint8_t*>(bytes.ptr), static_cast<size_t>(bytes.size * bytes.itemsize),
+                   tables.is_none() ? nullptr : static_cast<const uint8_t*>(table_bytes.ptr),
+                   tables.is_none() ? 0 : static_cast<size_t>(table_bytes.size * table_bytes.itemsize),
+                   static_cast<JpegSource>(source), image_of<uint8_t>(out_view, "out"), x, y};
+  py::gil_scoped_release nogil;
+  jpeg_decode_cpu(a);
+}
+
+}  // namespace
+
+void bind_jpeg_decode(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("jpeg_decode", &jpeg_decode, "data"_a, "tables"_a, "source"_a, "out"_a, "x"_a = 0, "y"_a = 0,
+        "Decode a JPEG strictly (any libjpeg warning raises) into `out` (H, W, 3 uint8, rows may be strided):\n"
+        "pixels [y, y + H) × [x, x + W) of the image. `tables`: a JPEGTables stream or None; `source`: 0 to\n"
+        "read the colour space from the markers, 2 for RGB stored without a colour transform.");
+}
+
+}  // namespace hf
