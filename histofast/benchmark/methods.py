@@ -1,13 +1,15 @@
 """The timed methods of ``histofast bench``, each a function that runs once and says what it covered
-(``Work``): the seed's recipe, the JPEG decode limit, ``tile_grid``, ``iter_tiles`` and the two-pass way."""
+(``Work``): the seed's recipe, the JPEG decode limit, ``tile_grid``, ``iter_tiles``, the two-pass way, and
+the peers (cuCIM, tiffslide: other readers scored by the recipe's OpenCV white-ratio rule)."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -38,26 +40,36 @@ class Work:
 
 
 
-def recipe(path: Path, tile: int, stride: int, rows: list[int], area: int) -> Callable[[], Work]:
-    """The seed's loop, unchanged: one OpenSlide read per grid tile, OpenCV HSV + inRange, mean."""
+def white_ratio(rgb: np.ndarray) -> float:
+    """The recipe's white fraction of one RGB tile: OpenCV HSV, ``cv2.inRange`` on the paper's bounds, mean."""
+    import cv2
+
+    return float((cv2.inRange(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), HSV_LOWER, HSV_UPPER) > 0).mean())
+
+
+def grid_locations(tile: int, stride: int, rows: list[int], cols: int) -> list[tuple[int, int]]:
+    """Level-0 (x, y) of the grid tiles on ``rows``, row by row: what the recipe and the peers read."""
+    return [(j * stride, i * stride) for i in rows for j in range(cols)]
+
+
+def _scored(ratios: Iterable[float], rows: int, area: int) -> Work:
+    """``Work`` of a method that scored whole grid rows with ``white_ratio`` (ratios in grid order)."""
+    ratio = np.fromiter(ratios, np.float64).reshape(rows, -1)
+    return Work(ratio.size, area, int((ratio <= MAX_WHITE).sum()), {"white_ratio": ratio})
+
+
+def recipe(path: Path, tile: int, stride: int, rows: list[int], cols: int, area: int) -> Callable[[], Work]:
+    """The seed's loop: one OpenSlide read per grid tile, OpenCV HSV + inRange, mean (``white_ratio``), one thread."""
 
     def run() -> Work:
-        import cv2
         import openslide
 
         slide = openslide.OpenSlide(os.fspath(path))
         try:
-            cols = (slide.dimensions[0] - tile) // stride + 1
-            ratio = np.empty((len(rows), cols), np.float64)
-            for r, i in enumerate(rows):
-                for j in range(cols):
-                    region = np.asarray(slide.read_region((j * stride, i * stride), 0, (tile, tile)))[..., :3]
-                    mask = cv2.inRange(cv2.cvtColor(region, cv2.COLOR_RGB2HSV), HSV_LOWER, HSV_UPPER)
-                    ratio[r, j] = (mask > 0).mean()
+            return _scored((white_ratio(np.asarray(slide.read_region(xy, 0, (tile, tile)))[..., :3])
+                            for xy in grid_locations(tile, stride, rows, cols)), len(rows), area)
         finally:
             slide.close()
-        keep = ratio <= MAX_WHITE
-        return Work(ratio.size, area, int(keep.sum()), {"white_ratio": ratio})
 
     return run
 
@@ -153,7 +165,6 @@ def two_pass(path: Path, tile: int, stride: int, threads: int, area: int) -> Cal
     return run
 
 
-
 def have_cv2() -> bool:
     try:
         import cv2  # noqa: F401
@@ -171,3 +182,91 @@ def openslide_reads(path: Path) -> bool:
         return False
 
 
+# The peers: other readers of the same slide, timed on the recipe's grid rows with the recipe's white_ratio
+# and --threads workers, so their keep decisions can be checked against the recipe's.
+PEER_INSTALL = {
+    "cucim": "pip install cucim-cu12 (CPU only, without its CUDA libraries: "
+             "pip install --no-deps cucim-cu12 lazy-loader)",
+    "tiffslide": "pip install tiffslide",
+}
+PEER_DISTRIBUTIONS = {"cucim": ("cucim-cu12", "cucim-cu13", "cucim"), "tiffslide": ("tiffslide",)}
+
+
+def cucim(path: Path, tile: int, stride: int, rows: list[int], cols: int, area: int,
+          threads: int) -> Callable[[], Work]:
+    """cuCIM's batched ``CuImage.read_region``: all the rows' tiles in one call, decoded by ``threads`` workers
+    a batch ahead, each batch scored here as it arrives (its arrays view the batch's memory, freed with it)."""
+
+    def run() -> Work:
+        from cucim import CuImage
+
+        def ratios() -> Iterator[float]:
+            image = CuImage(os.fspath(path))  # alive as long as its batches
+            for batch in image.read_region(grid_locations(tile, stride, rows, cols), (tile, tile), 0,
+                                           num_workers=threads, batch_size=BATCH_SIZE):
+                pixels = np.asarray(batch)
+                for rgb in pixels.reshape(-1, tile, tile, pixels.shape[-1]):  # batch_size 1 drops the batch axis
+                    yield white_ratio(rgb[..., :3])
+
+        return _scored(ratios(), len(rows), area)
+
+    return run
+
+
+def tiffslide(path: Path, tile: int, stride: int, rows: list[int], cols: int, area: int,
+              threads: int) -> Callable[[], Work]:
+    """tiffslide's OpenSlide-compatible ``read_region`` (as arrays), one grid row per job in ``threads`` threads,
+    each thread with its own ``TiffSlide``."""
+
+    def run() -> Work:
+        from tiffslide import TiffSlide
+
+        local, opened = threading.local(), []
+
+        def row(i: int) -> list[float]:
+            slide = getattr(local, "slide", None)
+            if slide is None:
+                slide = local.slide = TiffSlide(path)
+                opened.append(slide)
+            return [white_ratio(slide.read_region(xy, 0, (tile, tile), as_array=True)[..., :3])
+                    for xy in grid_locations(tile, stride, [i], cols)]
+
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                return _scored((r for ratios in pool.map(row, rows) for r in ratios), len(rows), area)
+        finally:
+            for slide in opened:
+                slide.close()
+
+    return run
+
+
+PEERS: dict[str, Callable[..., Callable[[], Work]]] = {"cucim": cucim, "tiffslide": tiffslide}
+
+
+def peer_version(name: str) -> str | None:
+    """The installed version of a peer's distribution (None when none is installed)."""
+    for dist in PEER_DISTRIBUTIONS[name]:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def peer_unavailable(name: str, path: Path) -> str | None:
+    """Why a peer cannot be timed on ``path`` (not installed, or it cannot open the file); None when it can."""
+    try:
+        if name == "cucim":
+            from cucim import CuImage
+
+            CuImage(os.fspath(path))
+        else:
+            from tiffslide import TiffSlide
+
+            TiffSlide(path).close()
+    except ImportError as e:
+        return f"not installed ({e})"
+    except Exception as e:  # the peer does not read this file
+        return f"cannot open the slide ({type(e).__name__}: {e})"
+    return None

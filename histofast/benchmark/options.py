@@ -19,6 +19,9 @@ End-to-end tiles per second on one slide, every method in one process:
   (c) tile_grid  histofast.tile_grid over the whole level
   (d) iter_tiles histofast.iter_tiles with rot90/flip/shift 16 augmentation, float32 NCHW, normalised, batches of 64
   (d') two_pass  tile_grid, then grid.tiles with the same options (the kept tiles decoded a second time)
+With --peers, where installed (else reported as skipped), on the recipe's rows with --threads workers:
+  (e) cuCIM      cucim.CuImage.read_region batched over the rows' tiles, each tile scored as in (a)
+  (f) tiffslide  tiffslide.TiffSlide.read_region per tile, one grid row per thread, scored as in (a)
 MP/s is level-0 area per second: a method scoring k of the grid's R rows is credited with k/R of the level's
 W*H pixels, whole-level methods with W*H, so at one stride the MP/s ratio equals the tiles/s ratio.
 Default slide: histofast.synth.write_slide(SIZE x SIZE, seed=0, tissue_fraction=0.5), cached in --cache-dir.
@@ -30,8 +33,10 @@ DEFAULT_RECIPE_TILES, QUICK_RECIPE_TILES = 1024, 32  # ~10-20 s at the recipe's 
 DEFAULT_REPEATS = 3
 DEFAULT_JSON = Path(".benchmarks") / "tiles_per_second.json"  # .benchmarks/ is git-ignored (pytest-benchmark's)
 METHODS = ("recipe", "decode", "tile_grid", "iter_tiles", "two_pass")
+PEERS = ("cucim", "tiffslide")  # other readers, timed with --peers (or named in --methods)
 LABELS = {"recipe": "(a) recipe", "decode": "(b) decode", "tile_grid": "(c) tile_grid",
-          "iter_tiles": "(d) iter_tiles", "two_pass": "(d') two_pass"}
+          "iter_tiles": "(d) iter_tiles", "two_pass": "(d') two_pass", "cucim": "(e) cuCIM",
+          "tiffslide": "(f) tiffslide"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"decode threads for histofast and the decode limit (default: os.cpu_count(), "
                           f"{os.cpu_count()} here)")
     how.add_argument("--methods", type=_methods, default=list(METHODS), metavar="LIST",
-                     help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+                     help=f"comma-separated subset of {','.join(METHODS + PEERS)} "
+                          f"(default: {','.join(METHODS)})")
+    how.add_argument("--peers", action="store_true",
+                     help=f"also time the peers {' and '.join(PEERS)} where installed (a missing one is "
+                          f"reported as skipped) on the recipe's rows, scored by the recipe's rule")
     how.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                      help="before each timed run, wait up to SECONDS for other processes to use less than a "
                           "quarter of a core (shared machines; default 0: do not wait)")
@@ -95,7 +104,8 @@ def _tiles(text: str) -> int | str:
 
 def _methods(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in METHODS + PEERS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of {','.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of "
+                                         f"{','.join(METHODS + PEERS)}")
     return list(dict.fromkeys(names))

@@ -1,5 +1,5 @@
-"""The results of ``histofast bench``: timings per method (``Result``), ratios against the recipe and the
-decode limit measured in the same run, the targets, the consistency checks, the table and the JSON record."""
+"""The results of ``histofast bench``: timings per method (``Result``), ratios against the recipe, the decode
+limit and tile_grid measured in the same run, the targets, the consistency checks, the table and the JSON record."""
 from __future__ import annotations
 
 import statistics
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .methods import MAX_WHITE, Work
-from .options import LABELS
+from .options import LABELS, PEERS
 
 # (name, method, reference, minimum ratio of MP/s, stride or None for every stride measured)
 TARGETS = (
@@ -71,13 +71,14 @@ def _ratio(result: Result, reference: Result | None, best: bool = False) -> floa
     return result.mp_per_s / reference.mp_per_s
 
 
-def _references(result: Result, results: list[Result]) -> tuple[Result | None, Result | None]:
-    recipe = find(results, "recipe", result.stride) if result.stride is not None else None
-    return recipe, find(results, "decode", None)
+def _references(result: Result, results: list[Result]) -> tuple[Result | None, Result | None, Result | None]:
+    """The recipe and tile_grid at the result's stride (None for the decode limit), and the decode limit."""
+    at = (lambda method: find(results, method, result.stride)) if result.stride is not None else (lambda _: None)
+    return at("recipe"), find(results, "decode", None), at("tile_grid")
 
 
 def result_json(r: Result, results: list[Result]) -> dict[str, Any]:
-    recipe, decode = _references(r, results)
+    recipe, decode, grid = _references(r, results)
     extra = {k: v for k, v in r.work.extra.items() if k != "white_ratio"}
     return {
         "method": r.method, "label": LABELS[r.method], "stride": r.stride,
@@ -87,6 +88,7 @@ def result_json(r: Result, results: list[Result]) -> dict[str, Any]:
         "tiles_scored": r.work.tiles, "tiles_out": r.work.kept, "area_px": r.work.area,
         "tiles_per_s": r.tiles_per_s, "tiles_out_per_s": r.rate(r.work.kept), "mp_per_s": r.mp_per_s,
         "ratio_vs_recipe": _ratio(r, recipe), "ratio_vs_decode": _ratio(r, decode),
+        "ratio_vs_tile_grid": _ratio(r, grid),
         "ratio_vs_decode_of_mins": _ratio(r, decode, best=True),
         # Per unit of level area, the decode limit's CPU seconds over this method's: how much of the CPU it
         # spends decoding, whatever else ran on the machine meanwhile.
@@ -112,21 +114,28 @@ def check_targets(results: list[Result], strides: list[int]) -> list[dict[str, A
 
 def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> dict[str, Any]:
     """The methods did the same work: the recipe's keep decisions on its rows equal tile_grid's, and the
-    one-pass and two-pass streams delivered exactly the tiles tile_grid keeps."""
-    checks: dict[str, Any] = {"problems": []}
+    one-pass and two-pass streams delivered exactly the tiles tile_grid keeps (else ``problems``: exit 1). Each
+    peer's keep decisions are compared with the recipe's (tile_grid's on the same rows without the recipe); a
+    difference is a ``peer_mismatches`` entry: reported, as the peers' decoders are not histofast's contract."""
+    checks: dict[str, Any] = {"problems": [], "peer_mismatches": []}
     for stride, rows in recipe_rows.items():
         recipe, grid = find(results, "recipe", stride), find(results, "tile_grid", stride)
-        if recipe is None or grid is None:
-            continue
-        ours = grid.work.extra["white_ratio"][rows].astype(np.float64)
-        theirs = recipe.work.extra["white_ratio"]
-        differ = int(((ours <= MAX_WHITE) != (theirs <= MAX_WHITE)).sum())
-        checks[f"recipe_vs_tile_grid_stride{stride}"] = {
-            "tiles": int(theirs.size), "keep_differs": differ,
-            "max_abs_white_ratio_diff": float(np.abs(ours - theirs).max())}
-        if differ:
-            checks["problems"].append(f"stride {stride}: {differ} of {theirs.size} recipe keep decisions differ "
-                                      f"from tile_grid's")
+        if recipe is not None and grid is not None:
+            differ = _compare(checks, f"recipe_vs_tile_grid_stride{stride}", recipe,
+                              grid.work.extra["white_ratio"][rows].astype(np.float64))
+            if differ:
+                checks["problems"].append(f"stride {stride}: {differ} of {recipe.work.tiles} recipe keep decisions "
+                                          f"differ from tile_grid's")
+        reference, name = ((recipe.work.extra["white_ratio"], "recipe") if recipe is not None else
+                           (grid.work.extra["white_ratio"][rows].astype(np.float64), "tile_grid") if grid is not None
+                           else (None, None))
+        for peer in (find(results, p, stride) for p in PEERS):
+            if peer is None or reference is None:
+                continue
+            differ = _compare(checks, f"{peer.method}_vs_{name}_stride{stride}", peer, reference)
+            if differ:
+                checks["peer_mismatches"].append(f"stride {stride}: {differ} of {peer.work.tiles} "
+                                                 f"{peer.method} keep decisions differ from the {name}'s")
     for r in results:
         if r.method in ("iter_tiles", "two_pass"):
             grid = find(results, "tile_grid", r.stride)
@@ -136,7 +145,17 @@ def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> d
     return checks
 
 
-def print_table(results: list[Result], targets: list[dict], slide: dict, threads: int, machine: dict) -> None:
+def _compare(checks: dict[str, Any], key: str, result: Result, reference: np.ndarray) -> int:
+    """Record how ``result``'s white ratios differ from ``reference`` (same rows) under ``key``; keep differences."""
+    ratio = result.work.extra["white_ratio"]
+    differ = int(((ratio <= MAX_WHITE) != (reference <= MAX_WHITE)).sum())
+    checks[key] = {"tiles": int(ratio.size), "keep_differs": differ,
+                   "max_abs_white_ratio_diff": float(np.abs(ratio - reference).max())}
+    return differ
+
+
+def print_table(results: list[Result], targets: list[dict], slide: dict, threads: int, machine: dict,
+                skipped: list[dict[str, str]] = (), peer_mismatches: list[str] = ()) -> None:
     w, h = slide["level0_dimensions"]
     dirty = " (dirty)" if machine.get("git_dirty") else ""
     print(f"histofast {machine['version']} @ {machine['git_sha'][:10]}{dirty}, "
@@ -148,26 +167,30 @@ def print_table(results: list[Result], targets: list[dict], slide: dict, threads
           "(at one stride the same as of tiles/s). cpu: cores this process kept busy; others: cores other processes\n"
           "on the machine kept busy meanwhile (their load only ever slows a run down).\n")
     header = (f"{'method':<15}{'stride':>7}{'seconds':>9}{'(min–max)':>15}{'tiles/s':>9}{'MP/s':>8}"
-              f"{'× (a)':>8}{'× (b)':>7}{'kept/s':>8}{'cpu':>6}{'others':>8}")
+              f"{'× (a)':>8}{'× (b)':>7}{'× (c)':>7}{'kept/s':>8}{'cpu':>6}{'others':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
-        recipe, decode = _references(r, results)
-        ra, rb = _ratio(r, recipe), _ratio(r, decode)
+        recipe, decode, grid = _references(r, results)
+        ra, rb, rc = _ratio(r, recipe), _ratio(r, decode), _ratio(r, grid)
         spread = f"({min(r.wall):.2f}–{max(r.wall):.2f})"
         tiles = "—" if r.method == "decode" else f"{r.tiles_per_s:,.0f}"
         kept = f"{r.rate(r.work.kept):,.0f}" if r.method in ("iter_tiles", "two_pass") else "—"
         others = "?" if r.others_cores is None else f"{r.others_cores:.1f}"
         print(f"{LABELS[r.method]:<15}{r.stride or '—':>7}{r.median:>9.2f}{spread:>15}{tiles:>9}{r.mp_per_s:>8.1f}"
-              f"{_fmt_ratio(ra):>8}{_fmt_ratio(rb):>7}{kept:>8}{r.cores:>6.1f}{others:>8}")
+              f"{_fmt_ratio(ra):>8}{_fmt_ratio(rb):>7}{_fmt_ratio(rc):>7}{kept:>8}{r.cores:>6.1f}{others:>8}")
     decode = find(results, "decode", None)
     if decode is not None:
         print(f"\n(b) decodes all {decode.work.tiles} stored tiles of level 0: "
               f"{decode.tiles_per_s:,.0f} stored tiles/s")
     for r in results:
-        if r.method == "recipe":
-            print(f"(a) at stride {r.stride} scores {r.work.tiles} of the grid's tiles "
+        if r.method == "recipe" or r.method in PEERS:
+            print(f"{LABELS[r.method]} at stride {r.stride} scores {r.work.tiles} of the grid's tiles "
                   f"({len(r.work.extra['white_ratio'])} whole rows spread over the level)")
+    for message in peer_mismatches:
+        print(f"PEER MISMATCH: {message}")
+    for s in skipped:
+        print(f"skipped {LABELS[s['method']]}: {s['reason']}" + (f" ({s['install']})" if "install" in s else ""))
     for r in results:
         if r.method in ("iter_tiles", "two_pass"):
             print(f"{LABELS[r.method]} at stride {r.stride} delivers {r.work.kept} kept tiles in "

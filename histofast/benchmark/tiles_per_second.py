@@ -1,6 +1,7 @@
 """End-to-end tiles per second (``histofast bench``, ``benchmarks/tiles_per_second.py``): the seed's OpenSlide +
-OpenCV recipe, the JPEG decode limit, tile_grid and iter_tiles on one slide, all timed in one process, ratios
-from one run. The options are in ``options``, the methods in ``methods``, the report in ``report``."""
+OpenCV recipe, the JPEG decode limit, tile_grid and iter_tiles (and with ``--peers`` cuCIM and tiffslide) on one
+slide, all timed in one process, ratios from one run. The options are in ``options``, the methods in ``methods``,
+the report in ``report``."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,16 @@ from ..errors import HistofastError, SlideError
 from ..utils.atomic import atomic_open
 from ..utils.machine import busy_cpu_seconds, load_average, machine_info, wait_idle
 from . import methods as m
-from .options import DEFAULT_RECIPE_TILES, DEFAULT_REPEATS, DEFAULT_SIZE, PROG, QUICK_RECIPE_TILES, QUICK_SIZE
+from .options import (
+    DEFAULT_RECIPE_TILES,
+    DEFAULT_REPEATS,
+    DEFAULT_SIZE,
+    LABELS,
+    PEERS,
+    PROG,
+    QUICK_RECIPE_TILES,
+    QUICK_SIZE,
+)
 from .report import Result, check_results, check_targets, method_name, print_table, result_json
 from .slide import describe_slide, synthetic_slide
 
@@ -46,7 +56,7 @@ def _run(args: argparse.Namespace, log: "_Log") -> int:
     threads = args.threads or os.cpu_count() or 1
     tile = args.tile_size
     strides = list(dict.fromkeys(args.strides))
-    methods = list(args.methods)
+    methods = list(args.methods) + [p for p in PEERS if args.peers and p not in args.methods]
 
     if args.slide is not None:
         if args.size is not None:
@@ -74,15 +84,25 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
         f"{slide_info['compression']}, {slide_info['tile_width']}×{slide_info['tile_height']} tiles, "
         f"histofast backend {slide_info['histofast_backend']})")
 
-    if "recipe" in methods and not m.have_cv2():
-        log("skipping (a) recipe: OpenCV is not installed (pip install opencv-python-headless)", always=True)
-        methods.remove("recipe")
+    skipped: list[dict[str, str]] = []
+
+    def skip(method: str, reason: str, install: str | None = None) -> None:
+        log(f"skipping {LABELS[method]}: {reason}" + (f" ({install})" if install else ""), always=True)
+        methods.remove(method)
+        skipped.append({"method": method, "reason": reason, **({"install": install} if install else {})})
+
+    if not m.have_cv2():  # the recipe's white-ratio rule, which the peers share
+        for method in [x for x in methods if x == "recipe" or x in PEERS]:
+            skip(method, "OpenCV is not installed", "pip install opencv-python-headless")
     if "recipe" in methods and not m.openslide_reads(path):
-        log("skipping (a) recipe: OpenSlide does not read this file", always=True)
-        methods.remove("recipe")
+        skip("recipe", "OpenSlide does not read this file")
     if "decode" in methods and page is None:
-        log("skipping (b) decode limit: level 0 is not a tiled TIFF page tifffile can decode", always=True)
-        methods.remove("decode")
+        skip("decode", "level 0 is not a tiled TIFF page tifffile can decode")
+    for peer in [x for x in methods if x in PEERS]:
+        reason = m.peer_unavailable(peer, path)
+        if reason is not None:
+            skip(peer, reason, m.PEER_INSTALL[peer] if reason.startswith("not installed") else None)
+    peers = [x for x in methods if x in PEERS]
 
     area = width * height
     jobs: list[tuple[Result, Callable[[], m.Work], Callable[[], Any]]] = []  # (result, timed run, warm-up)
@@ -92,16 +112,21 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
     recipe_rows: dict[int, list[int]] = {}
     for stride in strides:
         rows, cols = (height - tile) // stride + 1, (width - tile) // stride + 1
-        if "recipe" in methods:
-            chosen = _spread_rows(rows, rows if recipe_tiles == "all" else math.ceil(recipe_tiles / cols))
+        chosen = _spread_rows(rows, rows if recipe_tiles == "all" else math.ceil(recipe_tiles / cols))
+        credited = area * len(chosen) // rows
+        if "recipe" in methods or peers:
             recipe_rows[stride] = chosen
-            jobs.append((Result("recipe", stride),
-                         m.recipe(path, tile, stride, chosen, area * len(chosen) // rows),
-                         m.recipe(path, tile, stride, chosen[:1], 0)))
+        if "recipe" in methods:
+            jobs.append((Result("recipe", stride), m.recipe(path, tile, stride, chosen, cols, credited),
+                         m.recipe(path, tile, stride, chosen[:1], cols, 0)))
         for method, make in (("tile_grid", m.scan_grid), ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
             if method in methods:
                 fn = make(path, tile, stride, threads, area)
                 jobs.append((Result(method, stride), fn, fn))
+        for peer in peers:  # the recipe's rows and rule, --threads workers
+            make = m.PEERS[peer]
+            jobs.append((Result(peer, stride), make(path, tile, stride, chosen, cols, credited, threads),
+                         make(path, tile, stride, chosen[:1], cols, 0, threads)))
 
     rows_note = ", ".join(f"stride {s}: {len(r)} of {(height - tile) // s + 1}" for s, r in recipe_rows.items())
     log(f"{len(jobs)} measurements × ({repeats} timed + 1 warm-up), round-robin; {threads} decode threads"
@@ -133,6 +158,8 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
     checks = check_results(results, recipe_rows)
     for message in checks.get("problems", []):
         log(f"CHECK FAILED: {message}", always=True)
+    for message in checks.get("peer_mismatches", []):
+        log(f"PEER MISMATCH: {message}", always=True)
     targets = check_targets(results, strides)
     report = {
         "benchmark": "tiles_per_second",
@@ -142,6 +169,8 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
         "config": {"tile_size": tile, "strides": strides, "repeats": repeats, "warmups": 1, "threads": threads,
                    "wait_idle_s": args.wait_idle,
                    "recipe_tiles": recipe_tiles, "recipe_rows": {str(k): v for k, v in recipe_rows.items()},
+                   "peers": {p: {"version": m.peer_version(p), "workers": threads} for p in peers},
+                   "peer_batch_size": m.BATCH_SIZE if "cucim" in peers else None,
                    "max_white": m.MAX_WHITE, "hsv_lower": m.HSV_LOWER, "hsv_upper": m.HSV_UPPER,
                    "augment": {"rot90": True, "flip": True, "max_shift": 16, "seed": 0}, "out_dtype": "float32",
                    "layout": "NCHW", "mean": m.MEAN, "std": m.STD, "batch_size": m.BATCH_SIZE,
@@ -150,12 +179,14 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
         "results": [result_json(r, results) for r in results],
         "targets": targets,
         "checks": checks,
+        "skipped": skipped,
     }
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        print_table(results, targets, slide_info, threads, report["machine_info"]["histofast"])
+        print_table(results, targets, slide_info, threads, report["machine_info"]["histofast"], skipped,
+                    checks.get("peer_mismatches", []))
         if not args.no_json:
             out = Path(args.json)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """``histofast bench``: tiles per second of the seed's recipe, the decode limit, ``tile_grid`` and ``iter_tiles``
-on one slide, in one process. The benchmark itself (``histofast.benchmark``) is imported only when it runs."""
+(and with ``--peers`` cuCIM and tiffslide) on one slide, in one process. The benchmark itself
+(``histofast.benchmark``) is imported only when it runs."""
 from __future__ import annotations
 
 import argparse
