@@ -63,6 +63,19 @@ HF_HD float tile_ratio(const int64_t* prefix, const CellGrid& g, int64_t tile, i
 void white_ratio_cpu(const WhiteRatioArgs& args, float* out);
 void white_ratio_cuda(const WhiteRatioArgs& args, float* out, StreamHandle stream);
 
+// white_counts: the fused scan's half of the op (host only). A decoder thread, having just filled `part`
+// (the view pixels at (x, y)), adds its white pixels to `counts`, int64 cells_y × cells_x cells of side
+// `cell` (= gcd(tile, stride)) over the whole view; the grid's ratios then come from the counts as
+// white_ratio's do, so the pixels are never read a second time.
+struct WhiteCountsArgs {
+  Pixels<const uint8_t> part;
+  int64_t x, y;  // view pixels
+  int64_t* counts;
+  int64_t cells_x, cells_y, cell;
+  HsvRange range;
+};
+void white_counts_cpu(const WhiteCountsArgs& args);
+
 // (rows, cols) of whole tiles over a height×width region; raises ArgumentError for the tile sizes
 // and strides white_ratio rejects. Host only, defined in white_ratio_py.cpp; augment checks with it too.
 std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride);

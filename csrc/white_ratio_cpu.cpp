@@ -3,6 +3,7 @@
 // then each tile in O(1) from the prefix sums of the cells.
 #include "white_ratio.h"
 
+#include <algorithm>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -132,6 +133,32 @@ __attribute__((target("avx2"))) int64_t white_mask_avx2(const uint8_t* px, int64
 }
 #endif
 
+// The white mask of a row of pixels: AVX2 when the CPU has it and the hue bounds are open.
+class RowMask {
+ public:
+  explicit RowMask(const HsvRange& range) : range_(range) {
+    // H of an 8-bit image is always in [0, 179]: bounds that hold it all leave only the S/V test.
+#ifdef HF_HAVE_AVX2_PATH
+    simd_ = range.lo[0] <= 0 && range.hi[0] >= 179 && cpu_has_avx2();
+    if (simd_) sv_ = make_sv_tables(range);
+#endif
+  }
+  void operator()(const uint8_t* row, int64_t n, uint8_t* mask) const {
+    int64_t done = 0;
+#ifdef HF_HAVE_AVX2_PATH
+    if (simd_) done = white_mask_avx2(row, n, sv_, mask);
+#endif
+    white_mask_scalar(row + 3 * done, n - done, range_, mask + done);
+  }
+
+ private:
+  HsvRange range_;
+#ifdef HF_HAVE_AVX2_PATH
+  bool simd_ = false;
+  SvTables sv_{};
+#endif
+};
+
 }  // namespace
 
 void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
@@ -142,12 +169,7 @@ void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
   const CellGrid g = make_cell_grid(a, 4 * threads);
   const int64_t width = g.cells_x * g.cell_w, pitch = g.cells_x + 1;
   std::vector<int64_t> prefix((g.cells_y + 1) * pitch, 0);
-  // H of an 8-bit image is always in [0, 179]: bounds that hold it all leave only the S/V test.
-  const bool hue_open = a.range.lo[0] <= 0 && a.range.hi[0] >= 179;
-#ifdef HF_HAVE_AVX2_PATH
-  const bool simd = hue_open && cpu_has_avx2();
-  const SvTables sv = simd ? make_sv_tables(a.range) : SvTables{};
-#endif
+  const RowMask row_mask(a.range);
 
 #pragma omp parallel
   {
@@ -156,12 +178,7 @@ void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
     for (int64_t cy = 0; cy < g.cells_y; ++cy) {
       int64_t* counts = prefix.data() + (cy + 1) * pitch + 1;
       for (int64_t y = cy * g.cell_h; y < (cy + 1) * g.cell_h; ++y) {
-        const uint8_t* row = a.region.data + y * a.region.row_stride;
-        int64_t done = 0;
-#ifdef HF_HAVE_AVX2_PATH
-        if (simd) done = white_mask_avx2(row, width, sv, mask.data());
-#endif
-        white_mask_scalar(row + 3 * done, width - done, a.range, mask.data() + done);
+        row_mask(a.region.data + y * a.region.row_stride, width, mask.data());
         const uint8_t* m = mask.data();
         for (int64_t cx = 0; cx < g.cells_x; ++cx, m += g.cell_w) {
           uint32_t sum = 0;
@@ -182,4 +199,36 @@ void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
       out[i * g.cols + j] = tile_ratio(prefix.data(), g, a.tile, a.stride, i, j);
 }
 
+void white_counts_cpu(const WhiteCountsArgs& a) {
+  // This part's pixels lie in cells [cx0, cx1) × [cy0, cy1) of the grid; counted here, then added
+  // atomically (parts of one cell are filled by different threads). Pixels past the last whole cell
+  // belong to no tile and are not counted.
+  const int64_t x_end = std::min(a.x + a.part.width, a.cells_x * a.cell);
+  const int64_t y_end = std::min(a.y + a.part.height, a.cells_y * a.cell);
+  if (x_end <= a.x || y_end <= a.y) return;
+  const int64_t cx0 = a.x / a.cell, cx1 = (x_end - 1) / a.cell + 1;
+  thread_local std::vector<uint8_t> mask;
+  thread_local std::vector<int64_t> sums;
+  mask.resize(x_end - a.x);
+  sums.assign(cx1 - cx0, 0);
+  const RowMask row_mask(a.range);
+  int64_t cy = a.y / a.cell;
+  for (int64_t y = a.y; y < y_end; ++y) {
+    row_mask(a.part.data + (y - a.y) * a.part.row_stride, x_end - a.x, mask.data());
+    for (int64_t cx = cx0; cx < cx1; ++cx) {
+      const int64_t from = std::max(cx * a.cell, a.x) - a.x, to = std::min((cx + 1) * a.cell, x_end) - a.x;
+      uint32_t sum = 0;
+      for (int64_t i = from; i < to; ++i) sum += mask[i];
+      sums[cx - cx0] += sum;
+    }
+    if (y + 1 == y_end || (y + 1) % a.cell == 0) {  // the end of a cell row: flush it
+      for (int64_t cx = cx0; cx < cx1; ++cx)
+        __atomic_fetch_add(a.counts + cy * a.cells_x + cx, sums[cx - cx0], __ATOMIC_RELAXED);
+      sums.assign(cx1 - cx0, 0);
+      ++cy;
+    }
+  }
+}
+
 }  // namespace hf
+

@@ -49,6 +49,23 @@ void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, i
 #endif
 }
 
+void white_counts(py::object part_obj, py::array counts, int64_t x, int64_t y, int64_t cell,
+                  std::array<int, 3> lower, std::array<int, 3> upper) {
+  const View part_view = view_of(part_obj, "part", false);
+  WhiteCountsArgs a{image_of<const uint8_t>(part_view, "part"), x, y, nullptr, 0, 0, cell, hsv_range(lower, upper)};
+  if (a.part.device != -1) throw ArgumentError("part: white_counts runs on the host, got " + device_name(a.part.device));
+  positive(cell, "cell");
+  if (x < 0 || y < 0) throw ArgumentError("x, y: must be >= 0");
+  if (!counts.dtype().is(py::dtype::of<int64_t>()) || counts.ndim() != 2 || !counts.writeable() ||
+      !(counts.flags() & py::array::c_style))
+    throw ArgumentError("counts: expected a writable C-contiguous int64 (cells_y, cells_x) array");
+  a.counts = static_cast<int64_t*>(counts.mutable_data());
+  a.cells_y = counts.shape(0);
+  a.cells_x = counts.shape(1);
+  py::gil_scoped_release nogil;
+  white_counts_cpu(a);
+}
+
 }  // namespace
 
 std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride) {
@@ -64,6 +81,8 @@ void bind_white_ratio(py::module_& m) {
   using namespace pybind11::literals;
   m.def("white_ratio", &white_ratio, "region"_a, "out"_a, "tile_size"_a, "stride"_a, "lower"_a, "upper"_a,
         "stream"_a = 0);
+  m.def("white_counts", &white_counts, "part"_a, "counts"_a, "x"_a, "y"_a, "cell"_a, "lower"_a, "upper"_a,
+        "Add the white pixels of `part` (view pixels at (x, y)) to the int64 cell counts (side `cell`); host only.");
   m.def("grid_shape", &grid_shape, "height"_a, "width"_a, "tile_size"_a, "stride"_a,
         "(rows, cols) of whole tiles at this stride; raises for sizes that white_ratio rejects.");
 }

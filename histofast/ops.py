@@ -308,6 +308,23 @@ def augment(
     return out
 
 
+def white_counts(part: np.ndarray, counts: np.ndarray, x: int, y: int, cell: int,
+                 hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER, hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER) -> None:
+    """Add the white pixels of ``part`` to the cell counts of a grid (host only, safe from many threads).
+
+    The fused half of ``white_ratio``: a decoder thread counts what it just decoded, while it is in cache.
+
+    Args:
+        part: uint8 (H, W, 3), the view's pixels at (x, y); rows may be strided, pixels packed.
+        counts: int64 (cells_y, cells_x), C-contiguous: white pixels per cell of side ``cell`` over the view,
+            added to atomically. Pixels past the last whole cell are not counted.
+        x, y: where ``part`` lies in the view, pixels.
+        cell: the cells' side, pixels (gcd(tile_size, stride) for a grid).
+        hsv_lower, hsv_upper: as for ``white_ratio``.
+    """
+    lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
+    _C.white_counts(part, counts, _int(x, "x"), _int(y, "y"), _int(cell, "cell"), lower, upper)
+
 def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables: bytes | None = None,
                 rgb: bool = False) -> np.ndarray:
     """Decode one JPEG strictly into ``out``: pixels ``[y, y + H) × [x, x + W)`` of the decoded image.

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import SlideError
 from .level import LevelView
+from .slide import OnPart
 
 CHUNK_BYTES = 64 << 20  # decoded bytes per chunk: a few hundred stored tiles at 16k width
 CHUNKS_AHEAD = 2  # chunks decoded ahead of the one being consumed
@@ -60,11 +61,15 @@ class Rows(Protocol):
 
 
 class SlideRows:
-    """Rows decoded by the slide's own decoders (tiled-TIFF fast path, OpenSlide, Pillow) in its thread pool."""
+    """Rows decoded by the slide's own decoders (tiled-TIFF fast path, OpenSlide, Pillow) in its thread pool.
 
-    def __init__(self, view: LevelView) -> None:
+    ``on_part(part, x, y)``, if set, is called in the decoding thread with each decoded part (view pixels):
+    ``tile_grid`` counts white pixels there while they are in cache (``histofast.tiling.counts``)."""
+
+    def __init__(self, view: LevelView, on_part: OnPart | None = None) -> None:
         self.view = view
         self.name = view.slide.backend
+        self.on_part = on_part
 
     @property
     def chunk_bytes(self) -> int:
@@ -75,7 +80,8 @@ class SlideRows:
 
     def read(self, y: int, h: int, out: np.ndarray) -> Pending:
         pool = self.view.slide.pool
-        return Pending([pool.submit(job) for job in self.view.jobs(0, y, self.view.dimensions[0], h, out)])
+        jobs = self.view.jobs(0, y, self.view.dimensions[0], h, out, self.on_part)
+        return Pending([pool.submit(job) for job in jobs])
 
     def close(self) -> None:
         pass

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from ..errors import SlideError
-from .slide import Job, Slide, composite_on_white
+from .slide import Job, OnPart, Slide, composite_on_white
 
 log = logging.getLogger("histofast")
 
@@ -47,8 +47,11 @@ class ImageSlide(Slide):
         h, w = self._pixels.shape[:2]
         super().__init__(path, [(w, h)], [1.0], {"openslide.vendor": "", "histofast.format": fmt}, workers)
 
-    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
+              on_part: OnPart | None = None) -> list[Job]:
         def job() -> None:
             out[...] = self._pixels[y : y + h, x : x + w]
+            if on_part is not None:
+                on_part(out, x, y)
 
         return [job]

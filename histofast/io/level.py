@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HistofastError
-from .slide import Job, Slide
+from .slide import Job, OnPart, Slide
 
 RESAMPLE_TOLERANCE = 0.05  # within 5% of the target, a level is used as it is
 RESAMPLE_PIECE = 1024  # view pixels per resampled piece (width), one job each
@@ -50,12 +50,13 @@ class LevelView:
         """Reads starting on multiples of this many rows decode each stored tile once."""
         return self.slide.tile_shape(self.level)[1] if self.scale == 1.0 else 1
 
-    def jobs(self, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
-        """Jobs filling ``out`` uint8 (h, w, 3) with the view region at (x, y), view pixels."""
+    def jobs(self, x: int, y: int, w: int, h: int, out: np.ndarray, on_part: OnPart | None = None) -> list[Job]:
+        """Jobs filling ``out`` uint8 (h, w, 3) with the view region at (x, y), view pixels; each calls
+        ``on_part(part, x, y)`` (view pixels) with the parts it filled, as ``Slide.region_jobs`` does."""
         if self.scale == 1.0:
-            return self.slide.region_jobs(self.level, (x, y), (w, h), out)[0]
-        return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE])
-                for px in range(x, x + w, RESAMPLE_PIECE)]
+            return self.slide.region_jobs(self.level, (x, y), (w, h), out, on_part)[0]
+        return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE],
+                                on_part) for px in range(x, x + w, RESAMPLE_PIECE)]
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The view region at (x, y) of size (w, h), view pixels: uint8 (h, w, 3)."""
@@ -63,7 +64,7 @@ class LevelView:
         self.slide.run(self.jobs(x, y, w, h, out))
         return out
 
-    def _resampled(self, x: int, y: int, w: int, h: int, out: np.ndarray) -> Job:
+    def _resampled(self, x: int, y: int, w: int, h: int, out: np.ndarray, on_part: OnPart | None = None) -> Job:
         def job() -> None:
             lw, lh = self.slide.level_dimensions[self.level]
             cols, wx = _taps(x, w, self.scale, lw)
@@ -79,6 +80,8 @@ class LevelView:
             for k in range(rows.shape[1]):
                 down += wy[:, k, None, None] * across[rows[:, k] - r0]
             out[...] = np.floor(down + 0.5).clip(0, 255)
+            if on_part is not None:
+                on_part(out, x, y)
 
         return job
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from ..errors import SlideError
-from .slide import Job, Slide, composite_on_white
+from .slide import Job, OnPart, Slide, composite_on_white
 
 PIECE_TILES = 4  # pieces of 4×4 stored tiles: big enough to amortise a call, small enough to spread
 
@@ -34,7 +34,8 @@ class OpenSlideSlide(Slide):
         w, h = get(f"openslide.level[{level}].tile-width"), get(f"openslide.level[{level}].tile-height")
         return (int(w), int(h)) if w and h else super().tile_shape(level)
 
-    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
+              on_part: OnPart | None = None) -> list[Job]:
         tw, th = self.tile_shape(level)
         pw, ph = tw * PIECE_TILES, th * PIECE_TILES
         jobs = []
@@ -43,10 +44,11 @@ class OpenSlideSlide(Slide):
             for px in range(x - x % pw, x + w, pw):
                 x0, y0 = max(px, x), max(py, y)
                 x1, y1 = min(px + pw, x + w), min(py + ph, y + h)
-                jobs.append(self._piece(level, x0, y0, x1 - x0, y1 - y0, out[y0 - y : y1 - y, x0 - x : x1 - x]))
+                jobs.append(self._piece(level, x0, y0, x1 - x0, y1 - y0, out[y0 - y : y1 - y, x0 - x : x1 - x],
+                                        on_part))
         return jobs
 
-    def _piece(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> Job:
+    def _piece(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray, on_part: OnPart | None) -> Job:
         def job() -> None:
             import openslide
 
@@ -56,6 +58,8 @@ class OpenSlideSlide(Slide):
             except openslide.OpenSlideError as e:
                 raise openslide_error(self.path, e, f"level {level} region ({x}, {y}, {w}, {h})") from None
             composite_on_white(rgba, out)
+            if on_part is not None:
+                on_part(out, x, y)
 
         return job
 

@@ -16,6 +16,9 @@ from ..errors import HistofastError, SlideError
 # A job fills part of a region buffer; a region read is a list of independent jobs so a thread pool
 # (or the band streamer's prefetch) can run them in any order.
 Job = Callable[[], None]
+# Told of each filled part of a region, in the decoding thread while the part is hot in cache: the part
+# (a view of ``out``) and its (x, y) in level pixels.
+OnPart = Callable[[np.ndarray, int, int], None]
 BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
 THUMBNAIL_STRIP_BYTES = 64 << 20  # decoded bytes per strip a thumbnail reads
 
@@ -116,11 +119,13 @@ class Slide:
         return out
 
     def region_jobs(
-        self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None
+        self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None,
+        on_part: OnPart | None = None,
     ) -> tuple[list[Job], np.ndarray]:
         """The independent jobs that fill ``out`` with a level region (see ``read_level_region``).
 
-        Parts outside the slide are filled here; the jobs fill the rest."""
+        Parts outside the slide are filled here; the jobs fill the rest, each calling ``on_part`` (if given) with
+        every part inside the level it filled (together they cover it once)."""
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
         level = self.check_level(level)
@@ -140,7 +145,7 @@ class Slide:
         if (x0, y0, x1, y1) != (x, y, x + w, y + h):
             out[...] = BACKGROUND
         inside = out[y0 - y : y1 - y, x0 - x : x1 - x]
-        return self._jobs(level, x0, y0, x1 - x0, y1 - y0, inside), out
+        return self._jobs(level, x0, y0, x1 - x0, y1 - y0, inside, on_part), out
 
     def run(self, jobs: list[Job]) -> None:
         """Run jobs in the slide's thread pool and wait; the first failure is raised."""
@@ -190,8 +195,10 @@ class Slide:
         return np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BOX))
 
     # -- backends implement -------------------------------------------------------------------
-    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
-        """Jobs that fill ``out`` (h, w, 3) with the level region at (x, y), wholly inside the level."""
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
+              on_part: OnPart | None = None) -> list[Job]:
+        """Jobs that fill ``out`` (h, w, 3) with the level region at (x, y), wholly inside the level, and call
+        ``on_part(part, x, y)`` with each part they filled, once filled."""
         raise NotImplementedError
 
     def close(self) -> None:

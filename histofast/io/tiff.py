@@ -16,7 +16,7 @@ import numpy as np
 from .. import ops
 from ..errors import SlideError
 from .openslide_slide import OpenSlideSlide
-from .slide import BACKGROUND, Job
+from .slide import BACKGROUND, Job, OnPart
 
 # Compressions imagecodecs decodes for tifffile: none, LZW, JPEG, deflate (Adobe and old),
 # JPEG 2000 (Aperio YCbCr and RGB, generic), WebP, JPEG XL, zstd.
@@ -62,27 +62,33 @@ class TiffSlide(OpenSlideSlide):
         page = self._pages[level]
         return (page.tilewidth, page.tilelength) if page is not None else super().tile_shape(level)
 
-    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray) -> list[Job]:
+    def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
+              on_part: OnPart | None = None) -> list[Job]:
         page = self._pages[level]
         if page is None:
-            return super()._jobs(level, x, y, w, h, out)
+            return super()._jobs(level, x, y, w, h, out, on_part)
         tw, th = page.tilewidth, page.tilelength
         across = -(-page.imagewidth // tw)
-        parts = []  # (tile index, x and y inside the tile, destination)
+        parts = []  # (tile index, x and y inside the tile, destination, its x and y in the level)
         for ty in range(y // th, (y + h - 1) // th + 1):
             for tx in range(x // tw, (x + w - 1) // tw + 1):
                 x0, y0 = max(tx * tw, x), max(ty * th, y)
                 x1, y1 = min((tx + 1) * tw, x + w), min((ty + 1) * th, y + h)
-                parts.append((ty * across + tx, x0 - tx * tw, y0 - ty * th, out[y0 - y : y1 - y, x0 - x : x1 - x]))
+                parts.append((ty * across + tx, x0 - tx * tw, y0 - ty * th, out[y0 - y : y1 - y, x0 - x : x1 - x],
+                              x0, y0))
         # A few tiles per job: fewer futures (and GIL hand-offs) per decoded megapixel.
-        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB]) for i in range(0, len(parts), TILES_PER_JOB)]
+        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part)
+                for i in range(0, len(parts), TILES_PER_JOB)]
 
-    def _tiles(self, page, level: int, parts: list) -> Job:
-        """A job decoding stored tiles, each one's part at (ox, oy) straight into its destination."""
+    def _tiles(self, page, level: int, parts: list, on_part: OnPart | None) -> Job:
+        """A job decoding stored tiles, each one's part at (ox, oy) straight into its destination, and telling
+        ``on_part`` of it while it is in cache."""
 
         def job() -> None:
-            for index, ox, oy, dst in parts:
+            for index, ox, oy, dst, x, y in parts:
                 self._decode(page, level, index, dst, ox, oy)
+                if on_part is not None:
+                    on_part(dst, x, y)
 
         return job
 

@@ -12,11 +12,12 @@ from .. import ops
 from ..checks import check_device
 from ..errors import SlideError
 from ..io import Slide, opened
-from ..io.bands import Band, Rows, read_bands
+from ..io.bands import Band, Rows, SlideRows, read_bands
 from ..io.decode import open_rows
 from ..io.level import LevelView, select_level
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from .buffers import to_device
+from .counts import WhiteCounts
 from .cut import TileBatch, check_cut_options, cut
 from .grid import TileGrid, check_grid_args
 
@@ -173,12 +174,15 @@ def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magn
 
 
 class _Score:
-    """``score(band)`` fills the band's rows of the grid's white ratio; ``deferred`` on a GPU, it fills a
+    """``score(band)`` fills the band's rows of the grid's white ratio: from white pixels counted as they were
+    decoded (``counts``, on the CPU), or by ``ops.white_ratio`` over the band. ``deferred`` on a GPU, it fills a
     device copy instead and ``finish`` brings the whole grid back once (no host round trip per band)."""
 
-    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool) -> None:
+    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool,
+                 counts: WhiteCounts | None = None) -> None:
         self.grid, self.ratio, self.lower, self.upper, self.device = grid, grid.white_ratio, lower, upper, device
         self.tile_size, self.stride = grid.tile_size, grid.stride
+        self.counts = counts
         self._on_device = None
         if deferred and device != "cpu":
             import torch
@@ -187,7 +191,9 @@ class _Score:
 
     def __call__(self, band: Band) -> None:
         rows = slice(band.rows.start, band.rows.stop)
-        if self._on_device is None:
+        if self.counts is not None:
+            self.ratio[rows] = self.counts.ratio(band.rows)
+        elif self._on_device is None:
             self.ratio[rows] = _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device)
         else:
             ops.white_ratio(_band_region(band, self.tile_size, self.stride, self.device), self.tile_size,
@@ -210,8 +216,12 @@ def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, mag
     ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
     grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
                     view.scale, view.mpp, rows.name)
+    counts = None
+    if device == "cpu" and isinstance(rows, SlideRows) and WhiteCounts.fits(view.dimensions, tile_size, stride):
+        counts = WhiteCounts(view.dimensions, tile_size, stride, lower, upper)  # counted as decoded
+        rows.on_part = counts.add
     try:
-        return view, rows, _Score(grid, lower, upper, device, deferred)
+        return view, rows, _Score(grid, lower, upper, device, deferred, counts)
     except BaseException:
         rows.close()
         raise
