@@ -32,6 +32,7 @@ struct AugmentArgs {
   Layout layout;
   OutType out_type;
   void* out;  // [n,3,T,T] or [n,T,T,3], C-contiguous, on the region's device
+  int threads;  // CPU: OpenMP threads (0: OpenMP's default)
 };
 
 // np.pad(..., mode="reflect") as an index map: any i, period 2(n-1), edges not repeated.

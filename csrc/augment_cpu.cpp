@@ -2,6 +2,7 @@
 // (byte offsets per output row and column) through a per-channel lookup table; rotated tiles sample
 // bilinearly per pixel. Output columns go in blocks so the transposing rotations stay in cache.
 #include "augment.h"
+#include "threads.h"
 
 #include <vector>
 
@@ -19,7 +20,7 @@ void augment_tiles(const AugmentArgs& a) {
   for (int ch = 0; ch < 3; ++ch)
     for (int v = 0; v < 256; ++v) lut[ch][v] = convert_value<OutT>(static_cast<float>(v), a.mean[ch], a.std[ch]);
 
-#pragma omp parallel if (a.n > 1)  // one tile: waking a team costs more than the tile under load
+#pragma omp parallel if (a.n > 1) num_threads(team_size(a.threads))  // one tile: a team costs more than it
   {
     std::vector<int64_t> off_y(t), off_x(t);
 #pragma omp for schedule(dynamic, 1)

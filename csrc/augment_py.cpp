@@ -17,8 +17,10 @@ namespace {
 void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostArray<int64_t> origins,
              HostArray<int64_t> rot90, HostArray<bool> flip, HostArray<int64_t> shift, HostArray<double> angle,
              std::array<float, 3> mean, std::array<float, 3> std, const std::string& layout,
-             [[maybe_unused]] StreamHandle stream) {
+             [[maybe_unused]] StreamHandle stream, int threads) {
   AugmentArgs a{};
+  if (threads < 0) throw ArgumentError("threads=" + std::to_string(threads) + ": must be >= 0 (0: OpenMP's default)");
+  a.threads = threads;
   const View region_view = view_of(region_obj, "region", false);
   a.region = image_of<const uint8_t>(region_view, "region");
   a.tile = tile_size;
@@ -87,7 +89,7 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
 void bind_augment(py::module_& m) {
   using namespace pybind11::literals;
   m.def("augment", &augment, "region"_a, "out"_a, "tile_size"_a, "origins"_a, "rot90"_a, "flip"_a, "shift"_a,
-        "angle"_a, "mean"_a, "std"_a, "layout"_a, "stream"_a = 0);
+        "angle"_a, "mean"_a, "std"_a, "layout"_a, "stream"_a = 0, "threads"_a = 0);
 }
 
 }  // namespace hf

@@ -13,6 +13,7 @@ struct WhiteRatioArgs {
   Pixels<const uint8_t> region;
   int64_t tile, stride;  // level pixels
   HsvRange range;
+  int threads;  // CPU: OpenMP threads (0: OpenMP's default)
 };
 
 // Tiles (rows × cols) and the cells that cover them. Cells are cell_w wide and cell_h tall, with

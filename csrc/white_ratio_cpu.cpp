@@ -2,6 +2,7 @@
 // the hue bounds are open, exact scalar HSV otherwise), per-cell counts in parallel strips of rows,
 // then each tile in O(1) from the prefix sums of the cells.
 #include "white_ratio.h"
+#include "threads.h"
 
 #include <algorithm>
 #include <vector>
@@ -9,9 +10,6 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HF_HAVE_AVX2_PATH 1
 #include <immintrin.h>
-#endif
-#ifdef _OPENMP
-#include <omp.h>
 #endif
 
 namespace hf {
@@ -162,16 +160,13 @@ class RowMask {
 }  // namespace
 
 void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
-  int threads = 1;
-#ifdef _OPENMP
-  threads = omp_get_max_threads();
-#endif
+  const int threads = team_size(a.threads);
   const CellGrid g = make_cell_grid(a, 4 * threads);
   const int64_t width = g.cells_x * g.cell_w, pitch = g.cells_x + 1;
   std::vector<int64_t> prefix((g.cells_y + 1) * pitch, 0);
   const RowMask row_mask(a.range);
 
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     std::vector<uint8_t> mask(width);
 #pragma omp for schedule(static)

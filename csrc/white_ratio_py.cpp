@@ -34,9 +34,11 @@ HsvRange hsv_range(const std::array<int, 3>& lower, const std::array<int, 3>& up
 }
 
 void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, int64_t stride,
-                 std::array<int, 3> lower, std::array<int, 3> upper, [[maybe_unused]] StreamHandle stream) {
+                 std::array<int, 3> lower, std::array<int, 3> upper, [[maybe_unused]] StreamHandle stream,
+                 int threads) {
   const View region_view = view_of(region_obj, "region", false);
-  WhiteRatioArgs a{image_of<const uint8_t>(region_view, "region"), tile_size, stride, hsv_range(lower, upper)};
+  if (threads < 0) throw ArgumentError("threads=" + std::to_string(threads) + ": must be >= 0 (0: OpenMP's default)");
+  WhiteRatioArgs a{image_of<const uint8_t>(region_view, "region"), tile_size, stride, hsv_range(lower, upper), threads};
   grid_shape(a.region.height, a.region.width, tile_size, stride);
   const CellGrid g = make_cell_grid(a, 1);
   const View out_view = view_of(out_obj, "out", true);
@@ -80,7 +82,7 @@ std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t ti
 void bind_white_ratio(py::module_& m) {
   using namespace pybind11::literals;
   m.def("white_ratio", &white_ratio, "region"_a, "out"_a, "tile_size"_a, "stride"_a, "lower"_a, "upper"_a,
-        "stream"_a = 0);
+        "stream"_a = 0, "threads"_a = 0);
   m.def("white_counts", &white_counts, "part"_a, "counts"_a, "x"_a, "y"_a, "cell"_a, "lower"_a, "upper"_a,
         "Add the white pixels of `part` (view pixels at (x, y)) to the int64 cell counts (side `cell`); host only.");
   m.def("grid_shape", &grid_shape, "height"_a, "width"_a, "tile_size"_a, "stride"_a,

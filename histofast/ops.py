@@ -134,6 +134,16 @@ def _int(value: Any, name: str) -> int:
     return value
 
 
+def _threads(threads: int | None) -> int:
+    """A kernel's OpenMP thread count for ``_C``: 0 leaves OpenMP's default."""
+    if threads is None:
+        return 0
+    threads = _int(threads, "threads")
+    if threads < 1:
+        raise HistofastError(f"threads={threads}: must be at least 1 (or None for OpenMP's default)")
+    return threads
+
+
 def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
     try:
         t = tuple(cast(v) for v in values)
@@ -203,6 +213,7 @@ def white_ratio(
     upper: Sequence[int] = DEFAULT_HSV_UPPER,
     *,
     out: Any = None,
+    threads: int | None = None,
 ) -> Any:
     """Fraction of each grid tile's pixels whose HSV lies in [lower, upper] (inclusive, cv2.inRange).
 
@@ -214,6 +225,7 @@ def white_ratio(
         tile_size, stride: level pixels, positive; ``tile_size`` ≤ H and W.
         lower, upper: OpenCV 8-bit HSV bounds (H 0–180, S and V 0–255); default: white background.
         out: optional float32 (rows, cols) output of the same kind and device.
+        threads: CPU threads (OpenMP) for this call; None: OpenMP's default (``OMP_NUM_THREADS`` or every core).
     Returns:
         float32 (rows, cols): entry [i, j] is the tile at level pixels (x, y) = (j·stride, i·stride).
     """
@@ -223,7 +235,7 @@ def white_ratio(
     lower, upper = _hsv_bounds(lower, upper)
     rows_cols = grid_shape(height, width, tile_size, stride)
     out = kind.empty(rows_cols, "float32") if out is None else _check_out(out, kind)
-    _C.white_ratio(_for_c(region), _for_c(out), tile_size, stride, lower, upper, kind.stream())
+    _C.white_ratio(_for_c(region), _for_c(out), tile_size, stride, lower, upper, kind.stream(), _threads(threads))
     return out
 
 
@@ -254,6 +266,7 @@ def augment(
     out_dtype: str = "float32",
     layout: str = "NCHW",
     out: Any = None,
+    threads: int | None = None,
 ) -> Any:
     """Cut, transform and normalise N tiles of a region in one pass per tile.
 
@@ -277,6 +290,7 @@ def augment(
         layout: "NCHW" → (N, 3, T, T) or "NHWC" → (N, T, T, 3).
         out: optional preallocated output of that shape and of dtype ``out_dtype``, same kind and device as
             region, not overlapping it.
+        threads: CPU threads (OpenMP) for this call; None: OpenMP's default (``OMP_NUM_THREADS`` or every core).
     Returns:
         The batch, the same kind of array as ``region`` on its device.
     """
@@ -303,7 +317,7 @@ def augment(
         out = kind.empty(shape, out_dtype)
     _C.augment(
         _for_c(region), _for_c(out), tile_size, origins, rot90, flip, shift, angle,
-        mean, std, layout, kind.stream(),
+        mean, std, layout, kind.stream(), _threads(threads),
     )
     return out
 

@@ -79,9 +79,17 @@ class SlideRows:
         return np.empty(shape, np.uint8)
 
     def read(self, y: int, h: int, out: np.ndarray) -> Pending:
-        pool = self.view.slide.pool
         jobs = self.view.jobs(0, y, self.view.dimensions[0], h, out, self.on_part)
-        return Pending([pool.submit(job) for job in jobs])
+        if self.view.slide.workers == 1:  # one thread in all: decode now, in the caller's thread
+            done: Future = Future()
+            try:
+                for job in jobs:
+                    job()
+                done.set_result(None)
+            except Exception as e:  # raised by wait(), where a pool's failure would be
+                done.set_exception(e)
+            return Pending([done])
+        return Pending([self.view.slide.pool.submit(job) for job in jobs])
 
     def close(self) -> None:
         pass

@@ -113,7 +113,7 @@ def cut(
             n = min(batch_size - filled, len(rows) - k)
             params = augment.draw(n, epoch=epoch, start=done) if augment is not None else {}
             ops.augment(region, origins[k : k + n], t, **params, mean=mean, std=std, out_dtype=out_dtype,
-                        layout=layout, out=batch[filled : filled + n])
+                        layout=layout, out=batch[filled : filled + n], threads=view.slide.workers)
             parts.append((level_xy[k : k + n], ratio[k : k + n], np.arange(done, done + n)))
             filled, done, k = filled + n, done + n, k + n
             if filled == batch_size:

@@ -148,5 +148,5 @@ def check_grid_args(tile_size: Any, stride: Any, hsv_lower: Any, hsv_upper: Any,
     """Raise ``HistofastError`` naming the first bad grid argument (no slide needed)."""
     check_count(tile_size, "tile_size", unit="pixels")
     check_count(stride, "stride", unit="pixels")
-    ops.white_ratio(_WHITE, 1, 1, hsv_lower, hsv_upper)  # _C checks the HSV bounds once, here, not per band
+    ops.white_ratio(_WHITE, 1, 1, hsv_lower, hsv_upper, threads=1)  # checks the HSV bounds once, not per band
     check_fraction(max_white, "max_white")

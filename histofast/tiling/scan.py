@@ -154,9 +154,11 @@ def _band_region(band: Band, tile_size: int, stride: int, device: str) -> Any:
     return to_device(band.pixels[top:bottom], device)
 
 
-def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any, device: str) -> np.ndarray:
+def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any, device: str,
+                threads: int) -> np.ndarray:
     """White ratio of the band's tile rows: float32 (len(band.rows), cols), on the host."""
-    ratio = ops.white_ratio(_band_region(band, tile_size, stride, device), tile_size, stride, lower, upper)
+    ratio = ops.white_ratio(_band_region(band, tile_size, stride, device), tile_size, stride, lower, upper,
+                            threads=threads)
     return ratio if isinstance(ratio, np.ndarray) else ratio.cpu().numpy()
 
 
@@ -178,11 +180,11 @@ class _Score:
     decoded (``counts``, on the CPU), or by ``ops.white_ratio`` over the band. ``deferred`` on a GPU, it fills a
     device copy instead and ``finish`` brings the whole grid back once (no host round trip per band)."""
 
-    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool,
+    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool, threads: int,
                  counts: WhiteCounts | None = None) -> None:
         self.grid, self.ratio, self.lower, self.upper, self.device = grid, grid.white_ratio, lower, upper, device
         self.tile_size, self.stride = grid.tile_size, grid.stride
-        self.counts = counts
+        self.threads, self.counts = threads, counts
         self._on_device = None
         if deferred and device != "cpu":
             import torch
@@ -194,7 +196,8 @@ class _Score:
         if self.counts is not None:
             self.ratio[rows] = self.counts.ratio(band.rows)
         elif self._on_device is None:
-            self.ratio[rows] = _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device)
+            self.ratio[rows] = _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device,
+                                           self.threads)
         else:
             ops.white_ratio(_band_region(band, self.tile_size, self.stride, self.device), self.tile_size,
                             self.stride, self.lower, self.upper, out=self._on_device[rows])
@@ -221,7 +224,7 @@ def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, mag
         counts = WhiteCounts(view.dimensions, tile_size, stride, lower, upper)  # counted as decoded
         rows.on_part = counts.add
     try:
-        return view, rows, _Score(grid, lower, upper, device, deferred, counts)
+        return view, rows, _Score(grid, lower, upper, device, deferred, slide.workers, counts)
     except BaseException:
         rows.close()
         raise

@@ -2,6 +2,9 @@
 bit for bit, whatever the parts, the grid or the HSV bounds; tile_grid uses it on the CPU."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,3 +65,24 @@ def test_tile_grid_counts_while_decoding_and_equals_white_ratio_over_the_level(m
         for tile, stride in ((256, 256), (256, 128), (200, 300), (512, 100)):
             grid = histofast.tile_grid(slide, tile, stride)
             np.testing.assert_array_equal(grid.white_ratio, ops.white_ratio(level, tile, stride))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_workers_1_is_one_thread_in_all(make_slide):
+    """workers=1 decodes, counts, scores and augments in the caller's thread: no decode pool, an OpenMP team of 1."""
+    path = make_slide(1500, 1100, seed=3, tissue_fraction=0.5)
+    code = f"""
+import os, histofast
+before = len(os.listdir("/proc/self/task"))  # numpy's BLAS may have started its own
+with histofast.open_slide({str(path)!r}, workers=1) as slide:
+    histofast.tile_grid(slide, 256, 128)
+    augment = histofast.Augment(rot90=True, flip=True, max_shift=8, max_angle=10, seed=1)
+    batches = list(histofast.iter_tiles(slide, 256, 128, augment=augment, out_dtype="float32", layout="NCHW"))
+    assert sum(len(b.images) for b in batches) > 0
+    histofast.ops.white_ratio(slide.read_level_region(0, (0, 0), (512, 512)), 64, 32, threads=1)
+    print(len(os.listdir("/proc/self/task")) - before)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0"]
