@@ -3,10 +3,12 @@ through NVIDIA DALI (an ``external_source`` read by ``DALIGenericIterator``) or 
 ``device``. Both backends give the same batches in the same order."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from .. import ops
 from ..checks import check_device, count_or_default
 from ..errors import HistofastError
 from ._options import BATCH_KEYS, DALI_INSTALL, PIPELINE_BACKENDS, dali_installed
@@ -29,7 +31,9 @@ class Pipeline:
             shuffle, no augmentation): as for ``TileDataset``.
         backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
             from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
-            over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches.
+            over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches (DALI is fed
+            uint8 samples and converts and normalises them with ``fn.crop_mirror_normalize``: equal within
+            float rounding, ``tile_dataset.samples.dtype`` is then "uint8").
         device: "cpu" or "cuda[:i]": where grids are scored, blocks augmented and every batch tensor lives.
         decode: what decodes slides, as ``histofast.tile_grid``'s ``decode``: with a CUDA ``device``, "auto"
             decodes on the GPU (nvImageCodec, ``pip install 'histofast[gpu]'``) where it reads the slide.
@@ -55,6 +59,17 @@ class Pipeline:
         self.device = check_device(device)
         self.prefetch = count_or_default(prefetch, "prefetch", 1)
         self.backend = backend
+        # DALI gets uint8 samples and converts and normalises them itself (fn.crop_mirror_normalize): its
+        # copy of each batch moves a quarter of the float32 bytes.
+        self._normalise: tuple[str, tuple, tuple] | None = None
+        dtype = options.get("dtype", "float32")
+        if backend == "dali" and dtype != "uint8":
+            mean, std = ops.check_batch_format(dtype, "NCHW", options.get("mean", (0.0,) * 3),
+                                               options.get("std", (1.0,) * 3))
+            if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+                raise HistofastError(f"mean={mean}, std={std}: must be finite, std positive")
+            self._normalise = (dtype, mean, std)
+            options = {**options, "dtype": "uint8", "mean": (0.0,) * 3, "std": (1.0,) * 3}
         self.tile_dataset = TileDataset(source, tile_size, stride, workers=workers, device=self.device, **options)
 
     @classmethod
@@ -94,7 +109,7 @@ class Pipeline:
             yield {k: v.to(self.device) for k, v in batch.items()}
 
     def _dali(self) -> Iterator[dict[str, torch.Tensor]]:
-        from nvidia.dali import fn, pipeline_def
+        from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         gpu = self.device != "cpu"
@@ -104,11 +119,21 @@ class Pipeline:
 
         # A pipeline per epoch: DALI asks an external source for the next epoch before this one
         # ends, which would run ahead of set_epoch.
+        layout = "CHW" if self.tile_dataset.samples.mode == "tiles" else "FCHW"  # images: a grid of patches
+
         @pipeline_def(batch_size=self.tile_dataset.samples.batch_size, num_threads=self.tile_dataset.workers,
                       device_id=device_id, prefetch_queue_depth=self.prefetch)
         def pipe():
-            return tuple(fn.external_source(source=source, num_outputs=len(BATCH_KEYS), batch=True,
-                                            device="gpu" if gpu else "cpu", no_copy=True))
+            outputs = list(fn.external_source(source=source, num_outputs=len(BATCH_KEYS), batch=True,
+                                              device="gpu" if gpu else "cpu", no_copy=True,
+                                              layout=[layout] + [""] * (len(BATCH_KEYS) - 1)))
+            if self._normalise is not None:  # (x / 255 - mean) / std == (x - 255·mean) / (255·std)
+                dtype, mean, std = self._normalise
+                image = BATCH_KEYS.index("image")
+                outputs[image] = fn.crop_mirror_normalize(
+                    outputs[image], dtype=types.FLOAT16 if dtype == "float16" else types.FLOAT,
+                    mean=[255 * m for m in mean], std=[255 * s for s in std], output_layout=layout)
+            return tuple(outputs)
 
         iterator = DALIGenericIterator(pipe(), list(BATCH_KEYS), last_batch_policy=LastBatchPolicy.PARTIAL,
                                        auto_reset=False)

@@ -155,6 +155,23 @@ def test_dali_backend_matches_torch_backend(slides):
             assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS)
 
 
+@pytest.mark.parametrize("dtype, mode, atol", [("float32", "tiles", 1e-6), ("float16", "images", 2e-3)])
+def test_dali_normalises_uint8_samples_like_the_torch_backend(slides, dtype, mode, atol):
+    """The DALI backend is fed uint8 samples and normalises inside DALI (crop_mirror_normalize, 4× less data to
+    copy): the same batches as the torch backend within float rounding (x/255 − m)/s vs (x − 255m)/(255s)."""
+    pytest.importorskip("nvidia.dali")
+    extra = dict(mode="images", image_size=256) if mode == "images" else {}
+    options = _opts(dtype=dtype, mean=hf.ops.IMAGENET_MEAN, std=hf.ops.IMAGENET_STD, **extra)
+    pipes = {be: hf.Pipeline(slides, backend=be, **options) for be in ("dali", "torch")}
+    assert pipes["dali"].tile_dataset.samples.dtype == "uint8"
+    out = {be: _epoch(pipe) for be, pipe in pipes.items()}
+    assert len(out["dali"]) == len(out["torch"]) == len(pipes["torch"]) > 0
+    for x, y in zip(out["dali"], out["torch"]):
+        assert x["image"].dtype == y["image"].dtype == getattr(torch, dtype) and x["image"].shape == y["image"].shape
+        torch.testing.assert_close(x["image"].float(), y["image"].float(), atol=atol, rtol=0)
+        assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS if k != "image")
+
+
 def test_images_mode_stacks_each_windows_patch_grid(make_slide, openslide_level):
     path = make_slide(1400, 1000, seed=4, tissue_fraction=0.8)
     aug = hf.Augment(max_shift=8, seed=2)
