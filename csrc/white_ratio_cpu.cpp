@@ -5,6 +5,7 @@
 #include "threads.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -91,9 +92,11 @@ __attribute__((target("avx2"))) inline __m256i load_lanes(const uint8_t* lo, con
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
 }
 
-// Writes mask[i] for i < n rounded down to 32 and returns how many it wrote.
-__attribute__((target("avx2"))) int64_t white_mask_avx2(const uint8_t* px, int64_t n,
-                                                        const SvTables& t, uint8_t* mask) {
+// kCount false: writes mask[i] for i < n rounded down to 32; true: adds the white pixels among them to
+// *count instead (no mask written or read back). Returns how many pixels it did.
+template <bool kCount>
+__attribute__((target("avx2"))) int64_t white_avx2(const uint8_t* px, int64_t n, const SvTables& t, uint8_t* mask,
+                                                   int64_t* count) {
   static const DeinterleaveMasks dm;
   __m256i shuf[3][3];
   for (int ch = 0; ch < 3; ++ch)
@@ -105,6 +108,7 @@ __attribute__((target("avx2"))) int64_t white_mask_avx2(const uint8_t* px, int64
     hi_tab[k] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t.d_hi + 16 * k)));
   }
   const __m256i nibble = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  __m256i total = _mm256_setzero_si256();  // kCount: white pixels, 4 × 64-bit lanes
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     const uint8_t* p = px + 3 * i;  // lane 0: pixels i..i+15, lane 1: pixels i+16..i+31
@@ -125,7 +129,17 @@ __attribute__((target("avx2"))) int64_t white_mask_avx2(const uint8_t* px, int64
     }
     const __m256i ge = _mm256_cmpeq_epi8(_mm256_max_epu8(d, d_lo), d);
     const __m256i le = _mm256_cmpeq_epi8(_mm256_min_epu8(d, d_hi), d);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(mask + i), _mm256_and_si256(_mm256_and_si256(ge, le), one));
+    const __m256i white = _mm256_and_si256(_mm256_and_si256(ge, le), one);
+    if constexpr (kCount) {
+      total = _mm256_add_epi64(total, _mm256_sad_epu8(white, _mm256_setzero_si256()));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mask + i), white);
+    }
+  }
+  if constexpr (kCount) {
+    alignas(32) int64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
+    *count += lanes[0] + lanes[1] + lanes[2] + lanes[3];
   }
   return i;
 }
@@ -144,9 +158,19 @@ class RowMask {
   void operator()(const uint8_t* row, int64_t n, uint8_t* mask) const {
     int64_t done = 0;
 #ifdef HF_HAVE_AVX2_PATH
-    if (simd_) done = white_mask_avx2(row, n, sv_, mask);
+    if (simd_) done = white_avx2<false>(row, n, sv_, mask, nullptr);
 #endif
     white_mask_scalar(row + 3 * done, n - done, range_, mask + done);
+  }
+  // White pixels among n; `mask` (n bytes) is scratch for the scalar tail.
+  int64_t count(const uint8_t* row, int64_t n, uint8_t* mask) const {
+    int64_t done = 0, white = 0;
+#ifdef HF_HAVE_AVX2_PATH
+    if (simd_) done = white_avx2<true>(row, n, sv_, nullptr, &white);
+#endif
+    white_mask_scalar(row + 3 * done, n - done, range_, mask);
+    for (int64_t i = 0; i < n - done; ++i) white += mask[i];
+    return white;
   }
 
  private:
@@ -206,12 +230,24 @@ void white_counts_cpu(const WhiteCountsArgs& a) {
   thread_local std::vector<int64_t> sums;
   mask.resize(x_end - a.x);
   sums.assign(cx1 - cx0, 0);
-  const RowMask row_mask(a.range);
+  // The S/V tables take ~30k steps to build: once per thread and range, not once per decoded tile.
+  thread_local HsvRange last{{-1, -1, -1}, {-1, -1, -1}};
+  thread_local std::unique_ptr<RowMask> row_mask;
+  if (!row_mask || !std::equal(last.lo, last.lo + 3, a.range.lo) || !std::equal(last.hi, last.hi + 3, a.range.hi)) {
+    row_mask = std::make_unique<RowMask>(a.range);
+    last = a.range;
+  }
   int64_t cy = a.y / a.cell;
+  const bool wide = a.cell >= 64;  // count each cell's run directly; narrow cells: one mask per row, then sums
   for (int64_t y = a.y; y < y_end; ++y) {
-    row_mask(a.part.data + (y - a.y) * a.part.row_stride, x_end - a.x, mask.data());
+    const uint8_t* row = a.part.data + (y - a.y) * a.part.row_stride;
+    if (!wide) (*row_mask)(row, x_end - a.x, mask.data());
     for (int64_t cx = cx0; cx < cx1; ++cx) {
       const int64_t from = std::max(cx * a.cell, a.x) - a.x, to = std::min((cx + 1) * a.cell, x_end) - a.x;
+      if (wide) {
+        sums[cx - cx0] += row_mask->count(row + 3 * from, to - from, mask.data());
+        continue;
+      }
       uint32_t sum = 0;
       for (int64_t i = from; i < to; ++i) sum += mask[i];
       sums[cx - cx0] += sum;

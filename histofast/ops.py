@@ -9,6 +9,7 @@ as ``np.asarray(x)``. An ``out`` must be an array in the machine's byte order th
 with the input; every argument is checked before anything is allocated."""
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, Sequence
 
@@ -156,6 +157,13 @@ def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
 
 def _hsv_bounds(lower: Sequence[Any], upper: Sequence[Any]) -> tuple[tuple, tuple]:
     """lower, upper as int triples within OpenCV's 8-bit HSV, lower ≤ upper per channel."""
+    if isinstance(lower, tuple) and isinstance(upper, tuple):  # checked once: white_counts runs per decoded tile
+        return _checked_hsv_bounds(lower, upper)
+    return _checked_hsv_bounds.__wrapped__(lower, upper)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_hsv_bounds(lower: Sequence[Any], upper: Sequence[Any]) -> tuple[tuple, tuple]:
     bounds = {"lower": _triple(lower, "lower", operator.index), "upper": _triple(upper, "upper", operator.index)}
     for c, top in enumerate(HSV_TOP):
         for name, b in bounds.items():

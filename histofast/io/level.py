@@ -58,6 +58,22 @@ class LevelView:
         return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE],
                                 on_part) for px in range(x, x + w, RESAMPLE_PIECE)]
 
+    def scan_jobs(self, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
+        """``Slide.scan_jobs`` for the view: rows ``0 .. height`` decoded once each, every part handed to
+        ``on_part(part, x, y)`` (view pixels) and not kept; ``(rows, job)`` in row order."""
+        if self.scale == 1.0:
+            return self.slide.scan_jobs(self.level, height, on_part)
+        width = self.dimensions[0]
+        return [(min(y + RESAMPLE_PIECE, height),
+                 self._scan_piece(x, y, min(RESAMPLE_PIECE, width - x), min(RESAMPLE_PIECE, height - y), on_part))
+                for y in range(0, height, RESAMPLE_PIECE) for x in range(0, width, RESAMPLE_PIECE)]
+
+    def _scan_piece(self, x: int, y: int, w: int, h: int, on_part: OnPart) -> Job:
+        def job() -> None:
+            self._resampled(x, y, w, h, np.empty((h, w, 3), np.uint8), on_part)()
+
+        return job
+
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The view region at (x, y) of size (w, h), view pixels: uint8 (h, w, 3)."""
         out = np.empty((h, w, 3), np.uint8)

@@ -20,6 +20,7 @@ Job = Callable[[], None]
 # (a view of ``out``) and its (x, y) in level pixels.
 OnPart = Callable[[np.ndarray, int, int], None]
 BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
+SCAN_PIECE_TILES = 8  # stored tiles across per scan job: few calls per megapixel, small enough to spread
 THUMBNAIL_STRIP_BYTES = 64 << 20  # decoded bytes per strip a thumbnail reads
 
 
@@ -193,6 +194,25 @@ class Slide:
             blocks = strip.reshape(h // factor, factor, reduced.shape[1], factor, 3)
             reduced[y // factor : (y + h) // factor] = (blocks.mean((1, 3)) + 0.5).astype(np.uint8)
         return np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BOX))
+
+    def scan_jobs(self, level: int, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
+        """Jobs that decode rows ``0 .. height`` of a level (full width) once each and hand every decoded part
+        to ``on_part(part, x, y)`` (level pixels; ``part`` is valid only during the call): how a level is
+        scored without being held in memory. In row order, as ``(rows, job)``: once every job up to the last
+        one with this ``rows`` is done, every row above ``rows`` has been handed over."""
+        width = self.level_dimensions[level][0]
+        tw, th = self.tile_shape(level)
+        piece = tw * SCAN_PIECE_TILES
+        return [(min(y + th, height), self._scan_piece(level, x, y, min(piece, width - x), min(th, height - y),
+                                                       on_part))
+                for y in range(0, height, th) for x in range(0, width, piece)]
+
+    def _scan_piece(self, level: int, x: int, y: int, w: int, h: int, on_part: OnPart) -> Job:
+        def job() -> None:
+            for part in self._jobs(level, x, y, w, h, np.empty((h, w, 3), np.uint8), on_part):
+                part()
+
+        return job
 
     # -- backends implement -------------------------------------------------------------------
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,

@@ -44,6 +44,7 @@ class TiffSlide(OpenSlideSlide):
             self._osr.close()
             raise
         self._read = _reader(os.fspath(path))
+        self._local = threading.local()  # per thread: the scratch tile of scan_jobs
         pages = _tiled_pages(self._tif, set(self.level_dimensions))
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
         for level, dims in enumerate(self.level_dimensions):
@@ -79,6 +80,35 @@ class TiffSlide(OpenSlideSlide):
         # A few tiles per job: fewer futures (and GIL hand-offs) per decoded megapixel.
         return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part)
                 for i in range(0, len(parts), TILES_PER_JOB)]
+
+    def scan_jobs(self, level: int, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
+        page = self._pages[level]
+        if page is None:
+            return super().scan_jobs(level, height, on_part)
+        tw, th = page.tilewidth, page.tilelength
+        across, width = -(-page.imagewidth // tw), page.imagewidth
+        jobs = []
+        for y in range(0, height, th):
+            row = [(y // th * across + tx, tx * tw, y, min(tw, width - tx * tw), min(th, height - y))
+                   for tx in range(across)]
+            jobs += [(min(y + th, height), self._scanned(page, level, row[i : i + TILES_PER_JOB], on_part))
+                     for i in range(0, across, TILES_PER_JOB)]
+        return jobs
+
+    def _scanned(self, page, level: int, tiles: list, on_part: OnPart) -> Job:
+        """A job decoding stored tiles into this thread's scratch tile, each handed to ``on_part`` while in
+        cache and never written anywhere else: a scan touches no memory beyond a tile per thread."""
+
+        def job() -> None:
+            scratch = self._local.__dict__.get("scratch")
+            if scratch is None or scratch.shape[:2] != (page.tilelength, page.tilewidth):
+                scratch = self._local.scratch = np.empty((page.tilelength, page.tilewidth, 3), np.uint8)
+            for index, x, y, w, h in tiles:
+                part = scratch[:h, :w]
+                self._decode(page, level, index, part)
+                on_part(part, x, y)
+
+        return job
 
     def _tiles(self, page, level: int, parts: list, on_part: OnPart | None) -> Job:
         """A job decoding stored tiles, each one's part at (ox, oy) straight into its destination, and telling

@@ -64,14 +64,45 @@ def tile_grid(
         view, rows, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
                                     max_white, device, decode, deferred=True)
         try:
-            for band in read_bands(view, score.grid.tile_size, score.grid.stride, rows=rows):
-                score(band)
-                if progress is not None:
-                    progress.update(len(band.rows))
+            if score.counts is not None:  # on the CPU: decoded pixels are counted and dropped, no bands
+                _scan(view, score, progress)
+            else:
+                for band in read_bands(view, score.grid.tile_size, score.grid.stride, rows=rows):
+                    score(band)
+                    if progress is not None:
+                        progress.update(len(band.rows))
             score.finish()
         finally:
             rows.close()
         return score.grid
+
+
+def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
+    """Fill the grid from white pixels counted as the view's rows are decoded (``LevelView.scan_jobs``): each
+    pixel decoded once, into a per-thread scratch tile, never stored; rows filled in order as they complete."""
+    grid, counts = score.grid, score.counts
+    n_rows = grid.white_ratio.shape[0]
+    jobs = view.scan_jobs((n_rows - 1) * grid.stride + grid.tile_size, counts.add)
+    slide = view.slide
+    futures = [(rows, slide.pool.submit(job)) for rows, job in jobs] if slide.workers > 1 else None
+    done = 0
+    try:
+        for k, (rows, job) in enumerate(jobs):
+            if futures is None:
+                job()
+            else:
+                futures[k][1].result()
+            if k + 1 < len(jobs) and jobs[k + 1][0] == rows:
+                continue  # other jobs of these rows are still running
+            ready = min(n_rows, max(0, (rows - grid.tile_size) // grid.stride + 1))  # tile rows wholly above
+            if ready > done:
+                grid.white_ratio[done:ready] = counts.ratio(range(done, ready))
+                if progress is not None:
+                    progress.update(ready - done)
+                done = ready
+    finally:
+        for _, future in futures or ():  # a failure stops what has not started
+            future.cancel()
 
 
 def iter_tiles(
