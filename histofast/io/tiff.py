@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -27,6 +28,7 @@ VENDORS = ("aperio", "generic-tiff")
 TILES_PER_JOB = 8
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
 SERIES_PAGES = 256  # IFDs beyond which tifffile's series parsing (quadratic) is not used
+MAX_TILE_SIDE = 65535  # JPEG's limit: a stored tile larger than this is a corrupt IFD
 
 
 class TiffSlide(OpenSlideSlide):
@@ -45,10 +47,14 @@ class TiffSlide(OpenSlideSlide):
             raise
         self._read = _reader(os.fspath(path))
         self._local = threading.local()  # per thread: the scratch tile of scan_jobs
-        pages = _tiled_pages(self._tif, set(self.level_dimensions))
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
-        for level, dims in enumerate(self.level_dimensions):
-            self._pages[level] = self._checked(level, pages.get(dims))
+        try:
+            pages = _tiled_pages(self._tif, set(self.level_dimensions), self.path)
+            for level, dims in enumerate(self.level_dimensions):
+                self._pages[level] = self._checked(level, pages.get(dims))
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def direct_levels(self) -> tuple[int, ...]:
@@ -167,24 +173,42 @@ class TiffSlide(OpenSlideSlide):
         self._read.close()
 
 
-def _tiled_pages(tif, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], object]:
+def _tiled_pages(tif, wanted: set[tuple[int, int]], path: Path) -> dict[tuple[int, int], object]:
     """Tiled 8-bit RGB pages the fast path can decode, by (width, height); the first one wins; the search
     stops once every size in ``wanted`` (the levels') is found. Pages with an alpha (or any extra) sample go
     to OpenSlide, which composites them on white: a check of one tile at open could not vouch for the
     transparent ones.
 
     tifffile's series (which find SubIFD pyramids) take time quadratic in the IFDs: a file with more IFDs
-    than any pyramid has (``SERIES_PAGES``) is searched along its main IFD chain only."""
-    if len(tif.pages) > SERIES_PAGES:
-        candidates: Iterator = iter(tif.pages)
-    else:
-        candidates = (page for series in tif.series for level in series.levels for page in level.pages)
+    than any pyramid has (``SERIES_PAGES``) is searched along its main IFD chain only, as is a file whose
+    series tifffile cannot parse (a corrupt IFD).
+
+    Raises:
+        SlideError: a level's page claims stored tiles larger than ``MAX_TILE_SIDE`` (a corrupt IFD on which
+            OpenSlide would abort the whole process), or a tile table that does not cover its image (OpenSlide
+            would read the missing tiles as transparent, for minutes on a claimed 50000² level)."""
+    candidates: Iterator = iter(tif.pages)
+    if len(tif.pages) <= SERIES_PAGES:
+        try:
+            candidates = iter([page for series in tif.series for level in series.levels for page in level.pages])
+        except Exception:  # tifffile's own errors on a corrupt IFD (e.g. ZeroDivisionError for a width of 0)
+            pass
     pages: dict[tuple[int, int], object] = {}
     for page in candidates:
         ok = (page is not None and page.is_tiled and page.compression in COMPRESSIONS
               and page.bitspersample == 8 and page.samplesperpixel == 3
               and page.planarconfig == 1 and page.imagedepth == 1
               and (page.compression != JPEG or page.photometric in (RGB, YCBCR)))
+        if ok and (page.imagewidth, page.imagelength) in wanted:
+            tw, th = page.tilewidth, page.tilelength
+            if not (0 < tw <= MAX_TILE_SIDE and 0 < th <= MAX_TILE_SIDE):
+                raise SlideError(path, f"the IFD at byte {page.offset} ({page.imagewidth}×{page.imagelength} "
+                                       f"pixels) claims stored tiles of {tw}×{th} pixels: a corrupt TIFF")
+            need = -(-page.imagewidth // tw) * -(-page.imagelength // th)
+            if len(page.dataoffsets) != need:
+                raise SlideError(path, f"the IFD at byte {page.offset} ({page.imagewidth}×{page.imagelength} "
+                                       f"pixels in {tw}×{th} tiles) needs {need} tiles, its tile table holds "
+                                       f"{len(page.dataoffsets)}: a corrupt TIFF")
         if ok:
             pages.setdefault((page.imagewidth, page.imagelength), page)
             if wanted <= pages.keys():
