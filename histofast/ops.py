@@ -257,7 +257,11 @@ def check_batch_format(
         raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
     if layout not in LAYOUTS:
         raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
-    return _triple(mean, "mean", float), _triple(std, "std", float)
+    mean, std = _triple(mean, "mean", float), _triple(std, "std", float)
+    if out_dtype == "uint8" and (mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0)):
+        raise HistofastError(f"mean={mean}, std={std} with out_dtype='uint8': uint8 output is never normalised; "
+                             "pass out_dtype='float32' or 'float16' to normalise, or leave mean and std out")
+    return mean, std
 
 
 def augment(

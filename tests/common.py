@@ -56,7 +56,8 @@ def white_ratio_reference(region: np.ndarray, tile: int, stride: int, lower, upp
     return out
 
 
-def augment_reference(region, origins, tile, rot90, flip, shift, mean, std, out_dtype, layout) -> np.ndarray:
+def augment_reference(region, origins, tile, rot90, flip, shift, mean=(0, 0, 0), std=(1, 1, 1), out_dtype="float32",
+                      layout="NCHW") -> np.ndarray:
     """The numpy recipe: np.pad(reflect) → crop → np.rot90 → fliplr → (x/255 - mean)/std in float32."""
     pad = int(np.abs(shift).max(initial=0)) + 1
     padded = np.pad(region, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")

@@ -157,8 +157,9 @@ def test_augment_matches_numpy_recipe(device, out_dtype, layout, height, width, 
     """Integer transforms: uint8 and float16 bit-exact, float32 within 1e-6 (shifts beyond the region
     reflect as np.pad does, whatever the distance)."""
     region, origins, params = random_augment_case(height + tile, height, width, tile, 24, max_shift)
-    out = ops.augment(to_device(region, device), origins, tile, **params, mean=MEAN, std=STD, out_dtype=out_dtype, layout=layout)
-    expect = augment_reference(region, origins, tile, **params, mean=MEAN, std=STD, out_dtype=out_dtype, layout=layout)
+    norm = dict(mean=MEAN, std=STD) if out_dtype != "uint8" else {}  # uint8 output is never normalised
+    out = ops.augment(to_device(region, device), origins, tile, **params, **norm, out_dtype=out_dtype, layout=layout)
+    expect = augment_reference(region, origins, tile, **params, **norm, out_dtype=out_dtype, layout=layout)
     assert str(to_numpy(out).dtype) == out_dtype and out.shape == expect.shape
     np.testing.assert_allclose(to_numpy(out).astype(np.float64), expect.astype(np.float64), rtol=0, atol=EXACT_ATOL[out_dtype])
 
@@ -461,3 +462,10 @@ def test_read_only_output_rejected():
     out.flags.writeable = False
     with pytest.raises((HistofastError, ValueError, BufferError)):
         ops.white_ratio(REGION, 8, 8, out=out)
+
+
+def test_augment_refuses_a_normalisation_uint8_output_would_ignore():
+    """Issue 15, item 14: mean/std with out_dtype='uint8' were silently ignored."""
+    with pytest.raises(HistofastError, match="uint8 output is never normalised"):
+        ops.augment(REGION, np.zeros((1, 2), int), 8, mean=(0.5, 0.5, 0.5), out_dtype="uint8")
+    ops.augment(REGION, np.zeros((1, 2), int), 8, mean=(0, 0, 0), std=(1, 1, 1), out_dtype="uint8")  # the defaults

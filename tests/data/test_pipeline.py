@@ -56,12 +56,18 @@ def _check_pixels(ds, batches, openslide_level, mean=(0, 0, 0), std=(1, 1, 1)):
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_pixels_match_openslide_and_numpy_recipe(slides, openslide_level, dtype):
-    mean, std = (0.7, 0.6, 0.75), (0.15, 0.2, 0.1)
+    mean, std = ((0.7, 0.6, 0.75), (0.15, 0.2, 0.1)) if dtype != "uint8" else ((0, 0, 0), (1, 1, 1))
     ds = TileDataset(slides, **_opts(dtype=dtype, mean=mean, std=std, augment=hf.Augment(max_shift=20, seed=5)))
     ds.set_epoch(3)
     batches = _epoch(ds)
     assert all(b["image"].shape[1:] == (3, 128, 128) and str(b["image"].dtype) == f"torch.{dtype}" for b in batches)
     _check_pixels(ds, batches, openslide_level, mean, std)
+
+
+def test_uint8_samples_refuse_a_normalisation_they_would_ignore(slides):
+    """Issue 15, item 14: mean/std with uint8 output were silently ignored; now refused before any slide is read."""
+    with pytest.raises(hf.HistofastError, match="uint8 output is never normalised"):
+        TileDataset(slides, **_opts(dtype="uint8", mean=hf.ops.IMAGENET_MEAN, std=hf.ops.IMAGENET_STD))
 
 
 def test_epoch_holds_every_kept_tile_once_and_len_is_right(slides):
