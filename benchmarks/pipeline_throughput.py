@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers = Pipeline lanes")
     p.add_argument("--repeats", type=int, default=3, help="epochs timed per pipeline (median)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "uint8"),
+                   help="histofast's batch dtype (uint8: not normalised); the recipe's stays float32")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "histofast" / "bench")
     p.add_argument("--json", type=Path, default=Path(".benchmarks") / "pipeline_throughput.json")
     a = p.parse_args(argv)
@@ -90,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         paths.append(os.fspath(path))
     labels = [f"C{k % 2}" for k in range(len(paths))]
     mean, std = (0.7, 0.6, 0.75), (0.15, 0.15, 0.15)
-    common = dict(batch_size=a.batch_size, dtype="float32", mean=mean, std=std, workers=a.workers, progress=False,
+    norm = dict(mean=mean, std=std) if a.dtype != "uint8" else {}
+    common = dict(batch_size=a.batch_size, dtype=a.dtype, **norm, workers=a.workers, progress=False,
                   augment=hf.Augment(rot90=True, flip=True))
     rows = {}
 
     def consume(batch):  # a no-op model that still touches the batch's memory once
-        float(batch["image"].view(-1)[:: 4096].sum())
+        float(batch["image"].view(-1)[:: 4096].float().sum())
 
     for backend in ("torch", "dali"):
         try:
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    for k, v in vars(a).items()},
               "tiles": len(tiles), "results": []}
     print(f"{len(paths)} slides {a.size}², tile {a.tile_size} stride {a.stride}, {len(tiles)} kept tiles, "
-          f"batch {a.batch_size}, float32 NCHW normalised, rot90+flip, {a.workers} workers, device {a.device}")
+          f"batch {a.batch_size}, {a.dtype} NCHW{' normalised' if norm else ''} (recipe: float32), rot90+flip, "
+          f"{a.workers} workers, device {a.device}")
     print(f"{'method':58s} {'s/epoch':>8s} {'batches/s':>10s} {'tiles/s':>9s} {'x recipe':>9s}")
     for name, (seconds, n, batches, times) in rows.items():
         print(f"{name:58s} {seconds:8.2f} {batches / seconds:10.2f} {n / seconds:9.0f} {base_s / seconds:9.1f}")

@@ -10,6 +10,11 @@
 namespace py = pybind11;
 
 namespace hf {
+
+// white_counts' checks, also used by jpeg_decode_py.cpp's fused loop.
+WhiteCountsArgs white_counts_args(const View& part, py::array counts, int64_t x, int64_t y, int64_t cell,
+                                  const std::array<int, 3>& lower, const std::array<int, 3>& upper);
+
 namespace {
 
 HsvRange hsv_range(const std::array<int, 3>& lower, const std::array<int, 3>& upper) {
@@ -53,8 +58,16 @@ void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, i
 
 void white_counts(py::object part_obj, py::array counts, int64_t x, int64_t y, int64_t cell,
                   std::array<int, 3> lower, std::array<int, 3> upper) {
-  const View part_view = view_of(part_obj, "part", false);
-  WhiteCountsArgs a{image_of<const uint8_t>(part_view, "part"), x, y, nullptr, 0, 0, cell, hsv_range(lower, upper)};
+  const WhiteCountsArgs a = white_counts_args(view_of(part_obj, "part", false), counts, x, y, cell, lower, upper);
+  py::gil_scoped_release nogil;
+  white_counts_cpu(a);
+}
+
+}  // namespace
+
+WhiteCountsArgs white_counts_args(const View& part, py::array counts, int64_t x, int64_t y, int64_t cell,
+                                  const std::array<int, 3>& lower, const std::array<int, 3>& upper) {
+  WhiteCountsArgs a{image_of<const uint8_t>(part, "part"), x, y, nullptr, 0, 0, cell, hsv_range(lower, upper)};
   if (a.part.device != -1) throw ArgumentError("part: white_counts runs on the host, got " + device_name(a.part.device));
   positive(cell, "cell");
   if (x < 0 || y < 0) throw ArgumentError("x, y: must be >= 0");
@@ -64,11 +77,8 @@ void white_counts(py::object part_obj, py::array counts, int64_t x, int64_t y, i
   a.counts = static_cast<int64_t*>(counts.mutable_data());
   a.cells_y = counts.shape(0);
   a.cells_x = counts.shape(1);
-  py::gil_scoped_release nogil;
-  white_counts_cpu(a);
+  return a;
 }
-
-}  // namespace
 
 std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride) {
   positive(tile_size, "tile_size");

@@ -351,6 +351,25 @@ def white_counts(part: np.ndarray, counts: np.ndarray, x: int, y: int, cell: int
     lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
     _C.white_counts(part, counts, _int(x, "x"), _int(y, "y"), _int(cell, "cell"), lower, upper)
 
+def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places: np.ndarray, counts: np.ndarray,
+                                cell: int, hsv_lower: Sequence[int], hsv_upper: Sequence[int], *,
+                                tables: bytes | None = None, rgb: bool = False) -> None:
+    """``decode_jpeg`` then ``white_counts`` for each of a list of tiles, in one call without the GIL: each
+    decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept).
+
+    Args:
+        datas: the tiles' JPEG bytes.
+        scratch: uint8 (tile height, tile width, 3), overwritten by each tile in turn.
+        places: int (len(datas), 4): each tile's (x, y, w, h) in the view, pixels; (w, h) of it are counted.
+        counts, cell, hsv_lower, hsv_upper: as for ``white_counts``.
+        tables, rgb: as for ``decode_jpeg``.
+    Raises:
+        HistofastError: a tile does not decode (which one is not said: decode them one by one to find it).
+    """
+    lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
+    _C.jpeg_count_white(datas, tables, 2 if rgb else 0, scratch, places, counts, _int(cell, "cell"), lower, upper)
+
+
 def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables: bytes | None = None,
                 rgb: bool = False) -> np.ndarray:
     """Decode one JPEG strictly into ``out``: pixels ``[y, y + H) × [x, x + W)`` of the decoded image.

@@ -17,7 +17,9 @@ from ..errors import HistofastError, SlideError
 # (or the band streamer's prefetch) can run them in any order.
 Job = Callable[[], None]
 # Told of each filled part of a region, in the decoding thread while the part is hot in cache: the part
-# (a view of ``out``) and its (x, y) in level pixels.
+# (a view of ``out``) and its (x, y) in level pixels. One that only counts white pixels may say so with a
+# ``white_counts_args`` attribute (histofast.tiling.counts.WhiteCounts): a reader may then count in its own
+# decoding call instead (the tiled-TIFF fast path's JPEG scan does).
 OnPart = Callable[[np.ndarray, int, int], None]
 BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
 SCAN_PIECE_TILES = 8  # stored tiles across per scan job: few calls per megapixel, small enough to spread

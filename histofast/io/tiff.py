@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import ops
-from ..errors import SlideError
+from ..errors import HistofastError, SlideError
 from .openslide_slide import OpenSlideSlide
 from .slide import BACKGROUND, Job, OnPart
 
@@ -105,10 +105,23 @@ class TiffSlide(OpenSlideSlide):
         """A job decoding stored tiles into this thread's scratch tile, each handed to ``on_part`` while in
         cache and never written anywhere else: a scan touches no memory beyond a tile per thread."""
 
+        counting = getattr(on_part, "white_counts_args", None) if page.compression == JPEG else None
+
         def job() -> None:
             scratch = self._local.__dict__.get("scratch")
             if scratch is None or scratch.shape[:2] != (page.tilelength, page.tilewidth):
                 scratch = self._local.scratch = np.empty((page.tilelength, page.tilewidth, 3), np.uint8)
+            if counting is not None:
+                datas = [self._bytes(page, level, index) for index, *_ in tiles]
+                if all(datas):  # no sparse tile: decode and count them all in one call
+                    try:
+                        ops.decode_jpegs_counting_white(datas, scratch, np.array([t[1:] for t in tiles], np.int64),
+                                                        *counting, tables=page.jpegtables, rgb=_stored_rgb(page))
+                        return
+                    except HistofastError:  # the scan fails: name the tile that does not decode
+                        for index, *_ in tiles:
+                            self._decode(page, level, index, scratch)
+                        raise
             for index, x, y, w, h in tiles:
                 part = scratch[:h, :w]
                 self._decode(page, level, index, part)
@@ -128,16 +141,21 @@ class TiffSlide(OpenSlideSlide):
 
         return job
 
-    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0) -> None:
-        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level into ``out`` (H, W, 3)."""
+    def _bytes(self, page, level: int, index: int) -> bytes:
+        """The stored bytes of tile ``index`` of a level (empty for a sparse file's missing tile)."""
         offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if count == 0:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
-            out[...] = BACKGROUND
-            return
-        data = self._read(offset, count)
+        data = self._read(offset, count) if count else b""
         if len(data) != count:
             raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes "
                                         f"{offset}..{offset + count}, the file ends first")
+        return data
+
+    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0) -> None:
+        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level into ``out`` (H, W, 3)."""
+        data = self._bytes(page, level, index)
+        if not data:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
+            out[...] = BACKGROUND
+            return
         try:
             if page.compression == JPEG:  # strict, as OpenSlide decodes: corrupt data raise, never repaired
                 ops.decode_jpeg(data, out, x=x, y=y, tables=page.jpegtables, rgb=_stored_rgb(page))

@@ -38,6 +38,14 @@ class WhiteCounts:
         """Count the white pixels of ``part`` (view pixels at (x, y)); called from decoder threads."""
         ops.white_counts(part, self.counts, x, y, self.cell, self.lower, self.upper)
 
+    __call__ = add  # an ``OnPart``
+
+    @property
+    def white_counts_args(self) -> tuple[np.ndarray, int, Any, Any]:
+        """(counts, cell, lower, upper): a reader that decodes JPEG tiles itself counts them in the same call
+        (``ops.decode_jpegs_counting_white``) instead of calling this ``OnPart`` per tile."""
+        return self.counts, self.cell, self.lower, self.upper
+
     def ratio(self, rows: range) -> np.ndarray:
         """White ratio of tile rows ``rows`` (all their pixels counted): float32 (len(rows), cols), the same
         values as ``ops.white_ratio`` (count / tile_size², rounded once to float32)."""

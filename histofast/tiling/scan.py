@@ -82,7 +82,7 @@ def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
     pixel decoded once, into a per-thread scratch tile, never stored; rows filled in order as they complete."""
     grid, counts = score.grid, score.counts
     n_rows = grid.white_ratio.shape[0]
-    jobs = view.scan_jobs((n_rows - 1) * grid.stride + grid.tile_size, counts.add)
+    jobs = view.scan_jobs((n_rows - 1) * grid.stride + grid.tile_size, counts)
     slide = view.slide
     futures = [(rows, slide.pool.submit(job)) for rows, job in jobs] if slide.workers > 1 else None
     done = 0
@@ -253,7 +253,7 @@ def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, mag
     counts = None
     if device == "cpu" and isinstance(rows, SlideRows) and WhiteCounts.fits(view.dimensions, tile_size, stride):
         counts = WhiteCounts(view.dimensions, tile_size, stride, lower, upper)  # counted as decoded
-        rows.on_part = counts.add
+        rows.on_part = counts
     try:
         return view, rows, _Score(grid, lower, upper, device, deferred, slide.workers, counts)
     except BaseException:

@@ -493,6 +493,10 @@ def test_zeros_in_entropy_data_are_refused_where_openslide_serves_garbage(svs, t
     with histofast.open_slide(path) as s:
         with pytest.raises(SlideError, match=r"level 0 tile 3 does not decode \(libjpeg: .*extraneous bytes"):
             s.read_level_region(0, (768, 0), (256, 256))
+    for workers in (1, 2):  # tile_grid's scan decodes and counts a job's tiles in one call: it names the tile too
+        with pytest.raises(SlideError, match=r"level 0 tile 3 does not decode \(libjpeg: .*extraneous bytes"):
+            with histofast.open_slide(path, workers=workers) as slide:
+                histofast.tile_grid(slide, 256)
 
 
 def test_bit_flips_in_a_jpeg_tile_are_refused_wherever_openslide_refuses_and_more(svs, tile3, tmp_path):
