@@ -191,8 +191,9 @@ def part_tile_grid(slide: dict[str, Any], a: argparse.Namespace, clock: Clock, l
         skipped.append({"part": "tile_grid recipe", "why": "OpenSlide is not installed or does not read this slide"})
     else:
         recipe_rows = _spread_rows(rows, math.ceil(a.recipe_tiles / cols))
-        jobs["recipe"] = (recipe_methods.recipe(Path(path), tile, stride, recipe_rows, area * len(recipe_rows) // rows),
-                          recipe_methods.recipe(Path(path), tile, stride, recipe_rows[:1], 0))
+        jobs["recipe"] = (recipe_methods.recipe(Path(path), tile, stride, recipe_rows, cols,
+                                                area * len(recipe_rows) // rows),
+                          recipe_methods.recipe(Path(path), tile, stride, recipe_rows[:1], cols, 0))
     log(f"(1) tile_grid {width}×{height}, tile {tile} stride {stride}: {rows}×{cols} tiles; "
         f"{', '.join(jobs)}" + (f" (recipe: {len(recipe_rows)} rows)" if recipe_rows else ""))
     timed = round_robin(jobs, a.repeats, clock, log)

@@ -160,12 +160,17 @@ def _grid_equal(worker: Worker, path: Path, white_ratio: np.ndarray) -> Outcome:
     return Outcome("equal")
 
 
-def check_read(worker: Worker, path: Path) -> Outcome:
-    reply = worker.call("read", os.fspath(path), timeout=API_TIMEOUT)
+def _ask(worker: Worker, op: str, path: Path) -> tuple[Outcome | None, Any]:
+    """``op`` on ``path`` in the worker: (the Outcome when the call failed, else None; the call's result)."""
+    reply = worker.call(op, os.fspath(path), timeout=API_TIMEOUT)
     failed = _failed_call(reply, path)
+    return failed, None if failed else reply[1]
+
+
+def check_read(worker: Worker, path: Path) -> Outcome:
+    failed, got = _ask(worker, "read", path)
     if failed:
         return failed
-    got = reply[1]
     ref, why = _reference(worker, "ref_read", path)
     if ref is None:
         return Outcome("WRONG", f"returned pixels, {why}")
@@ -178,16 +183,14 @@ def check_read(worker: Worker, path: Path) -> Outcome:
 
 
 def check_grid(worker: Worker, path: Path) -> Outcome:
-    reply = worker.call("grid", os.fspath(path), timeout=API_TIMEOUT)
-    return _failed_call(reply, path) or _grid_equal(worker, path, reply[1]["white_ratio"])
+    failed, got = _ask(worker, "grid", path)
+    return failed or _grid_equal(worker, path, got["white_ratio"])
 
 
 def check_tiles(worker: Worker, path: Path) -> Outcome:
-    reply = worker.call("tiles", os.fspath(path), timeout=API_TIMEOUT)
-    failed = _failed_call(reply, path)
+    failed, got = _ask(worker, "tiles", path)
     if failed:
         return failed
-    got = reply[1]
     grid = _grid_equal(worker, path, got["white_ratio"])
     return grid if grid.kind != "equal" else _tiles_equal(worker, path, got["coords"], got["images"])
 
