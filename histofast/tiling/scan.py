@@ -1,6 +1,7 @@
-"""``tile_grid`` and ``iter_tiles``: one scan of a slide level in bands (``histofast.io.bands``), each
-band scored by ``ops.white_ratio`` (the paper's OpenCV HSV test, exactly) and, for ``iter_tiles``, its
-kept tiles cut and augmented before the next band is drawn."""
+"""``tile_grid`` and ``iter_tiles``: one scan of a slide level. On the CPU white pixels are counted as they
+are decoded (``histofast.tiling.counts``: the paper's OpenCV HSV test, exactly); ``tile_grid`` keeps no
+pixels, ``iter_tiles`` reads the level in bands (``histofast.io.bands``) and cuts and augments each band's
+kept tiles before the next is drawn. On a GPU each band is scored by ``ops.white_ratio`` on the device."""
 from __future__ import annotations
 
 import os
@@ -41,7 +42,9 @@ def tile_grid(
 
     For each tile the keep decision equals the paper's recipe on that tile read with OpenSlide:
     ``(cv2.inRange(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), hsv_lower, hsv_upper) > 0).mean() <= max_white``.
-    The level is decoded once, in bands, whatever the overlap.
+    Each pixel of the level is decoded once whatever the overlap: on the CPU tile by tile, its white pixels
+    counted in the decoding thread and the pixels dropped (memory: one stored tile per worker); on a GPU in
+    bands scored on the device.
 
     Args:
         slide: an open ``Slide`` or a path.
