@@ -17,19 +17,32 @@ WhiteCountsArgs white_counts_args(const View& part, py::array counts, int64_t x,
 
 namespace {
 
+// The bytes and colour source both bindings share, checked once: the tables stream is empty for None.
+struct JpegInput {
+  py::buffer_info tables;
+  JpegSource source;
+
+  JpegInput(const py::object& tables_obj, int source_value) {
+    if (source_value != static_cast<int>(JpegSource::Header) && source_value != static_cast<int>(JpegSource::Rgb))
+      throw ArgumentError("source=" + std::to_string(source_value) + ": expected 0 (as the markers say) or 2 (RGB)");
+    source = static_cast<JpegSource>(source_value);
+    if (!tables_obj.is_none()) tables = tables_obj.cast<py::buffer>().request();
+  }
+
+  JpegDecodeArgs args(const py::buffer_info& data, Pixels<uint8_t> out, int64_t x, int64_t y) const {
+    return {static_cast<const uint8_t*>(data.ptr), static_cast<size_t>(data.size * data.itemsize),
+            static_cast<const uint8_t*>(tables.ptr), static_cast<size_t>(tables.size * tables.itemsize), source, out,
+            x, y};
+  }
+};
+
 void jpeg_decode(py::buffer data, py::object tables, int source, py::object out_obj, int64_t x, int64_t y) {
-  if (source != static_cast<int>(JpegSource::Header) && source != static_cast<int>(JpegSource::Rgb))
-    throw ArgumentError("source=" + std::to_string(source) + ": expected 0 (as the markers say) or 2 (RGB)");
+  const JpegInput input(tables, source);
   if (x < 0 || y < 0) throw ArgumentError("x, y: must be >= 0");
   const py::buffer_info bytes = data.request();
-  py::buffer_info table_bytes;
-  if (!tables.is_none()) table_bytes = tables.cast<py::buffer>().request();
   const View out_view = view_of(out_obj, "out", true);
   if (out_view.device != -1) throw ArgumentError("out: must be in host memory, got " + device_name(out_view.device));
-  JpegDecodeArgs a{static_cast<const uint8_t*>(bytes.ptr), static_cast<size_t>(bytes.size * bytes.itemsize),
-                   tables.is_none() ? nullptr : static_cast<const uint8_t*>(table_bytes.ptr),
-                   tables.is_none() ? 0 : static_cast<size_t>(table_bytes.size * table_bytes.itemsize),
-                   static_cast<JpegSource>(source), image_of<uint8_t>(out_view, "out"), x, y};
+  const JpegDecodeArgs a = input.args(bytes, image_of<uint8_t>(out_view, "out"), x, y);
   py::gil_scoped_release nogil;
   jpeg_decode_cpu(a);
 }
@@ -38,6 +51,7 @@ void jpeg_decode(py::buffer data, py::object tables, int source, py::object out_
 // the whole list with the GIL released once. places: int64 (n, 4) of the tiles' (x, y, w, h), view pixels.
 void jpeg_count_white(py::list datas, py::object tables, int source, py::object scratch_obj, HostArray<int64_t> places,
                       py::array counts, int64_t cell, std::array<int, 3> lower, std::array<int, 3> upper) {
+  const JpegInput input(tables, source);
   const int64_t n = static_cast<int64_t>(datas.size());
   require_shape(places, "places", {n, 4});
   const View scratch_view = view_of(scratch_obj, "scratch", true);
@@ -46,8 +60,6 @@ void jpeg_count_white(py::list datas, py::object tables, int source, py::object 
   std::vector<py::buffer_info> bytes;
   bytes.reserve(n);
   for (const py::handle d : datas) bytes.push_back(d.cast<py::buffer>().request());
-  py::buffer_info table_bytes;
-  if (!tables.is_none()) table_bytes = tables.cast<py::buffer>().request();
   WhiteCountsArgs count = white_counts_args(scratch_view, counts, 0, 0, cell, lower, upper);
   const auto p = places.unchecked<2>();
   for (int64_t i = 0; i < n; ++i)
@@ -56,10 +68,7 @@ void jpeg_count_white(py::list datas, py::object tables, int source, py::object 
   py::gil_scoped_release nogil;
   for (int64_t i = 0; i < n; ++i) {
     const Pixels<uint8_t> part{scratch.data, p(i, 3), p(i, 2), scratch.row_stride, -1};
-    jpeg_decode_cpu({static_cast<const uint8_t*>(bytes[i].ptr), static_cast<size_t>(bytes[i].size * bytes[i].itemsize),
-                     tables.is_none() ? nullptr : static_cast<const uint8_t*>(table_bytes.ptr),
-                     tables.is_none() ? 0 : static_cast<size_t>(table_bytes.size * table_bytes.itemsize),
-                     static_cast<JpegSource>(source), part, 0, 0});
+    jpeg_decode_cpu(input.args(bytes[i], part, 0, 0));
     count.part = {part.data, part.height, part.width, part.row_stride, -1};
     count.x = p(i, 0);
     count.y = p(i, 1);
