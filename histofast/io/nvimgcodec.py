@@ -43,39 +43,63 @@ def nvimgcodec_installed() -> bool:
 
 
 _LOADER_MESSAGES: list[str] = []  # what nvImageCodec's extension loader printed at import
+# File descriptor 2 belongs to the whole process: one capture at a time, or two overlapping ones leave it
+# pointing at the other's deleted temporary file. The first import happens inside one, whole.
+_CAPTURE = threading.Lock()
+_imported: Any = None  # the module once its import has finished (sys.modules holds it half-made before)
 
 
 def _module() -> Any:
     """``nvidia.nvimgcodec``, imported quietly: at import its extension loader prints an error for each
     GPU library it cannot load (nvJPEG, nvTIFF, nvJPEG2000 where only the CPU parts are installed).
-    Those lines are kept for the message of a decode that then fails."""
-    if "nvidia.nvimgcodec" in sys.modules:
-        return sys.modules["nvidia.nvimgcodec"]
+    Those lines are kept for the message of a decode that then fails. Safe from many threads at once."""
+    global _imported
+    if _imported is not None:
+        return _imported
     os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # its own log lines (read once, at import)
     with _stderr_captured() as lines:
-        import nvidia.nvimgcodec as nvimgcodec
+        if _imported is None:  # another thread may have imported it while this one waited
+            import nvidia.nvimgcodec as nvimgcodec
+
+            _imported = nvimgcodec
     _LOADER_MESSAGES.extend(lines)
     for line in lines:
         log.debug("nvImageCodec: %s", line)
-    return nvimgcodec
+    return _imported
 
 
 @contextmanager
 def _stderr_captured() -> Iterator[list[str]]:
     """Collect what native code writes to file descriptor 2 meanwhile (nvImageCodec's extension loader
-    prints "Failed to load nvjpeg library!" there, whatever its verbosity)."""
+    prints "Failed to load nvjpeg library!" there, whatever its verbosity). One capture at a time."""
     lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
+    with _CAPTURE:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                lines.extend(sink.read().decode(errors="replace").splitlines())
+
+
+def cuda_major_mismatch(nv: Any, torch_cuda: str | None) -> str:
+    """Why nvImageCodec cannot share a process with this PyTorch, or "": its CUDA major
+    (``nvidia.nvimgcodec.__cuda_version__``, e.g. 13030) must be PyTorch's (``torch.version.cuda``, e.g. "13.0").
+    Two majors in one environment (``cucim-cu12`` beside the CUDA 13 stack) load libraries of the wrong one."""
+    built = getattr(nv, "__cuda_version__", None)
+    if not built or not torch_cuda:
+        return ""
+    ours, theirs = int(built) // 1000, int(str(torch_cuda).split(".")[0])
+    if ours == theirs:
+        return ""
+    return (f"nvImageCodec is built for CUDA {ours} (nvidia-nvimgcodec-cu{ours}, __cuda_version__ {built}) but "
+            f"PyTorch for CUDA {theirs} (torch.version.cuda {torch_cuda}): one CUDA major per environment; "
+            f"pip uninstall nvidia-nvimgcodec-cu{ours} and {INSTALL} for CUDA {theirs}")
 
 
 class NvDecoder:
@@ -110,6 +134,9 @@ class NvDecoder:
                 if self.gpu:
                     import torch
 
+                    mismatch = cuda_major_mismatch(nv, torch.version.cuda)
+                    if mismatch:
+                        raise HistofastError(mismatch)
                     index = torch.device(device).index
                     self.device_index = torch.cuda.current_device() if index is None else index
                     self.stream = torch.cuda.Stream(self.device_index)
@@ -120,12 +147,17 @@ class NvDecoder:
                     self.stream = None
                     self._decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=threads,
                                                backends=[nv.Backend(nv.CPU_ONLY)])
+            except HistofastError:
+                raise
             except Exception as e:
                 raise HistofastError(f"nvImageCodec cannot create a decoder on {device} ({e})") from None
         self.noise = _LOADER_MESSAGES + noise  # shown when a decode fails: they say what is missing
         for line in noise:
             log.debug("nvImageCodec: %s", line)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="histofast-nvimgcodec")
+        # CUDA's current device is per thread: the decoder's thread works on the decoder's device.
+        start = (_set_device, (self.device_index,)) if self.gpu else (None, ())
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="histofast-nvimgcodec", initializer=start[0],
+                                          initargs=start[1])
         self._streams: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -183,7 +215,15 @@ class NvDecoder:
             if after is not None:
                 self.stream.wait_event(after)
             handle = self.stream.cuda_stream
-            images = self._decoder.decode(sources, images=[nv.as_image(o, handle) for o in outs], cuda_stream=handle)
+            try:
+                images = self._decoder.decode(sources, images=[nv.as_image(o, handle) for o in outs],
+                                              cuda_stream=handle)
+            finally:
+                # decode() returns once the work is queued: until it has run, the buffers belong to this stream
+                # too. Recorded before this thread lets go of them, so PyTorch's caching allocator cannot hand
+                # their memory to another tensor while nvJPEG/nvTIFF still write it (a consumer that stops early).
+                for out in outs:
+                    out.record_stream(self.stream)
         failed = [k for k, image in enumerate(images) if image is None]
         if failed:
             x, y, w, h = boxes[failed[0]]
@@ -208,8 +248,17 @@ class NvDecoder:
                 out.copy_(torch.as_tensor(image, device=out.device))
 
     def close(self) -> None:
+        """Wait for the decodes in flight, on the host and then on the device, and release the decoder."""
         self._thread.shutdown(wait=True)
+        if self.gpu:
+            self.stream.synchronize()
         self._streams.clear()
+
+
+def _set_device(index: int) -> None:
+    import torch
+
+    torch.cuda.set_device(index)
 
 
 def level_ifd(slide: Slide, level: int) -> tuple[int, str] | None:
@@ -244,8 +293,30 @@ def check_level(decoder: NvDecoder, slide: Slide, level: int, offset: int) -> No
     mine = out.cpu().numpy() if decoder.gpu else out
     diff = np.abs(mine.astype(np.int16) - theirs)
     if (diff.mean() > GPU_CHECK_MEAN_DIFF) if decoder.gpu else diff.any():
+        why = colour_transform_mixup(mine, theirs) if slide.stored_page(level).compression == 7 else ""
         raise SlideError(slide.path, f"{decoder.name} decodes level {level} differently from the fast path "
-                                     f"(max difference {diff.max()}, mean {diff.mean():.3g} levels)")
+                                     f"(max difference {diff.max()}, mean {diff.mean():.3g} levels){why}")
+
+
+# JFIF's full-range YCbCr ↔ RGB (ITU-R BT.601), as libjpeg applies it.
+_YCC_TO_RGB = np.array([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
+_RGB_TO_YCC = np.linalg.inv(_YCC_TO_RGB)
+
+
+def colour_transform_mixup(mine: np.ndarray, theirs: np.ndarray) -> str:
+    """Which JPEG colour transform a decoder got wrong, when its pixels (``mine``) are the fast path's
+    (``theirs``, uint8 (H, W, 3)) run through the wrong one: ": …" naming it, or "" when neither explains them.
+
+    RGB-coded JPEG (an Adobe marker with transform 0, as Aperio and ``histofast.synth`` write) decoded as YCbCr
+    gives ycc→rgb(theirs); YCbCr JPEG left unconverted gives rgb→ycc(theirs)."""
+    centre = np.array([0.0, 128.0, 128.0])
+    as_ycc = np.clip((theirs - centre) @ _YCC_TO_RGB.T, 0, 255)  # theirs read as (Y, Cb, Cr)
+    as_rgb = np.clip(theirs @ _RGB_TO_YCC.T + centre, 0, 255)  # theirs converted to (Y, Cb, Cr)
+    for guess, what in ((as_ycc, "decodes RGB-coded JPEG tiles (Adobe marker, colour transform 0) as YCbCr"),
+                        (as_rgb, "leaves YCbCr JPEG tiles unconverted (as if they were RGB-coded)")):
+        if np.abs(mine - guess).mean() <= GPU_CHECK_MEAN_DIFF + 1:
+            return f": it {what}"
+    return ""
 
 
 class NvRows:

@@ -4,9 +4,12 @@ and Pipeline through it give the same grids and batches; bad input gives clear e
 (marked ``gpu``) measure nvJPEG against libjpeg-turbo: a few levels at most, keep decisions nearly all equal."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -277,3 +280,244 @@ def test_gpu_iter_tiles_and_pipeline_stay_on_the_device(make_slide):
     pipe = histofast.Pipeline([path], 256, backend="torch", device="cuda", decode="gpu", batch_size=8, progress=False)
     for b in pipe:
         assert b["image"].is_cuda
+
+
+# ---------------------------------------------------------------- threads, streams and CUDA majors (fakes)
+
+
+def test_decoders_made_in_many_threads_at_once_keep_stderr_and_all_succeed():
+    """The first import and each decoder's stderr capture, from 6 threads at once in a fresh process: every
+    decoder is made (no half-imported module) and fd 2 is the terminal's again afterwards. Each redirection of
+    fd 2 is slowed, so unserialised captures would overlap (they left fd 2 on a deleted temporary file)."""
+    code = """if True:
+        import json, os, sys, tempfile, threading, time
+        from histofast.io import nvimgcodec
+        before = os.fstat(2)
+        real = os.dup2
+        def slow(fd, fd2, *args):
+            done = real(fd, fd2, *args)
+            time.sleep(0.02)
+            return done
+        os.dup2 = slow
+        errors, start = [], threading.Barrier(6)
+        def work():
+            start.wait()
+            try:
+                for _ in range(3):
+                    nvimgcodec.NvDecoder("cpu", 1).close()
+            except Exception as e:
+                errors.append(repr(e))
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        after = os.fstat(2)
+        print(json.dumps({"errors": errors, "same": [before.st_dev, before.st_ino] == [after.st_dev, after.st_ino]}))
+        sys.stderr.write("stderr still reaches the terminal\\n")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"errors": [], "same": True}
+    assert done.stderr == "stderr still reaches the terminal\n"
+
+
+def test_a_cuda_major_other_than_pytorchs_is_refused_naming_both(monkeypatch):
+    torch = pytest.importorskip("torch")
+    assert nvimgcodec.cuda_major_mismatch(SimpleNamespace(__cuda_version__=13030), "13.0") == ""
+    assert nvimgcodec.cuda_major_mismatch(SimpleNamespace(__cuda_version__=13030), None) == ""  # a CPU PyTorch
+    message = nvimgcodec.cuda_major_mismatch(SimpleNamespace(__cuda_version__=12090), "13.0")
+    assert "CUDA 12 (nvidia-nvimgcodec-cu12" in message and "PyTorch for CUDA 13" in message
+    fake = _FakeNv(cuda_version=12090)
+    monkeypatch.setattr(nvimgcodec, "_module", lambda: fake)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+    def no_gpu(*args, **kwargs):
+        raise AssertionError("the device was touched before the CUDA majors were checked")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_gpu)
+    monkeypatch.setattr(torch.cuda, "current_device", no_gpu)
+    with pytest.raises(HistofastError, match=r"built for CUDA 12 .* PyTorch for CUDA 13 \(torch.version.cuda 13.0\)"):
+        nvimgcodec.NvDecoder("cuda:0")
+
+
+class _Log(list):
+    """What the fakes did, in order (appends are atomic: the decoder's thread writes here too)."""
+
+
+class _FakeStream:
+    def __init__(self, log: _Log, name: str) -> None:
+        self.log, self.name, self.cuda_stream = log, name, id(self)
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))
+
+    def record_event(self):
+        self.log.append(("event", self.name))
+        return f"event on {self.name}"
+
+    def synchronize(self):
+        self.log.append(("synchronize", self.name))
+
+
+class _FakeBuffer:
+    """A device buffer as PyTorch's caching allocator sees it: ``record_stream`` marks it used on a stream."""
+
+    def __init__(self, log: _Log, k: int) -> None:
+        self.log, self.k = log, k
+
+    def data_ptr(self):
+        return 1000 + self.k
+
+    def record_stream(self, stream):
+        self.log.append(("record_stream", self.k, stream.name))
+
+
+class _FakeNv:
+    """nvImageCodec's surface as NvDecoder uses it; ``decode`` queues nothing and says so in the log."""
+
+    GPU_ONLY = HW_GPU_ONLY = HYBRID_CPU_GPU = CPU_ONLY = 0
+
+    def __init__(self, cuda_version: int = 13030, outcome: str = "ok", log: _Log | None = None) -> None:
+        self.__cuda_version__, self.outcome, self.log = cuda_version, outcome, log if log is not None else _Log()
+        nv = self
+
+        class Decoder:
+            def __init__(self, **kwargs):
+                pass
+
+            def decode(self, sources, images, cuda_stream=None):
+                nv.log.append(("decode", len(images)))
+                if nv.outcome == "raises":
+                    raise RuntimeError("nvTIFF failed")
+                return [None if nv.outcome == "fails" and k == 0 else image for k, image in enumerate(images)]
+
+        self.Decoder = Decoder
+
+    def Backend(self, kind):
+        return kind
+
+    def Region(self, start, end):
+        return (start, end)
+
+    def CodeStream(self, path):
+        return SimpleNamespace(get_sub_code_stream=lambda **kwargs: kwargs)
+
+    def as_image(self, out, stream=None):
+        return SimpleNamespace(__cuda_array_interface__={"data": (out.data_ptr(), False)})
+
+
+def _fake_gpu_decoder(monkeypatch, outcome: str) -> tuple[nvimgcodec.NvDecoder, _Log]:
+    """An NvDecoder on "cuda:1" whose nvImageCodec and CUDA calls are fakes that log what our code asks of them."""
+    torch = pytest.importorskip("torch")
+    log = _Log()
+    monkeypatch.setattr(nvimgcodec, "_module", lambda: _FakeNv(outcome=outcome, log=log))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda index: _FakeStream(log, f"decoder stream of cuda:{index}"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index: _FakeStream(log, f"current stream of cuda:{index}"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: log.append(("set_device", index,
+                                                                            threading.current_thread().name)))
+    return nvimgcodec.NvDecoder("cuda:1"), log
+
+
+@pytest.mark.parametrize("outcome", ["ok", "fails", "raises"])
+def test_every_buffer_a_gpu_decode_writes_is_recorded_on_its_stream_and_close_waits(monkeypatch, outcome):
+    """nvImageCodec's decode() returns once its work is queued: until that work has run, the buffers must belong
+    to the decode stream too (record_stream), whatever the outcome, before the decoder's thread lets go of them;
+    close() waits for the decodes on the host and then on the device. (Ordering of our own code, CUDA faked.)"""
+    decoder, log = _fake_gpu_decoder(monkeypatch, outcome)
+    outs = [_FakeBuffer(log, k) for k in range(3)]
+    pending = decoder.decode_into("slide.svs", 8, [(0, 0, 4, 4)] * 3, outs, "level 0 rows 0..4")
+    if outcome == "ok":
+        pending.wait()
+    else:
+        with pytest.raises((SlideError, RuntimeError)):
+            pending.wait()
+    decoder.close()
+    steps = [entry for entry in log if entry[0] != "set_device"]
+    decoded = steps.index(("decode", 3))
+    assert steps[:decoded] == [("event", "current stream of cuda:1"),
+                               ("wait", "decoder stream of cuda:1", "event on current stream of cuda:1")]
+    assert steps[decoded + 1 : decoded + 4] == [("record_stream", k, "decoder stream of cuda:1") for k in range(3)]
+    assert steps[-1] == ("synchronize", "decoder stream of cuda:1")  # close(): after the decode, on its stream
+    threads = [entry for entry in log if entry[0] == "set_device"]
+    assert threads and all(index == 1 and name.startswith("histofast-nvimgcodec") for _, index, name in threads)
+
+
+def test_a_colour_transform_mixup_is_named(make_slide):
+    """nvJPEG decoding an RGB-coded JPEG (Adobe marker, transform 0) as YCbCr, or a YCbCr one unconverted: the
+    per-level check's error says exactly that. The wrong decodes here are libjpeg's own, told the wrong colour space."""
+    import imagecodecs
+
+    path = make_slide(1024, 1024, seed=31)  # RGB-coded JPEG tiles of 256: the check decodes tile 10 (x=y=512)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tif.filehandle.seek(page.dataoffsets[10])
+        data = tif.filehandle.read(page.databytecounts[10])
+    right = imagecodecs.jpeg8_decode(data, colorspace="RGB", outcolorspace="RGB")
+    wrong = imagecodecs.jpeg8_decode(data, colorspace="YCbCr", outcolorspace="RGB")
+    with histofast.open_slide(path) as slide:
+        np.testing.assert_array_equal(right, slide.read_level_region(0, (512, 512), (256, 256)))
+    assert nvimgcodec.colour_transform_mixup(right, right) == ""
+    assert "decodes RGB-coded JPEG tiles (Adobe marker, colour transform 0) as YCbCr" in \
+        nvimgcodec.colour_transform_mixup(wrong, right)
+    ycc = imagecodecs.jpeg8_encode(right, 95, colorspace="RGB", outcolorspace="YCbCr")
+    unconverted = imagecodecs.jpeg8_decode(ycc, colorspace="RGB", outcolorspace="RGB")
+    converted = imagecodecs.jpeg8_decode(ycc, colorspace="YCbCr", outcolorspace="RGB")
+    assert "leaves YCbCr JPEG tiles unconverted" in nvimgcodec.colour_transform_mixup(unconverted, converted)
+
+    class WrongColours:  # a GPU decoder that decodes RGB-coded JPEG as YCbCr
+        gpu, name = True, "nvimgcodec-gpu"
+
+        def empty(self, shape):
+            torch = pytest.importorskip("torch")
+            return torch.empty(shape, dtype=torch.uint8)
+
+        def decode_into(self, path, offset, boxes, outs, what):
+            assert boxes == [(512, 512, 256, 256)]
+            outs[0].numpy()[...] = wrong
+            return SimpleNamespace(wait=lambda: None)
+
+    with histofast.open_slide(path) as slide:
+        offset, _ = nvimgcodec.level_ifd(slide, 0)
+        with pytest.raises(SlideError, match=r"decodes level 0 differently .*: it decodes RGB-coded JPEG tiles "
+                                             r"\(Adobe marker, colour transform 0\) as YCbCr"):
+            nvimgcodec.check_level(WrongColours(), slide, 0, offset)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["svs-adobe-rgb", "jpeg-rgb", "jpeg-ycbcr-420"])
+def test_gpu_decodes_both_jpeg_colour_transforms(generic_tiffs, make_slide, kind):
+    """nvJPEG on RGB-coded JPEG (Aperio's and histofast.synth's: Adobe marker, transform 0) and on YCbCr JPEG
+    (JFIF, 4:2:0): the per-level check passes (it names a colour-transform mix-up when it fails) and the pixels
+    are within a few levels of libjpeg-turbo's."""
+    pytest.importorskip("torch")
+    path = make_slide(1024, 1024, seed=32) if kind == "svs-adobe-rgb" else generic_tiffs[kind]
+    with histofast.open_slide(path) as slide:
+        rows = open_rows(LevelView(slide, 0), "gpu", "cuda")
+        try:
+            w, h = slide.level_dimensions[0]
+            out = rows.empty((h, w, 3))
+            rows.read(0, h, out).wait()
+            diff = np.abs(out.cpu().numpy().astype(np.int16) - slide.read_level_region(0, (0, 0), (w, h)))
+        finally:
+            rows.close()
+    assert diff.mean() < 1.0 and diff.max() <= 32, (kind, diff.mean(), diff.max())
+
+
+@pytest.mark.gpu
+def test_gpu_buffers_survive_a_consumer_that_stops_early(make_slide, monkeypatch):
+    """Many chunks in flight, the consumer stops after the first band and allocates at once: the decodes still
+    running write only their own (recorded) buffers, so new tensors keep what was written into them."""
+    torch = pytest.importorskip("torch")
+    from histofast.io import bands
+
+    monkeypatch.setattr(nvimgcodec, "CHUNK_BYTES", 1 << 20)
+    path = make_slide(4096, 4096, seed=33)
+    with histofast.open_slide(path) as slide:
+        view = LevelView(slide, 0)
+        for _ in range(3):
+            rows = open_rows(view, "gpu", "cuda")
+            next(iter(bands.read_bands(view, 512, 512, rows=rows, prefetch=4)))  # dropped: its generator closes
+            fills = [torch.full((1 << 20,), k, dtype=torch.uint8, device="cuda") for k in range(1, 33)]
+            rows.close()
+            assert all(bool((f == k).all()) for k, f in zip(range(1, 33), fills))
