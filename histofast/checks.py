@@ -32,13 +32,24 @@ def check_fraction(value: object, name: str) -> float:
 
 
 def check_device(device: Any) -> str:
-    """"cpu", "cuda" or "cuda:<index>"; a CUDA device must be available here."""
+    """"cpu", or "cuda:<index>" for "cuda" or "cuda:<index>": a bare "cuda" is the caller's current CUDA device,
+    resolved now (CUDA's current device is per thread: decoder and lane threads would otherwise start on device 0,
+    e.g. after DDP's ``torch.cuda.set_device(local_rank)``). The device must exist here."""
     if device == "cpu":
         return "cpu"
-    if not isinstance(device, str) or not (device == "cuda" or device.startswith("cuda:")):
+    index = device[5:] if isinstance(device, str) and device.startswith("cuda:") else None
+    if device != "cuda" and not (index and index.isdecimal() and index.isascii()):
         raise HistofastError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    from . import _C
     from .build import cuda_available
 
     if not cuda_available():
         raise HistofastError(f"device={device!r}: no CUDA device is available here (use device='cpu')")
-    return device
+    if index is None:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    if int(index) >= _C.cuda_device_count():
+        raise HistofastError(f"device={device!r}: there are {_C.cuda_device_count()} CUDA devices here "
+                             f"(indices 0 to {_C.cuda_device_count() - 1})")
+    return f"cuda:{int(index)}"

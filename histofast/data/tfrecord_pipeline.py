@@ -258,7 +258,7 @@ class TFRecordPipeline:
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.workers, prefetch_queue_depth=self.prefetch,
-                      device_id=(torch.device(self.device).index or 0) if gpu else None, seed=seed)
+                      device_id=torch.device(self.device).index if gpu else None, seed=seed)
         def pipe():
             record = fn.readers.tfrecord(path=self.files, index_path=[f + ".idx" for f in self.files],
                                          features=dali_features(), random_shuffle=self.shuffle,

@@ -105,8 +105,7 @@ def export_slides_distributed(
     from tqdm.auto import tqdm
 
     distributed = require_distributed()
-    device = check_device(device)
-    check_decode(decode, device)
+    check_decode(decode, check_device(device))  # checked here, resolved on each worker (its own current GPU)
     if workers is not None:
         check_count(workers, "workers")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:

@@ -102,7 +102,8 @@ class TileGrid:
         decode = options.pop("decode", "auto")
         with opened(self.slide_path if slide is None else slide) as s:
             view = self.view(s)
-            rows = open_rows(view, decode, check_device(options.get("device", "cpu")))
+            options["device"] = check_device(options.get("device", "cpu"))
+            rows = open_rows(view, decode, options["device"])
             try:
                 yield from cut(view, self, lambda band: None, rows=rows, **options)
             finally:

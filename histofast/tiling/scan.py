@@ -154,7 +154,7 @@ def iter_tiles(
     def batches() -> Iterator[TileBatch]:
         with source:
             try:
-                yield from cut(view, score.grid, score, device=device, rows=rows, **options)
+                yield from cut(view, score.grid, score, device=score.device, rows=rows, **options)  # resolved
             finally:
                 rows.close()
 
