@@ -64,22 +64,32 @@ class SlideRows:
     """Rows decoded by the slide's own decoders (tiled-TIFF fast path, OpenSlide, Pillow) in its thread pool.
 
     ``on_part(part, x, y)``, if set, is called in the decoding thread with each decoded part (view pixels):
-    ``tile_grid`` counts white pixels there while they are in cache (``histofast.tiling.counts``)."""
+    ``tile_grid`` counts white pixels there while they are in cache (``histofast.tiling.counts``).
+    For a CUDA ``device`` the buffers are pinned host memory (torch tensors), so their copy to the device runs
+    while the next rows decode (``histofast.tiling.buffers.to_device``); a read into one waits (in the decoding
+    threads) for the work queued so far on the caller's stream, the last copy out of it included."""
 
-    def __init__(self, view: LevelView, on_part: OnPart | None = None) -> None:
+    def __init__(self, view: LevelView, on_part: OnPart | None = None, device: str = "cpu") -> None:
         self.view = view
         self.name = view.slide.backend
         self.on_part = on_part
+        self.device = device
 
     @property
     def chunk_bytes(self) -> int:
         return CHUNK_BYTES
 
-    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.empty(shape, np.uint8)
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        if self.device == "cpu":
+            return np.empty(shape, np.uint8)
+        import torch
 
-    def read(self, y: int, h: int, out: np.ndarray) -> Pending:
-        jobs = self.view.jobs(0, y, self.view.dimensions[0], h, out, self.on_part)
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+
+    def read(self, y: int, h: int, out: Any) -> Pending:
+        jobs = self.view.jobs(0, y, self.view.dimensions[0], h, _host_view(out), self.on_part)
+        if self.device != "cpu":
+            jobs = _after_device_reads(jobs, self.device)
         if self.view.slide.workers == 1:  # one thread in all: decode now, in the caller's thread
             done: Future = Future()
             try:
@@ -95,12 +105,33 @@ class SlideRows:
         pass
 
 
+def _host_view(out: Any) -> np.ndarray:
+    """A numpy view of a host buffer (a numpy array, or a pinned torch tensor) for the decoders to write."""
+    return out if isinstance(out, np.ndarray) else out.numpy()
+
+
+def _after_device_reads(jobs: list[Callable[[], None]], device: str) -> list[Callable[[], None]]:
+    """``jobs`` that first wait for the work queued now on ``device``'s current stream: the asynchronous
+    copies still reading the pinned buffer they are about to overwrite."""
+    import torch
+
+    queued = torch.cuda.current_stream(device).record_event()
+
+    def after(job: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            queued.synchronize()
+            job()
+        return run
+
+    return [after(job) for job in jobs]
+
+
 @dataclass(frozen=True)
 class Band:
     """Rows ``y0 .. y0 + len(pixels)`` of the view, full width, and the tile rows they complete.
 
-    ``pixels`` is uint8 (h, W, 3) in view pixels (numpy, or a torch tensor on the GPU that decoded it)
-    and is only valid until the next band is drawn.
+    ``pixels`` is uint8 (h, W, 3) in view pixels (numpy; a torch tensor on the GPU that decoded it, or in
+    pinned host memory for a GPU consumer) and is only valid until the next band is drawn.
     For every tile row ``i`` in ``rows``, view rows ``[i·stride − margin, i·stride + tile_size + margin)``
     (clipped to the view) lie inside it."""
 

@@ -44,18 +44,18 @@ def open_rows(view: LevelView, decode: str = "auto", device: str = "cpu", decode
     """
     decode = check_decode(decode, device)
     if decode == "cpu" or (decode == "auto" and device == "cpu"):
-        return SlideRows(view)
+        return SlideRows(view, device=device)
     slide = view.slide
     offset, why = level_ifd(slide, view.level)
     if view.scale != 1.0:
         why = f"the grid resamples level {view.level} (scale {view.scale:.4g}), which runs on the CPU"
     if decode == "auto" and not nvimgcodec_installed():
         _note(f"decoding on the CPU: nvImageCodec is not installed ({INSTALL})", once=True)
-        return SlideRows(view)
+        return SlideRows(view, device=device)
     if why:
         if decode == "auto":
             _note(f"{slide.path.name}: decoding on the CPU: {why}")
-            return SlideRows(view)
+            return SlideRows(view, device=device)
         raise SlideError(slide.path, f"decode={decode!r}: {why}")
     owned = decoder is None
     try:
@@ -67,7 +67,7 @@ def open_rows(view: LevelView, decode: str = "auto", device: str = "cpu", decode
             decoder.close()
         if decode == "auto":
             _note(f"decoding on the CPU: {e}", once=True)
-            return SlideRows(view)
+            return SlideRows(view, device=device)
         raise
     return NvRows(decoder, slide, view.level, offset, owned)
 
@@ -91,11 +91,18 @@ class RegionReader:
         self._levels: dict[tuple[str, int], int] = {}  # (path, level) → IFD offset, 0: the CPU decoders
 
     def read(self, view: LevelView, x: int, y: int, w: int, h: int, pool: Any) -> tuple[Any, Pending]:
-        """Start decoding the view region at (x, y) of (w, h) view pixels: (its buffer, the decodes)."""
+        """Start decoding the view region at (x, y) of (w, h) view pixels: (its buffer, the decodes). Decoded on
+        the CPU for a CUDA device, the buffer is a pinned torch tensor (its copy to the device then overlaps)."""
         offset = self._offset(view)
         if not offset:
-            pixels = np.empty((h, w, 3), np.uint8)
-            return pixels, Pending([pool.submit(job) for job in view.jobs(x, y, w, h, pixels)])
+            if self.device == "cpu":
+                pixels = host = np.empty((h, w, 3), np.uint8)
+            else:
+                import torch
+
+                pixels = torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=True)  # a new one: nobody reads it
+                host = pixels.numpy()
+            return pixels, Pending([pool.submit(job) for job in view.jobs(x, y, w, h, host)])
         pixels = self._decoder.empty((h, w, 3))
         return pixels, self._decoder.decode_into(os.fspath(view.slide.path), offset, [(x, y, w, h)], [pixels],
                                                  f"level {view.level} region x={x} y={y} {w}×{h}")

@@ -9,15 +9,19 @@ import numpy as np
 
 
 def to_device(pixels: Any, device: str) -> Any:
-    """``pixels`` (numpy, or a torch tensor where a GPU decoded them) as they are on the CPU, else a torch
-    tensor on ``device`` (no copy when they are there already)."""
+    """``pixels`` (numpy, a pinned host tensor, or a torch tensor where a GPU decoded them) as they are on the
+    CPU, else a torch tensor on ``device`` (no copy when they are there already).
+
+    The copy is queued on ``device``'s current stream without waiting: from pinned memory it runs while the host
+    goes on (whoever overwrites that memory waits for the stream first, as ``SlideRows`` does, and PyTorch's
+    pinned allocator keeps a freed buffer until the copy is done); from pageable memory CUDA stages it first."""
     if device == "cpu":
         return pixels
     import torch
 
-    if isinstance(pixels, torch.Tensor):
-        return pixels.to(device)
-    return torch.from_numpy(pixels).to(device, non_blocking=False)
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(pixels)
+    return pixels.to(device, non_blocking=True)
 
 
 class BatchBuffers:
