@@ -7,6 +7,7 @@ import math
 import queue
 import threading
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -16,12 +17,12 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from ..augment import Augment
 from ..checks import check_count, check_device, count_or_default
 from ..errors import HistofastError
-from ..io.decode import check_decode
+from ..io.decode import RegionReader, check_decode
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import TileGrid
 from ._options import DEFAULT_AUGMENT, PRESETS, default_augment, default_workers
 from .distributed import EpochClock, effective_shard
-from .lanes import Lane, decode_threads
+from .lanes import Lane, decode_threads, handed_over
 from .plan import batch_count, check_shard, merge, plan, shard_size
 from .samples import build_samples
 from .sources import resolve
@@ -138,6 +139,9 @@ class TileDataset(torch.utils.data.IterableDataset):
         self.seed, self.drop_last = int(seed), bool(drop_last)
         self.epoch = 0  # the epoch of the latest iteration begun in this process
         self._clock = EpochClock()
+        # Each lane's region decoder, kept across epochs: an nvImageCodec decoder, its CUDA stream and its
+        # per-level checks are made once per lane, not once per lane and epoch.
+        self._readers: dict[tuple[int, str], RegionReader] = {}
 
     @property
     def slides(self) -> list[str]:
@@ -179,7 +183,22 @@ class TileDataset(torch.utils.data.IterableDataset):
         # A DataLoader worker started by spawning has no process group: it keeps the shard resolved here.
         state = self.__dict__.copy()
         state["_inherited_shard"] = self.shard
+        state["_readers"] = {}  # decoders stay in the process that made them
         return state
+
+    def close(self) -> None:
+        """Release the decoders kept across epochs (nvImageCodec's threads and CUDA streams); iterating again
+        makes new ones. Done too when the dataset is garbage collected."""
+        _close_readers(self._readers)
+
+    def _reader(self, lane: int, device: str) -> RegionReader:
+        """Lane ``lane``'s region decoder for ``device``, made on first use."""
+        if not self._readers:
+            weakref.finalize(self, _close_readers, self._readers)
+        key = (lane, device)
+        if key not in self._readers:
+            self._readers[key] = RegionReader(self.decode, device, 1)
+        return self._readers[key]
 
     def lanes(self, device: str = "cpu", watch: int = 2) -> list[Lane]:
         """This process's lanes for the next epoch (one in a ``DataLoader`` worker); ``watch``:
@@ -193,7 +212,7 @@ class TileDataset(torch.utils.data.IterableDataset):
         shard = self.shard
         return [Lane(self.samples, plan(self.samples, self.epoch, shard, count, s, shuffle=self.shuffle,
                                         seed=self.seed, drop_last=self.drop_last),
-                     self.epoch, pool, device, allocate, watch, self.decode) for s in mine]
+                     self.epoch, pool, self._reader(s, device), device, allocate, watch) for s in mine]
 
     def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
         """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the
@@ -204,6 +223,7 @@ class TileDataset(torch.utils.data.IterableDataset):
         running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in lanes]
         try:
             for batch in merge(running):
+                batch = handed_over(batch, device)  # made on a lane's thread (and stream), used on this one
                 yield Batch({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()})
         finally:
             for it in running:
@@ -280,6 +300,11 @@ class _Ahead:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _close_readers(readers: dict[Any, RegionReader]) -> None:
+    while readers:
+        readers.popitem()[1].close()
 
 
 def _shared_empty(shape: tuple[int, ...], dtype: str) -> torch.Tensor:

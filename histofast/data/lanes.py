@@ -17,7 +17,7 @@ from ..errors import HistofastError
 from ..io import Slide, open_slide
 from ..io.bands import Pending
 from ..io.decode import RegionReader
-from ..tiling.buffers import BatchBuffers
+from ..tiling.buffers import BatchBuffers, to_device
 from .distributed import local_world_size
 from .plan import Window
 from .samples import Samples
@@ -26,6 +26,23 @@ from .sources import NO_LABEL
 log = logging.getLogger("histofast")
 
 OPEN_SLIDES = 16  # slides a lane keeps open (opening an SVS checks one tile per level)
+READY = "_ready"  # a GPU batch's key for the CUDA event after which its tensors may be read
+
+
+def handed_over(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    """``batch`` (from a lane's thread) made safe to use on this thread's current stream of ``device``: that stream
+    waits for the batch's ``READY`` event (popped), and its CUDA tensors are recorded as used there, so the caching
+    allocator keeps their memory until this stream's work on them is done. A CPU batch is returned as it is."""
+    ready = batch.pop(READY, None)
+    if ready is not None:
+        import torch
+
+        stream = torch.cuda.current_stream(device)
+        stream.wait_event(ready)
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.is_cuda:
+                value.record_stream(stream)
+    return batch
 
 
 @dataclass
@@ -47,23 +64,24 @@ class Lane:
         windows: from ``plan``.
         epoch: the augmentation epoch.
         pool: decode threads (shared by lanes of one process).
-        device: "cpu" or "cuda[:i]": where the regions go and the batches are made.
-        decode: what decodes the regions (``histofast.io.decode.DECODES``; "auto": nvImageCodec on a GPU
-            device where it reads the slide).
+        device: "cpu" or "cuda:i": where the regions go and the batches are made.
+        regions: what decodes the regions (``histofast.io.decode.RegionReader``; the caller keeps it open across
+            epochs, so its nvImageCodec decoder and per-level checks serve every epoch).
         allocate: ``allocate(shape, dtype) -> torch tensor`` for CPU batch images (e.g. in shared memory);
             default: arrays recycled once nobody holds them (``watch`` of them at a time).
     Yields:
         dicts of ``BATCH_KEYS``: ``image`` a torch tensor on ``device``, float/uint8 (B, 3, T, T) or
         (B, P, 3, t, t); numpy ``label``, ``slide``
         (index into ``samples.slides``), ``x``, ``y`` (level-0 pixels of the tile or window) int64 (B,).
+        On a GPU also ``READY``: a CUDA event recorded after the batch was cut on this thread's stream
+        (``handed_over`` makes the consumer's stream wait on it).
     """
 
     def __init__(self, samples: Samples, windows: list[Window], epoch: int, pool: ThreadPoolExecutor,
-                 device: str = "cpu", allocate: Any = None, watch: int = 2,
-                 decode: str = "auto") -> None:
+                 regions: RegionReader, device: str = "cpu", allocate: Any = None, watch: int = 2) -> None:
         self.samples, self.windows, self.epoch, self.pool = samples, windows, epoch, pool
         self.device = device
-        self._regions = RegionReader(decode, device, 1)
+        self._regions = regions
         self.allocate = allocate
         # Fresh 200 MB batches cost their page faults: a third of the CPU time of a float32 epoch here.
         self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
@@ -80,9 +98,14 @@ class Lane:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            yield from self._batches()
+            if self.device == "cpu":
+                yield from self._batches()
+            else:
+                import torch
+
+                with torch.cuda.device(self.device):  # the current device is per thread: this lane's, here
+                    yield from self._batches()
         finally:
-            self._regions.close()
             for slide in self._slides.values():
                 slide.close()
             self._slides.clear()
@@ -176,17 +199,15 @@ class Lane:
                 region.error = region.error or e
         ok = np.ones(len(window.ids), bool)
         for block, region in regions.items():
-            if region.error is None and isinstance(region.pixels, np.ndarray) and self.device != "cpu":
-                import torch
-
-                region.pixels = torch.from_numpy(region.pixels).to(self.device)
-            if region.error is not None:
-                if region.slide not in self._skip:
-                    path = self.samples.slides[region.slide]
-                    log.warning("skipping the rest of %s this epoch: %s", path, region.error)
-                    self.samples.failed[path] = str(region.error)
-                    self._skip.add(region.slide)
-                ok &= window.blocks != block
+            if region.error is None:
+                region.pixels = to_device(region.pixels, self.device)
+                continue
+            if region.slide not in self._skip:
+                path = self.samples.slides[region.slide]
+                log.warning("skipping the rest of %s this epoch: %s", path, region.error)
+                self.samples.failed[path] = str(region.error)
+                self._skip.add(region.slide)
+            ok &= window.blocks != block
         return window.ids[ok], [regions[int(bk)] for bk in window.blocks[ok]], window.pad[ok]
 
     def _cut(self, pending: list[tuple[np.ndarray, list[_Region], np.ndarray]], n: int) -> dict[str, Any]:
@@ -217,7 +238,12 @@ class Lane:
         level0 = s.coords[ids]
         label = s.labels[slide]
         label[np.asarray(pads, bool)] = NO_LABEL
-        return {"image": image, "label": label, "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
+        batch = {"image": image, "label": label, "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
+        if self.device != "cpu":
+            import torch
+
+            batch[READY] = torch.cuda.current_stream(self.device).record_event()
+        return batch
 
     def _empty(self, shape: tuple[int, ...]) -> Any:
         import torch

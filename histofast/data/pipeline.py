@@ -115,7 +115,7 @@ class Pipeline:
         gpu = self.device != "cpu"
         source = _DaliSource(self.tile_dataset.batches(self.device if gpu else "cpu", self.prefetch, self.prefetch + 2),
                              self.prefetch)
-        device_id = (torch.device(self.device).index or 0) if gpu else None
+        device_id = torch.device(self.device).index if gpu else None  # check_device resolved "cuda" to "cuda:i"
 
         # A pipeline per epoch: DALI asks an external source for the next epoch before this one
         # ends, which would run ahead of set_epoch.
@@ -124,8 +124,11 @@ class Pipeline:
         @pipeline_def(batch_size=self.tile_dataset.samples.batch_size, num_threads=self.tile_dataset.workers,
                       device_id=device_id, prefetch_queue_depth=self.prefetch)
         def pipe():
+            # The batches are ready on this thread's current stream (TileDataset.batches waited for the lanes'
+            # events there): DALI reads them on it.
             outputs = list(fn.external_source(source=source, num_outputs=len(BATCH_KEYS), batch=True,
                                               device="gpu" if gpu else "cpu", no_copy=True,
+                                              cuda_stream=torch.cuda.current_stream(self.device) if gpu else None,
                                               layout=[layout] + [""] * (len(BATCH_KEYS) - 1)))
             if self._normalise is not None:  # (x / 255 - mean) / std == (x - 255·mean) / (255·std)
                 dtype, mean, std = self._normalise
