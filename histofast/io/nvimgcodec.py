@@ -31,6 +31,7 @@ COMPRESSIONS = {1, 5, 7, 8, 32946}
 GPU_CHECK_MEAN_DIFF = 2.0
 # Decoder options: chroma upsampled the way libjpeg-turbo does by default ("fancy" upsampling).
 DECODER_OPTIONS = ":fancy_upsampling=1"
+OPEN_FILES = 16  # parsed files a decoder keeps (as a lane keeps open slides)
 
 
 def nvimgcodec_installed() -> bool:
@@ -172,14 +173,18 @@ class NvDecoder:
 
     # -- decoding --------------------------------------------------------------------------------
     def code_stream(self, path: str) -> Any:
-        """The file's nvImageCodec code stream (parsed once per file; the OS caches its pages)."""
+        """The file's nvImageCodec code stream (parsed once per file; the OS caches its pages). The last
+        ``OPEN_FILES`` are kept: a lane's decoder lives as long as its dataset, over thousands of slides."""
         with self._lock:
-            stream = self._streams.get(path)
+            stream = self._streams.pop(path, None)
             if stream is None:
                 try:
-                    stream = self._streams[path] = self._nv.CodeStream(path)
+                    stream = self._nv.CodeStream(path)
                 except Exception as e:
                     raise SlideError(path, f"nvImageCodec cannot parse the file ({e})") from None
+            self._streams[path] = stream  # the most recent last
+            while len(self._streams) > OPEN_FILES:
+                self._streams.pop(next(iter(self._streams)))
             return stream
 
     def decode_into(self, path: str, ifd_offset: int, boxes: list[tuple[int, int, int, int]], outs: list[Any],

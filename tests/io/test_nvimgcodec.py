@@ -521,3 +521,16 @@ def test_gpu_buffers_survive_a_consumer_that_stops_early(make_slide, monkeypatch
             fills = [torch.full((1 << 20,), k, dtype=torch.uint8, device="cuda") for k in range(1, 33)]
             rows.close()
             assert all(bool((f == k).all()) for k, f in zip(range(1, 33), fills))
+
+
+def test_a_long_lived_decoder_keeps_only_the_last_files_parsed(generic_tiffs, monkeypatch):
+    monkeypatch.setattr(nvimgcodec, "OPEN_FILES", 2)
+    decoder = nvimgcodec.NvDecoder("cpu", 1)
+    try:
+        paths = [str(generic_tiffs[k]) for k in ("lzw", "deflate", "none", "lzw")]
+        streams = [decoder.code_stream(p) for p in paths]
+        assert list(decoder._streams) == [paths[2], paths[3]]
+        assert streams[3] is not streams[0]  # parsed again after it was dropped
+        assert decoder.code_stream(paths[2]) is streams[2]
+    finally:
+        decoder.close()
