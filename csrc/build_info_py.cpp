@@ -2,6 +2,10 @@
 // cuda_driver_version: how this extension was built and what CUDA it sees (queries in device_cuda.cu).
 #include <pybind11/pybind11.h>
 
+#ifdef HISTOFAST_WITH_JPEG
+#include "jpeg_decode.h"
+#endif
+
 #ifdef HISTOFAST_WITH_CUDA
 #include "device.h"
 #endif
@@ -37,6 +41,15 @@ py::dict build_info() {
 #else
   d["avx2"] = false;
 #endif
+  // Which decoder the fast path uses for JPEG tiles: the strict one in _C (built only where CMake found
+  // the libjpeg headers; jpeg_decode_py.cpp), else imagecodecs' (histofast/ops.py decides by the same bindings).
+#ifdef HISTOFAST_WITH_JPEG
+  d["jpeg_strict"] = true;
+  d["jpeg"] = jpeg_library() + " in _C (strict: every libjpeg warning is an error)";
+#else
+  d["jpeg_strict"] = false;
+  d["jpeg"] = "imagecodecs (not strict: _C was built without the libjpeg headers)";
+#endif
   d["compiler"] = __VERSION__;
   return d;
 }
@@ -44,7 +57,8 @@ py::dict build_info() {
 }  // namespace
 
 void bind_build_info(py::module_& m) {
-  m.def("build_info", &build_info, "How this extension was built: CUDA, architectures, OpenMP, AVX2.");
+  m.def("build_info", &build_info,
+        "How this extension was built: CUDA, architectures, OpenMP, AVX2, the JPEG decoder of the fast path.");
 #ifdef HISTOFAST_WITH_CUDA
   m.def("cuda_compiled", [] { return true; });
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without a driver).");

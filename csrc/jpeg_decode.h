@@ -35,4 +35,7 @@ struct JpegDecodeArgs {
 // 3-component JPEG at least (y + out.height) × (x + out.width) pixels large.
 void jpeg_decode_cpu(const JpegDecodeArgs& args);
 
+// The libjpeg this was compiled against, e.g. "libjpeg-turbo 2.1.5" (for build_info()).
+std::string jpeg_library();
+
 }  // namespace hf

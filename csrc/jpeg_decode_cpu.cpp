@@ -87,6 +87,17 @@ bool decode(const JpegDecodeArgs& a, jpeg_decompress_struct* cinfo, StrictErrors
 
 }  // namespace
 
+#define HF_TEXT(x) #x
+#define HF_VERSION_TEXT(x) HF_TEXT(x)
+
+std::string jpeg_library() {
+#ifdef LIBJPEG_TURBO_VERSION
+  return "libjpeg-turbo " HF_VERSION_TEXT(LIBJPEG_TURBO_VERSION);
+#else
+  return "libjpeg " + std::to_string(JPEG_LIB_VERSION);
+#endif
+}
+
 void jpeg_decode_cpu(const JpegDecodeArgs& a) {
   jpeg_decompress_struct cinfo;
   std::memset(&cinfo, 0, sizeof cinfo);  // destroying a struct that create never reached is then a no-op

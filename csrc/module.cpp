@@ -15,7 +15,7 @@ namespace hf {
 void bind_rgb_to_hsv(py::module_& m);
 void bind_white_ratio(py::module_& m);  // white_ratio and grid_shape
 void bind_augment(py::module_& m);
-void bind_jpeg_decode(py::module_& m);  // host only: strict libjpeg-turbo into a band
+void bind_jpeg_decode(py::module_& m);  // host only: strict libjpeg-turbo into a band (built with libjpeg only)
 void bind_build_info(py::module_& m);  // build_info, cuda_compiled, cuda_device_count, cuda_driver_version
 }  // namespace hf
 
@@ -38,6 +38,8 @@ PYBIND11_MODULE(_C, m) {
   hf::bind_rgb_to_hsv(m);
   hf::bind_white_ratio(m);
   hf::bind_augment(m);
+#ifdef HISTOFAST_WITH_JPEG  // CMake found the libjpeg headers: without them ops.py decodes through imagecodecs
   hf::bind_jpeg_decode(m);
+#endif
   hf::bind_build_info(m);
 }

@@ -27,6 +27,10 @@ OUT_DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("NCHW", "NHWC")
 HSV_TOP = (180, 255, 255)  # the largest H, S, V of OpenCV's 8-bit HSV
 _INT64 = (-(2**63), 2**63 - 1)
+# The fast path's JPEG decoder, decided here once: libjpeg-turbo in _C, strict (every libjpeg warning raises),
+# in a build that found the libjpeg headers; else imagecodecs' libjpeg-turbo: the same pixels, but corrupt data
+# that libjpeg only warns of decode (repaired) instead of raising. ``build_info()["jpeg"]`` says which.
+STRICT_JPEG: bool = hasattr(_C, "jpeg_decode")
 
 
 class _Kind:
@@ -355,7 +359,8 @@ def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places:
                                 cell: int, hsv_lower: Sequence[int], hsv_upper: Sequence[int], *,
                                 tables: bytes | None = None, rgb: bool = False) -> None:
     """``decode_jpeg`` then ``white_counts`` for each of a list of tiles, in one call without the GIL: each
-    decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept).
+    decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept). Without
+    the strict decoder (``STRICT_JPEG`` false) a loop here, imagecodecs releasing the GIL while it decodes.
 
     Args:
         datas: the tiles' JPEG bytes.
@@ -367,6 +372,16 @@ def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places:
         HistofastError: a tile does not decode (which one is not said: decode them one by one to find it).
     """
     lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
+    if not STRICT_JPEG:  # the same loop in Python: imagecodecs releases the GIL while it decodes
+        places, cell = _host(places, "places", np.int64, (4,)), _int(cell, "cell")
+        if len(places) != len(datas):
+            raise HistofastError(f"places: expected shape ({len(datas)}, 4), got {places.shape}")
+        for data, (x, y, w, h) in zip(datas, places.tolist()):
+            if not (1 <= w <= scratch.shape[1] and 1 <= h <= scratch.shape[0] and x >= 0 and y >= 0):
+                raise HistofastError(f"places: ({x}, {y}, {w}, {h}): (w, h) must fit the scratch tile, (x, y) >= 0")
+            part = _imagecodecs_decode(data, scratch[:h, :w], 0, 0, tables, rgb)
+            _C.white_counts(part, counts, x, y, cell, lower, upper)
+        return
     _C.jpeg_count_white(datas, tables, 2 if rgb else 0, scratch, places, counts, _int(cell, "cell"), lower, upper)
 
 
@@ -375,7 +390,8 @@ def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables:
     """Decode one JPEG strictly into ``out``: pixels ``[y, y + H) × [x, x + W)`` of the decoded image.
 
     libjpeg-turbo, as OpenSlide uses it: any warning (corrupt or truncated entropy data, a missing marker)
-    raises instead of returning repaired pixels. Host memory only.
+    raises instead of returning repaired pixels. Host memory only. In a build without the libjpeg headers
+    (``STRICT_JPEG`` false) imagecodecs decodes instead: the same pixels, but only libjpeg's errors raise.
 
     Args:
         data: the JPEG bytes (a stored tile of a TIFF page).
@@ -389,6 +405,34 @@ def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables:
     Raises:
         HistofastError: corrupt data (libjpeg's message), not 3 components, or smaller than ``out`` + (x, y).
     """
+    if not STRICT_JPEG:
+        _imagecodecs_decode(data, out, _int(x, "x"), _int(y, "y"), tables, rgb)
+        return out
     _C.jpeg_decode(data, tables, 2 if rgb else 0, out, _int(x, "x"), _int(y, "y"))
     return out
+
+
+def _imagecodecs_decode(data: bytes, out: Any, x: int, y: int, tables: bytes | None, rgb: bool) -> np.ndarray:
+    """``decode_jpeg`` without the strict decoder (a build without the libjpeg headers): imagecodecs' libjpeg-turbo
+    with tifffile's colour spaces, checked as _C checks; ``out`` (as numpy) returned."""
+    import imagecodecs
+
+    if _Kind(out, "out").cuda:
+        raise HistofastError("out: must be in host memory")
+    height, width = _image_shape(out, "out")
+    if x < 0 or y < 0:
+        raise HistofastError("x, y: must be >= 0")
+    try:  # colorspace 2: libjpeg's JCS_RGB, samples stored without a colour transform
+        image = imagecodecs.jpeg8_decode(data, tables=tables, colorspace=2 if rgb else None)
+    except Exception as e:  # imagecodecs.Jpeg8Error: libjpeg's error message
+        raise HistofastError(f"imagecodecs: {e}") from None
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        components = 1 if image.ndim == 2 else image.shape[2]
+        raise HistofastError(f"{components} components of {image.dtype}, expected 3 of uint8")
+    if x + width > image.shape[1] or y + height > image.shape[0]:
+        raise HistofastError(f"decoded {image.shape[1]}×{image.shape[0]} pixels, "
+                             f"the tile needs {x + width}×{y + height}")
+    dst = _for_c(out)
+    dst[...] = image[y : y + height, x : x + width]
+    return dst
 

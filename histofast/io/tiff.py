@@ -2,8 +2,9 @@
 
 Tile bytes are read with ``os.pread`` and decoded in the slide's thread pool, releasing the GIL: JPEG
 tiles strictly by libjpeg-turbo in the compiled extension (``ops.decode_jpeg``: corrupt data raise, as
-in OpenSlide) straight into their place in the caller's buffer, others by tifffile's per-tile decoder
-(imagecodecs: JPEG 2000, deflate, LZW, …).
+in OpenSlide; through imagecodecs, not strictly, in a build without the libjpeg headers) straight into
+their place in the caller's buffer, others by tifffile's per-tile decoder (imagecodecs: JPEG 2000,
+deflate, LZW, …).
 OpenSlide still supplies the metadata, and reads any level this path cannot match pixel for pixel."""
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ class TiffSlide(OpenSlideSlide):
             out[...] = BACKGROUND
             return
         try:
-            if page.compression == JPEG:  # strict, as OpenSlide decodes: corrupt data raise, never repaired
+            if page.compression == JPEG:  # strict, as OpenSlide decodes (where ops.STRICT_JPEG): never repaired
                 ops.decode_jpeg(data, out, x=x, y=y, tables=page.jpegtables, rgb=_stored_rgb(page))
                 return
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
