@@ -185,8 +185,8 @@ def openslide_reads(path: Path) -> bool:
 # The peers: other readers of the same slide, timed on the recipe's grid rows with the recipe's white_ratio
 # and --threads workers, so their keep decisions can be checked against the recipe's.
 PEER_INSTALL = {
-    "cucim": "pip install cucim-cu12 (CPU only, without its CUDA libraries: "
-             "pip install --no-deps cucim-cu12 lazy-loader)",
+    "cucim": "pip install cucim-cu13 (CPU only, without its CUDA libraries: "
+             "pip install --no-deps cucim-cu13 lazy-loader)",
     "tiffslide": "pip install tiffslide",
 }
 PEER_DISTRIBUTIONS = {"cucim": ("cucim-cu12", "cucim-cu13", "cucim"), "tiffslide": ("tiffslide",)}

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..build import cuda_majors
 from ..errors import HistofastError, SlideError
 from .bands import CHUNK_BYTES, Pending
 from .slide import Slide
@@ -98,9 +99,10 @@ def cuda_major_mismatch(nv: Any, torch_cuda: str | None) -> str:
     ours, theirs = int(built) // 1000, int(str(torch_cuda).split(".")[0])
     if ours == theirs:
         return ""
+    installed = "; ".join(f"CUDA {major}: {', '.join(names)}" for major, names in cuda_majors().items())
     return (f"nvImageCodec is built for CUDA {ours} (nvidia-nvimgcodec-cu{ours}, __cuda_version__ {built}) but "
             f"PyTorch for CUDA {theirs} (torch.version.cuda {torch_cuda}): one CUDA major per environment; "
-            f"pip uninstall nvidia-nvimgcodec-cu{ours} and {INSTALL} for CUDA {theirs}")
+            f"pip uninstall nvidia-nvimgcodec-cu{ours} and {INSTALL} for CUDA {theirs} (installed: {installed})")
 
 
 class NvDecoder:
