@@ -9,8 +9,10 @@ pixels against the CPU fast path); (2) ``iter_tiles`` (float16 NCHW, rot90/flip/
     python benchmarks/gpu/gpu_bench.py --device cpu --decode nvimgcodec-cpu --quick   # no GPU: 2048², seconds
 
 Targets are reported, never asserted: (1) ≥ 3× the CPU path; (3) GPU busy ≥ 90 %; (4) ≥ 70 % of copy
-bandwidth. JSON (with ``histofast.utils.machine.machine_info``) in ``--json``; progress on stderr, a short
-table on stdout. Exit status: 0, 1 when a part failed (the JSON says which), 2 when nothing could run.
+bandwidth. JSON (with ``histofast.utils.machine.machine_info``) in ``--json``, written atomically at the start and
+again as each part ends, so a run killed at a time limit leaves the parts done so far (``finished`` false,
+``parts_done`` beside ``parts``); progress on stderr, a short table on stdout. ``--slides-only`` writes (or finds)
+the slides and stops. Exit status: 0, 1 when a part failed (the JSON says which), 2 when nothing could run.
 """
 from __future__ import annotations
 
@@ -572,6 +574,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--big", action="store_true", help=f"also time (1) on a {BIG[0]}×{BIG[1]} slide (costly to write)")
     p.add_argument("--size", type=int, help="side of the generated square slide, pixels (default 16384; 2048 quick)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--slides-only", action="store_true",
+                   help="write (or find in the cache) the generated slides, then stop: no device, no JSON")
     p.add_argument("--tile-size", type=int, default=512, help="tile side, pixels (default 512)")
     p.add_argument("--stride", type=int, default=256, help="grid stride, pixels (default 256)")
     p.add_argument("--repeats", type=int, help="timed rounds after one warm-up; medians (default 3; 2 quick)")
@@ -607,22 +611,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     log = Log()
-    started = time.perf_counter()
+    sizes = [(a.size, a.size)] + ([BIG] if a.big else [])
+    if a.slides_only:
+        for width, height in sizes:
+            make_slide(width, height, a.cache_dir, log)
+        return 0
+    on_gpu = a.device.startswith("cuda")
     report: dict[str, Any] = {
         "benchmark": "gpu_bench", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished": False, "parts": [], "parts_done": [],
         "machine": machine_info(), "load_average": {"before": load_average()},
         "config": {k: os.fspath(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "slides": [], "tile_grid": [], "pixels": None, "iter_tiles": None, "pipeline": None, "kernels": None,
-        "skipped": [], "errors": [], "seconds": {},
+        "skipped": [] if on_gpu else [{"part": "targets", "why": "the targets are for a GPU; not judged on the CPU"}],
+        "errors": [], "seconds": {},
     }
-    on_gpu = a.device.startswith("cuda")
+
+    def save() -> None:
+        """The report as it stands, written atomically: a reader sees the last whole version."""
+        report["headline"] = headline(report)
+        report["targets"] = targets(report["headline"], on_gpu)
+        report["seconds"]["total"] = time.perf_counter() - log.start
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(a.json) as f:
+            json.dump(report, f, indent=1, default=float)
+            f.write("\n")
+
+    save()
     status = 0
     try:
         if on_gpu and not hf.cuda_available():
             raise RuntimeError(f"--device {a.device}: no CUDA device is visible to histofast "
                                f"(build: {hf.build_info()})")
         clock = Clock(a.device)
-        sizes = [(a.size, a.size)] + ([BIG] if a.big else [])
         for width, height in sizes:
             t0 = time.perf_counter()
             path = make_slide(width, height, a.cache_dir, log)
@@ -649,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report["skipped"].append({"part": "kernels", "why": "needs a CUDA device (fractions of the device's "
                                                                     "copy bandwidth)"})
+        report["parts"] = [name for name, _ in plan]
+        save()
         for name, run in plan:
             t0 = time.perf_counter()
             try:
@@ -659,23 +682,18 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name} FAILED: {type(e).__name__}: {e}")
                 status = 1
             report["seconds"][name] = report["seconds"].get(name, 0.0) + time.perf_counter() - t0
+            report["parts_done"].append(name)
+            for grid in report["tile_grid"]:
+                report["skipped"] += [s for s in grid.pop("skipped", []) if s not in report["skipped"]]
+            save()
             if on_gpu:
                 import torch
 
                 gc.collect()
                 torch.cuda.empty_cache()
-        for grid in report["tile_grid"]:
-            report["skipped"] += [s for s in grid.pop("skipped", []) if s not in report["skipped"]]
-        if not on_gpu:
-            report["skipped"].append({"part": "targets", "why": "the targets are for a GPU; not judged on the CPU"})
-    report["headline"] = headline(report)
-    report["targets"] = targets(report["headline"], on_gpu)
     report["load_average"]["after"] = load_average()
-    report["seconds"]["total"] = time.perf_counter() - started
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(a.json) as f:
-        json.dump(report, f, indent=1, default=float)
-        f.write("\n")
+    report["finished"] = True
+    save()
     print_table(report)
     print(f"JSON: {a.json.resolve()}")
     return status

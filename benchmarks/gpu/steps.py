@@ -1,5 +1,6 @@
 """The steps of ``benchmarks/gpu/verify.sh`` that need logic, one subcommand each (the shell only time-boxes them):
 
+    python3 benchmarks/gpu/steps.py wheels --target /tmp/site .whl/*.whl   # carried wheels, nvidia.* a namespace
     python3 benchmarks/gpu/steps.py arch                 # this machine's GPU architecture, e.g. 90
     python3 benchmarks/gpu/steps.py build                # the extension for that architecture only, no internet
     python3 benchmarks/gpu/steps.py info --json F.json   # GPU, driver, build, versions (also printed)
@@ -27,9 +28,33 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ARCHS = "80-real;90"  # setup.py's default, used when no GPU is found
 PACKAGES = ("torch", "cupy-cuda13x", "numpy", "opencv-python-headless", "tifffile", "imagecodecs", "openslide-python",
-            "openslide-bin", "google-crc32c", "nvidia-nvimgcodec-cu13", "nvidia-nvtiff-cu13", "nvidia-nvjpeg",
-            "nvidia-nvjpeg2k-cu13", "nvidia-dali-cuda130", "pytest", "pytest-benchmark", "pytest-timeout", "pybind11",
-            "cmake", "ninja", "setuptools", "pip")
+            "openslide-bin", "google-crc32c", "nvidia-nvimgcodec-cu13", "nvidia-nvtiff-cu13", "nvidia-libnvcomp-cu13",
+            "nvidia-nvjpeg", "nvidia-nvjpeg2k-cu13", "nvidia-dali-cuda130", "cucim-cu13", "pytest", "pytest-benchmark",
+            "pytest-timeout", "pybind11", "cmake", "ninja", "setuptools", "pip")
+# A pkgutil-style namespace package's __init__.py (the one nvImageCodec's wheel ships): its __path__ joins every
+# `nvidia` folder on sys.path, whether the others are native namespace portions or regular packages.
+NAMESPACE_INIT = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+
+
+def install_wheels(wheels: list[Path], target: Path) -> int:
+    """``pip install --target`` the wheels (no index, no dependencies), then keep ``nvidia`` a namespace there: the
+    empty ``nvidia/__init__.py`` of nvTIFF's and nvJPEG2000's wheels makes ``target/nvidia`` a regular package,
+    which (first on ``PYTHONPATH``) hides site-packages' ``nvidia.*`` (an installed DALI). It becomes
+    ``NAMESPACE_INIT``, which also reaches past a regular ``nvidia`` package in site-packages (a plain namespace
+    folder would not). pip's exit status."""
+    rc = _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)])
+    init = target / "nvidia" / "__init__.py"
+    if init.parent.is_dir():
+        old = init.read_text() if init.is_file() else None
+        code = [line.strip() for line in (old or "").splitlines() if line.strip() and line.strip()[0] != "#"]
+        if not code:
+            init.write_text(NAMESPACE_INIT)
+            print(f"wheels: {init} {'was empty' if old is not None else 'was missing'}; now a pkgutil-style "
+                  "namespace (nvidia.* from every folder on sys.path)", flush=True)
+        elif code != [NAMESPACE_INIT.strip()]:
+            print(f"wheels: {init} has code of its own: left as it is (nvidia.* elsewhere may be hidden)", flush=True)
+    return rc
 
 
 def arch_from_compute_cap(text: str) -> str | None:
@@ -134,7 +159,7 @@ def build(jobs: int | None) -> int:
 
 def _command(*args: str) -> str | None:
     try:
-        out = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+        out = subprocess.run(list(args), capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -142,8 +167,8 @@ def _command(*args: str) -> str | None:
 
 def info() -> dict[str, Any]:
     """What the verification ran on: GPUs (nvidia-smi), nvcc, Python, package versions, PyTorch's view of the
-    device, histofast's build and which optional decoders are installed. Each entry is read on its own; one that
-    cannot be read holds its error."""
+    device, histofast's build, which optional decoders are installed and the CUDA nvImageCodec was built for. Each
+    entry is read on its own; one that cannot be read holds its error."""
     out: dict[str, Any] = {"python": platform.python_version(), "executable": sys.executable,
                            "platform": platform.platform(), "cores": os.cpu_count()}
     fields = ("name", "driver_version", "memory.total", "compute_cap", "clocks.max.sm", "clocks.max.mem")
@@ -187,24 +212,37 @@ def info() -> dict[str, Any]:
         out["nvidia_package_path"] = list(getattr(nvidia, "__path__", []))
     except ImportError as e:
         out["nvidia_package_path"] = f"ImportError: {e}"
+    try:
+        import nvidia.nvimgcodec as nvimgcodec
+
+        out["nvimgcodec_cuda_version"] = getattr(nvimgcodec, "__cuda_version__", None)  # 13030 for CUDA 13.3
+    except Exception as e:  # not installed, or its libraries do not load
+        out["nvimgcodec_cuda_version"] = f"{type(e).__name__}: {e}"
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("wheels", help="install wheels with pip --target, keeping nvidia.* a namespace there")
+    w.add_argument("--target", type=Path, required=True, help="the folder (put it on PYTHONPATH)")
+    w.add_argument("wheels", type=Path, nargs="+")
     sub.add_parser("arch", help="print this machine's GPU architectures for HISTOFAST_CUDA_ARCHS (exit 1: none)")
     b = sub.add_parser("build", help="build the extension for this GPU only, with every core, without internet")
     b.add_argument("--jobs", type=int, help="parallel compile jobs (default: every core)")
     i = sub.add_parser("info", help="GPU, driver, build and versions as JSON")
     i.add_argument("--json", type=Path, help="also write it here")
     a = p.parse_args(argv)
+    if a.command == "wheels":
+        return install_wheels(a.wheels, a.target)
     if a.command == "arch":
         arch, how = detect_arch()
         print(arch or how)
         return 0 if arch else 1
     if a.command == "build":
         return build(a.jobs)
+    smi = _command("nvidia-smi")
+    print(smi or "nvidia-smi: not available", flush=True)
     record = info()
     text = json.dumps(record, indent=1)
     print(text)

@@ -4,15 +4,16 @@
     build_info.json  GPU, driver, build and versions (steps.py info)
     tests.xml        pytest -m gpu over tests/ (JUnit XML)
     kernels.json     pytest-benchmark JSON of benchmarks/test_kernels.py -m gpu
-    gpu_bench.json   benchmarks/gpu/gpu_bench.py
+    gpu_bench.json   benchmarks/gpu/gpu_bench.py (rewritten as each part ends: a killed run leaves the parts done)
     log.txt          everything printed (read for the failures of a step whose XML is missing)
 
-writes ``summary.json`` there and prints one line last: tests passed/failed/skipped and the headline figures.
+writes ``summary.json`` there and prints one line last: tests passed/failed/skipped, the headline figures, the
+benchmark parts that did not finish and CUDA major versions that differ between components.
 
-    python3 benchmarks/gpu/summarize.py OUT [--started EPOCH_SECONDS]
+    python3 benchmarks/gpu/summarize.py OUT [--started EPOCH_SECONDS] [--budget SECONDS]
 
-Exit status 0 when every step ran and passed, some test passed and none failed, and no benchmark part failed;
-1 otherwise (all tests skipped means no GPU was seen: nothing was verified).
+Exit status 0 when every step ran and passed, some test passed and none failed, and every benchmark part finished
+and none failed; 1 otherwise (all tests skipped means no GPU was seen: nothing was verified).
 Nothing here imports histofast: it summarises a run whose build failed too.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-STEPS = ("wheels", "build", "info", "tests", "kernels", "bench")
+STEPS = ("wheels", "build", "info", "slide", "tests", "kernels", "bench")  # verify.sh's CAPS, in order
 TIMEOUT_STATUSES = (124, 137)  # timeout(1): the limit passed (TERM), or the command outlived -k (KILL)
 DALI = {"what": "NVIDIA DALI (Pipeline(backend='dali'), Pipeline.from_tfrecord's GPU decoding)",
         "why": "DALI is never on the GPU machine (no internet, no wheel carried): its gpu tests skip and no DALI "
@@ -169,6 +170,29 @@ def device_of(info: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict
             "cores": info.get("cores") or machine.get("cores"), "cpu": machine.get("cpu")}
 
 
+def cuda_majors(info: dict[str, Any] | None) -> dict[str, int]:
+    """The CUDA major version each component of build_info.json was built for or names: PyTorch, nvcc, histofast's
+    runtime, nvImageCodec's ``__cuda_version__`` and the installed packages named for one (``-cu13``, ``-cuda13x``,
+    ``-cuda130``)."""
+    info = info or {}
+    found: dict[str, int] = {}
+    torch_cuda = (info.get("torch") or {}).get("cuda")
+    if torch_cuda:
+        found["torch"] = int(str(torch_cuda).split(".")[0])
+    nvcc = re.search(r"release (\d+)", info.get("nvcc") or "")
+    if nvcc:
+        found["nvcc"] = int(nvcc.group(1))
+    for name, version in (("histofast", (info.get("histofast") or {}).get("cuda_runtime_version")),
+                          ("nvimgcodec", info.get("nvimgcodec_cuda_version"))):
+        if isinstance(version, int) and version > 0:  # CUDA's encoding: 13030 is 13.3
+            found[name] = version // 1000
+    for name, version in (info.get("packages") or {}).items():
+        m = re.search(r"-cu(?:da)?(\d\d)", name)
+        if m and version:
+            found[name] = int(m.group(1))
+    return found
+
+
 def versions_of(info: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict[str, Any]:
     info = info or {}
     histofast = info.get("histofast") or {}
@@ -178,12 +202,14 @@ def versions_of(info: dict[str, Any] | None, bench: dict[str, Any] | None) -> di
             "histofast": histofast.get("version") or machine.get("version"),
             "git_sha": info.get("git_sha") or machine.get("git_sha"),
             "cuda_archs": histofast.get("cuda_archs"), "cuda_runtime": histofast.get("cuda_runtime_version"),
-            "cuda_driver": histofast.get("cuda_driver_version"), "packages": info.get("packages") or {}}
+            "cuda_driver": histofast.get("cuda_driver_version"),
+            "nvimgcodec_cuda": info.get("nvimgcodec_cuda_version"), "cuda_majors": cuda_majors(info),
+            "packages": info.get("packages") or {}}
 
 
 def not_run(steps: list[dict[str, Any]], bench: dict[str, Any] | None) -> list[dict[str, str]]:
     """What was not run or not finished, and why: DALI always; steps not run, timed out or failed; benchmark parts
-    skipped or failed; the big slide unless asked for."""
+    skipped, failed or not finished; the big slide unless asked for."""
     out = [dict(DALI)]
     for s in steps:
         if s["status"] == "not run":
@@ -198,13 +224,23 @@ def not_run(steps: list[dict[str, Any]], bench: dict[str, Any] | None) -> list[d
     if bench is not None:
         out += [{"what": f"gpu_bench {s['part']}", "why": s["why"]} for s in bench.get("skipped", [])]
         out += [{"what": f"gpu_bench {e['part']}", "why": f"failed: {e['error']}"} for e in bench.get("errors", [])]
+        out += [{"what": f"gpu_bench {part}", "why": "not finished: the benchmark stopped first (see step bench)"}
+                for part in unfinished(bench)]
         if not (bench.get("config") or {}).get("big"):
             out.append({"what": "gpu_bench on the 65536×32768 slide", "why": "only with --big (VERIFY_BIG=1): writing "
                                                                           "it costs minutes"})
     return out
 
 
-def summarize(out: Path, started: float | None = None) -> dict[str, Any]:
+def unfinished(bench: dict[str, Any]) -> list[str]:
+    """The parts gpu_bench.py planned but did not finish (its report is rewritten as each part ends); everything,
+    "setup" first, when it stopped before planning; [] for a finished report (or one from before these fields)."""
+    if bench.get("finished", True):
+        return []
+    return bench.get("parts", [])[len(bench.get("parts_done", [])):] or ["setup"]
+
+
+def summarize(out: Path, started: float | None = None, budget: float | None = None) -> dict[str, Any]:
     """The summary of the run whose files are in ``out`` (see the module's docstring)."""
     log = (out / "log.txt").read_text(errors="replace") if (out / "log.txt").is_file() else ""
     steps = read_steps(out / "steps.tsv")
@@ -225,14 +261,16 @@ def summarize(out: Path, started: float | None = None) -> dict[str, Any]:
                      "skipped": bench.get("skipped", []), "seconds": bench.get("seconds", {}),
                      "config": {k: (bench.get("config") or {}).get(k) for k in ("device", "decode", "size", "big",
                                                                                 "quick", "tile_size", "stride")},
-                     "decoders": _decoders(bench)}
+                     "decoders": _decoders(bench), "finished": bench.get("finished", True),
+                     "parts_done": bench.get("parts_done"), "parts_not_finished": unfinished(bench)}
     steps_ok = bool(steps) and all(s["status"] == "ok" or (s["status"] == "not run" and s["name"] == "wheels")
                                    for s in steps)
     tests_ok = tests.get("passed", 0) > 0 and tests.get("failed", 0) == 0 and tests.get("errors", 0) == 0
-    ok = steps_ok and tests_ok and not kernel_failures and bench is not None and not bench.get("errors")
+    ok = (steps_ok and tests_ok and not kernel_failures and bench is not None and not bench.get("errors")
+          and not unfinished(bench))
     summary: dict[str, Any] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - started, 1) if started else None,
+        "wall_s": round(time.time() - started, 1) if started else None, "budget_s": budget,
         "ok": ok, "device": device_of(info, bench), "versions": versions_of(info, bench),
         "build": (info or {}).get("histofast"), "steps": steps, "tests": tests, "kernels": kernels,
         "benchmark": benchmark, "not_run": not_run(steps, bench),
@@ -280,12 +318,19 @@ def final_line(summary: dict[str, Any]) -> str:
                      f"{_num(h.get('keep_differ_fraction'), '.2%')}")
         if b["errors"]:
             parts.append("gpu_bench failed: " + ", ".join(e["part"] for e in b["errors"]))
+        if b["parts_not_finished"]:
+            parts.append("gpu_bench not finished: " + ", ".join(b["parts_not_finished"]))
     bad = [f"{s['name']} {s['status']}" for s in summary["steps"] if s["status"] in ("failed", "timeout")]
     if bad:
         parts.append("steps: " + ", ".join(bad))
+    majors = summary["versions"]["cuda_majors"]
+    if len(set(majors.values())) > 1:  # the most common major, and what differs from it
+        common = Counter(majors.values()).most_common(1)[0][0]
+        parts.append(f"CUDA {common}, but " + ", ".join(f"{k} {v}" for k, v in majors.items() if v != common))
     parts.append(summary["device"].get("name") or "no GPU seen")
-    if summary.get("wall_s") is not None:
-        parts.append(f"{summary['wall_s']:.0f} s")
+    wall, budget = summary.get("wall_s"), summary.get("budget_s")
+    if wall is not None:
+        parts.append(f"{wall:.0f}" + (f" of {budget:.0f}" if budget else "") + " s")
     return " | ".join(parts)
 
 
@@ -293,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="verify.sh's output folder")
     p.add_argument("--started", type=float, help="when the run started, seconds since the epoch (for wall_s)")
+    p.add_argument("--budget", type=float, help="the run's time budget, seconds (reported beside wall_s)")
     a = p.parse_args(argv)
     for stale in a.out.glob(".*.tmp"):  # a writer killed at its limit leaves these; $OUT keeps few files
         stale.unlink(missing_ok=True)
-    summary = summarize(a.out, a.started)
+    summary = summarize(a.out, a.started, a.budget)
     tmp = a.out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, a.out / "summary.json")
