@@ -80,7 +80,8 @@ def made_up_run(out: Path, *, tests_xml: bool = True, bench_errors: list | None 
         "torch": {"version": "2.11.0+cu130", "cuda": "13.0", "device": "NVIDIA H200", "multiprocessors": 132},
         "histofast": {"version": "0.1.0", "cuda_compiled": True, "cuda_archs": "90", "cuda_runtime_version": 13000},
         "nvimgcodec_cuda_version": 13030, "packages": {"nvidia-nvimgcodec-cu13": "0.9.0.20", "cupy-cuda13x": "14.0.1",
-                                                       "nvidia-dali-cuda130": None, "numpy": "2.3.5"}}))
+                                                       "nvidia-dali-cuda130": None, "numpy": "2.3.5"},
+        "installed_cuda_majors": {"13": ["cupy-cuda13x", "nvidia-nvimgcodec-cu13"]}}))
     (out / "gpu_bench.json").write_text(json.dumps({
         "machine": {"gpu": "NVIDIA H200", "cores": 16}, "config": {"device": "cuda", "decode": "gpu", "big": False},
         "headline": HEADLINE, "targets": [], "skipped": [], "errors": bench_errors or [], "seconds": {"total": 90},

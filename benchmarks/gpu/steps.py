@@ -204,6 +204,7 @@ def info() -> dict[str, Any]:
         out["histofast"] = {**histofast.build_info(), "cuda_available": histofast.cuda_available(),
                             "nvimgcodec_installed": nvimgcodec_installed(), "dali_installed": dali_installed(),
                             "path": str(Path(histofast.__file__).parent)}
+        out["installed_cuda_majors"] = histofast.build.cuda_majors()  # {13: [distributions built for CUDA 13]}
     except Exception as e:  # the build failed: say so, keep the rest
         out["histofast"] = {"error": f"{type(e).__name__}: {e}"}
     try:  # where `nvidia.*` resolves: a regular package in site-packages would hide the carried nvimgcodec

@@ -172,8 +172,8 @@ def device_of(info: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict
 
 def cuda_majors(info: dict[str, Any] | None) -> dict[str, int]:
     """The CUDA major version each component of build_info.json was built for or names: PyTorch, nvcc, histofast's
-    runtime, nvImageCodec's ``__cuda_version__`` and the installed packages named for one (``-cu13``, ``-cuda13x``,
-    ``-cuda130``)."""
+    runtime, nvImageCodec's ``__cuda_version__`` and the installed distributions built for one (as
+    ``histofast.build.cuda_majors`` read them on the machine)."""
     info = info or {}
     found: dict[str, int] = {}
     torch_cuda = (info.get("torch") or {}).get("cuda")
@@ -186,10 +186,8 @@ def cuda_majors(info: dict[str, Any] | None) -> dict[str, int]:
                           ("nvimgcodec", info.get("nvimgcodec_cuda_version"))):
         if isinstance(version, int) and version > 0:  # CUDA's encoding: 13030 is 13.3
             found[name] = version // 1000
-    for name, version in (info.get("packages") or {}).items():
-        m = re.search(r"-cu(?:da)?(\d\d)", name)
-        if m and version:
-            found[name] = int(m.group(1))
+    for major, names in (info.get("installed_cuda_majors") or {}).items():
+        found.update(dict.fromkeys(names, int(major)))  # JSON keys are strings
     return found
 
 
