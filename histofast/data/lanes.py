@@ -64,9 +64,9 @@ class Lane:
         windows: from ``plan``.
         epoch: the augmentation epoch.
         pool: decode threads (shared by lanes of one process).
-        device: "cpu" or "cuda:i": where the regions go and the batches are made.
         regions: what decodes the regions (``histofast.io.decode.RegionReader``; the caller keeps it open across
             epochs, so its nvImageCodec decoder and per-level checks serve every epoch).
+        device: "cpu" or "cuda:i": where the regions go and the batches are made.
         allocate: ``allocate(shape, dtype) -> torch tensor`` for CPU batch images (e.g. in shared memory);
             default: arrays recycled once nobody holds them (``watch`` of them at a time).
     Yields:
