@@ -18,3 +18,15 @@ class SlideError(HistofastError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path, self.reason = os.fspath(path), reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class SmallerThanTileError(SlideError):
+    """The chosen level of a slide is smaller than one tile of the grid: ``level``, ``size`` (width, height) in level
+    pixels and ``tile_size`` say which, so a caller whose "tile" is something else (an image of ``image_size``)
+    can say so in its own words."""
+
+    def __init__(self, path: str | os.PathLike, level: int, size: tuple[int, int], tile_size: int,
+                 what: str = "tile (tile_size={})") -> None:
+        self.level, self.size, self.tile_size = level, size, tile_size
+        super().__init__(path, f"level {level} is {size[0]}×{size[1]} pixels, smaller than one "
+                               f"{what.format(tile_size)}")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+import logging
+import re
+from typing import Any, Iterable
 
 
 def add_parser(commands: Any) -> None:
@@ -34,25 +35,46 @@ def add_parser(commands: Any) -> None:
 _STAGE_FLAGS = {"train": "--epochs", "patch": "--patch-epochs", "image": "--epochs", "finetune": "--finetune-epochs"}
 
 
-def _say(line: str) -> None:
-    """One line of the run's log on stdout, flushed (a file or pipe sees it at once), around any progress bar."""
-    from tqdm import tqdm
+class FlagNames(logging.Filter):
+    """Messages in the words the user typed: ``image_size=2560`` (a parameter of the Python API) becomes
+    ``--image-size 2560`` for every name in ``names``; as a filter on a handler, in every log line it shows."""
 
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    def __init__(self, names: Iterable[str]) -> None:
+        super().__init__()
+        self._pattern = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")=")
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(lambda m: f"--{m.group(1).replace('_', '-')} ", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self(record.getMessage()), ()
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..errors import HistofastError
     from ..train.checkpoint import read_checkpoint
     from ..train.config import TrainConfig, from_arguments, given_values
     from ..train.run import TWO_LEVEL_STAGES, fit
 
-    if args.resume:  # the checkpoint's settings, with the flags given on top (fit checks which may change)
-        saved = read_checkpoint(args.resume)["config"]
-        config = TrainConfig.from_dict({**saved, **given_values(args)}, f"checkpoint {args.resume}")
-    else:
-        config = from_arguments(args)
-    result = fit(config, resume=args.resume, progress=False if args.quiet else None, report=_say)
+    flags = FlagNames(f.name for f in dataclasses.fields(TrainConfig))
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(flags)
+    try:
+        if args.resume:  # the checkpoint's settings, with the flags given on top (fit checks which may change)
+            saved = read_checkpoint(args.resume)["config"]
+            config = TrainConfig.from_dict({**saved, **given_values(args)}, f"checkpoint {args.resume}")
+        else:
+            config = from_arguments(args)
+        result = fit(config, resume=args.resume, progress=False if args.quiet else None)
+    except HistofastError as e:
+        raise HistofastError(flags(str(e))) from None
+    finally:
+        for handler in handlers:
+            handler.removeFilter(flags)
     if result.rank != 0:  # under torchrun, rank 0 alone reports
         return 0
     if result.already_complete:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import ops
 from ..augment import Augment
 from ..checks import check_count
-from ..errors import HistofastError
+from ..errors import HistofastError, SmallerThanTileError
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import TileGrid, check_grid_args, tile_grid
 from .sources import NO_LABEL, SlideSource, class_index
@@ -175,6 +175,8 @@ def build_samples(
                                    hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white, device=device,
                                    decode=decode))
         except (HistofastError, OSError) as e:  # a bad slide never stops the others
+            if mode == "images" and isinstance(e, SmallerThanTileError):  # the grid's "tile" is the image here
+                e = SmallerThanTileError(item.path, e.level, e.size, e.tile_size, "image (image_size={})")
             log.warning("skipping %s: %s", item.path, e)
             failed[item.path] = str(e)
             grids.append(None)
@@ -187,7 +189,8 @@ def build_samples(
     samples = Samples(slides, labels, names, grids, mode, int(tile_size), int(stride), augment, int(batch_size),
                       dtype, mean, std, failed)
     if samples.counts.sum() == 0:
+        why = f"; first: {next(iter(failed.values()))}" if failed else ""
         raise HistofastError(f"no tissue {mode} in {len(items)} slides (max_white={max_white}; "
-                             f"{len(failed)} slides failed)")
+                             f"{len(failed)} slides failed{why})")
     return samples
 

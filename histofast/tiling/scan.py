@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import ops
 from ..checks import check_device
-from ..errors import SlideError
+from ..errors import SmallerThanTileError
 from ..io import Slide, opened
 from ..io.bands import Band, Rows, SlideRows, read_bands
 from ..io.decode import open_rows
@@ -204,8 +204,7 @@ def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magn
     view = select_level(slide, level, mpp, magnification)
     width, height = view.dimensions
     if tile_size > min(width, height):
-        raise SlideError(slide.path, f"level {view.level} is {width}×{height} pixels, smaller than one tile "
-                                     f"(tile_size={tile_size})")
+        raise SmallerThanTileError(slide.path, view.level, (width, height), tile_size)
     return view, int(tile_size), int(stride)
 
 

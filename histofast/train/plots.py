@@ -40,8 +40,14 @@ def _series(epochs: np.ndarray, metrics: list[Mapping | None], key: str) -> tupl
     return epochs[present], values[present]
 
 
+# Train and validation apart by line, marker and (for the loss) colour, not by line style alone.
+_SPLIT_STYLE = {"train": dict(linestyle="-", marker="o"),
+                "val": dict(linestyle="--", marker="s", markerfacecolor="white")}
+
+
 def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """Loss (left) and every ``*_acc`` accuracy (right) per epoch; train solid, validation dashed.
+    """Loss (left) and every ``*_acc`` accuracy (right) per epoch; train solid with dots, validation dashed with
+    open squares; one tick per whole epoch (a single epoch too).
 
     Args:
         history: per-epoch records ``{"epoch": int (0-based), "stage": str, "train": {...}, "val": {...}}``
@@ -49,6 +55,11 @@ def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> None:
             With more than one distinct stage, dotted vertical lines separate the stages and name them.
         path: the PNG to write.
     """
+    _save(history_figure(history), path)
+
+
+def history_figure(history: Sequence[Mapping]) -> Any:
+    """``plot_history``'s figure (matplotlib ``Figure``, axes: loss, accuracy), not yet saved."""
     if not history:
         raise HistofastError("history: empty, expected at least one epoch record")
     for i, record in enumerate(history):
@@ -59,17 +70,19 @@ def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> None:
     accuracies = list(dict.fromkeys(key for metrics in splits["train"] + splits["val"] if metrics
                                     for key in metrics if key.endswith("_acc")))
 
+    from matplotlib.ticker import MaxNLocator
+
     figure, (loss_axes, acc_axes) = _figure(11, 4.2, columns=2)
     colours = {key: f"C{i + 1}" for i, key in enumerate(accuracies)}
-    for split, style in (("train", "-"), ("val", "--")):
+    for split, style in _SPLIT_STYLE.items():
         x, loss = _series(epochs, splits[split], "loss")
         if x.size:
-            loss_axes.plot(x, loss, style, color="C0" if split == "train" else "C3", marker="o", markersize=3,
-                           label=f"{split} loss")
+            loss_axes.plot(x, loss, color="C0" if split == "train" else "C3", markersize=4, label=f"{split} loss",
+                           **style)
         for key in accuracies:
             x, values = _series(epochs, splits[split], key)
             if x.size:
-                acc_axes.plot(x, values, style, color=colours[key], marker="o", markersize=3, label=f"{split} {key}")
+                acc_axes.plot(x, values, color=colours[key], markersize=4, label=f"{split} {key}", **style)
 
     stages = [record.get("stage") for record in history]
     for axes, title, ylabel in ((loss_axes, "loss", "loss"), (acc_axes, "accuracy", "accuracy")):
@@ -85,13 +98,14 @@ def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> None:
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even just one
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8, loc="best")
     if accuracies:
         acc_axes.set_ylim(-0.02, 1.02)
-    _save(figure, path)
+    return figure
 
 
 def plot_roc(report: Report, path: str | os.PathLike, title: str = "") -> None:

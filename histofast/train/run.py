@@ -149,14 +149,15 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         progress: tqdm bars (default: when stderr is a terminal).
         report: called with each line of the run's log as it happens: the start, one line every
             ``log_interval`` batches and at each epoch's last batch (batch, loss, samples/s), one line per epoch
-            (losses, accuracies, seconds). ``histofast train`` prints them; by default they are logged at INFO
-            (logger ``histofast.train.run``), so ``fit`` prints nothing itself.
+            (losses, accuracies, seconds). Default ``print_line``: each line on stdout, flushed, around any
+            progress bar (as ``histofast train`` shows them); ``report=logging.getLogger(...).info`` routes them,
+            ``report=lambda line: None`` silences them.
     Raises:
         TrainingError: a non-finite loss (the message names the epoch and batch; ``last.pt`` keeps the last
             good epoch). HistofastError: bad configuration or data.
     """
     progress = sys.stderr.isatty() if progress is None else progress
-    say = report if report is not None else lambda line: log.info("%s", line)
+    say = report if report is not None else print_line
     check_model_name(config.model)
     state = None
     if resume is not None:
@@ -189,6 +190,14 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
         world.close()
 
 
+def print_line(line: str) -> None:
+    """One line of a run's log on stdout, flushed (a file or pipe sees it at once), around any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.PathLike | None, world: World,
          device: torch.device, progress: bool, say: Callable[[str], None]) -> FitResult:
     if config.sync_bn and world.distributed and device.type != "cuda":
@@ -199,12 +208,13 @@ def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.Pat
         held = state is None and (out / "last.pt").exists()
         world.agree(f"out={config.out}: holds the run of {out / 'last.pt'}; resume it (--resume) or choose another "
                     "--out" if held else None)
-        out.mkdir(parents=True, exist_ok=True)
     else:
         world.agree(None)
     if world.distributed and config.workers is None:  # the order depends on it: the same on every rank, pinned
         config = dataclasses.replace(config, workers=world.broadcast(default_workers()))
     train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
+    if world.main:  # only once there is something to train: a run that cannot start leaves no empty folder
+        out.mkdir(parents=True, exist_ok=True)
     if config.workers is None and hasattr(train_pipe, "tile_dataset"):  # the order depends on it: pin it for resume
         config = dataclasses.replace(config, workers=train_pipe.tile_dataset.workers)
     torch.manual_seed(config.seed)

@@ -99,3 +99,39 @@ def test_evaluate_default_folder_refuses_another_evaluation(trained, regions, tm
     assert main(["evaluate", str(run / "last.pt"), str(tmp_path / "b" / "test.csv"), *args, "--out",
                  str(tmp_path / "b-ev")]) == 0
     assert json.loads((tmp_path / "b-ev" / "metrics.json").read_text())["data"] == str(tmp_path / "b" / "test.csv")
+
+
+def _readme_cpu_train_command() -> list[str]:
+    """The README's CPU training command, as a user pastes it (its continuation lines joined)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index("histofast train slides/manifest.csv --out runs/two-level-cpu"):]
+    command = block[: block.index("\n#")].replace("\\\n", " ").split()
+    assert command[:2] == ["histofast", "train"] and "--device" in command
+    return command[2:]
+
+
+def test_the_readmes_cpu_training_command_trains_on_the_readmes_data(tmp_path, monkeypatch, capsys):
+    """On the README's own data (write_region_dataset as its snippet calls it), the README's CPU command runs;
+    here with one batch an epoch and one epoch a stage (appended flags win) to keep the test short."""
+    monkeypatch.chdir(tmp_path)
+    synth.write_region_dataset("slides", classes=("NORM", "ADC"), n_per_class=6, size=512, patients_per_class=3)
+    argv = ["train", *_readme_cpu_train_command(), "--patch-epochs", "1", "--epochs", "1", "--max-batches", "1",
+            "--quiet"]
+    assert main(argv) == 0
+    assert (tmp_path / "runs" / "two-level-cpu" / "best.pt").is_file()
+    assert "epoch 2 (image):" in capsys.readouterr().out
+
+
+def test_a_train_run_that_cannot_start_names_the_flags_and_leaves_nothing(regions, tmp_path, capsys):
+    """Images larger than every region: the messages name --image-size (what the user typed), not image_size=,
+    and no empty --out folder is left behind."""
+    out = tmp_path / "run"
+    argv = ["train", str(regions / "manifest.csv"), "--out", str(out), "--model", "two_level_cnn", "--tile-size", "64",
+            "--image-size", "2560", "--device", "cpu", "--workers", "1", "--backend", "torch", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "smaller than one image (--image-size 2560)" in err and "image_size=" not in err
+    assert "--max-white 0.5" in err and "tile_size=" not in err
+    assert not out.exists()

@@ -207,6 +207,21 @@ def test_plots_write_pngs_and_leave_no_temporary_files(tmp_path):
         _assert_png(tmp_path / name)
 
 
+def test_history_plot_ticks_whole_epochs_and_tells_train_from_validation_apart():
+    """One epoch too: its ticks are whole epochs (they were 0.96, 0.98, … for one epoch); train and validation
+    lines differ in marker (filled dots, open squares) and line style, and the losses in colour."""
+    for history in (_history()[:1], _history()):
+        figure = plots.history_figure(history)
+        for axes in figure.axes:
+            ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        lines = {line.get_label(): line for axes in figure.axes for line in axes.get_lines()}
+        train, val = lines["train loss"], lines["val loss"]
+        assert (train.get_marker(), val.get_marker()) == ("o", "s") and val.get_markerfacecolor() == "white"
+        assert train.get_color() != val.get_color() and train.get_linestyle() != val.get_linestyle()
+        assert lines["train patch_acc"].get_marker() != lines["val patch_acc"].get_marker()
+
+
 def test_plot_overwrites_and_rejects_an_empty_history(tmp_path):
     path = tmp_path / "history.png"
     path.write_bytes(b"old")

@@ -68,6 +68,23 @@ def test_training_steps_reduce_the_loss(regions, name, stage, options):
         assert all(torch.equal(v, model.patch_net.state_dict()[k]) for k, v in frozen.items())
 
 
+def test_fit_from_python_prints_its_log_as_it_goes(regions, tmp_path, capsys):
+    """Called from Python (no CLI), fit shows the same lines histofast train prints; report= routes them."""
+    fit(config(regions, tmp_path, epochs=1, patch_epochs=1), progress=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("training two_level_cnn") and any(line.startswith("epoch 2 (image):") for line in lines)
+    seen: list[str] = []
+    fit(config(regions, tmp_path / "again", epochs=1, patch_epochs=1), progress=False, report=seen.append)
+    assert capsys.readouterr().out == "" and seen[0].startswith("training two_level_cnn")
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(regions, tmp_path):
+    cfg = config(regions, tmp_path, epochs=1, patch_epochs=1, image_size=4096)  # larger than every region
+    with pytest.raises(HistofastError, match=r"no tissue images .* smaller than one image \(image_size=4096\)"):
+        fit(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_writes_checkpoints_metrics_and_plots(regions, tmp_path):
     cfg = config(regions, tmp_path, epochs=1, patch_epochs=1)
     result = fit(cfg, progress=False)
