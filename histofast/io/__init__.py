@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideError
+from ..utils.noise import explained
 from .image import ImageSlide
-from .openslide_slide import OpenSlideSlide
+from .openslide_slide import OpenSlideSlide, opened_by_openslide
 from .slide import Slide
 from .tiff import VENDORS, TiffSlide
 
@@ -46,8 +47,9 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     if vendor is None:
         if backend != "auto":
             raise SlideError(path, f"backend={backend!r}: OpenSlide does not recognise this file")
-        _not_a_broken_slide(path)
-        return ImageSlide(path, workers)
+        with explained(path, "tifffile"):  # tifffile's warnings and Pillow's: the reason, or the log
+            _not_a_broken_slide(path)
+            return ImageSlide(path, workers)
     if backend == "openslide" or vendor not in VENDORS:
         if backend == "tiff":
             raise SlideError(path, f"backend='tiff': vendor {vendor!r} is not a plain tiled TIFF")
@@ -81,7 +83,6 @@ def file_problem(path: str | os.PathLike) -> str | None:
 
 def _not_a_broken_slide(path: Path) -> None:
     """Raise for a tiled TIFF OpenSlide rejects (a damaged slide): it must not open as a flat image."""
-    import openslide
     import tifffile
 
     try:
@@ -90,10 +91,7 @@ def _not_a_broken_slide(path: Path) -> None:
     except Exception:  # not a TIFF, or not even a readable one: Pillow decides
         return
     if tiled:
-        try:
-            openslide.OpenSlide(os.fspath(path)).close()
-        except openslide.OpenSlideError as e:
-            raise SlideError(path, f"a tiled TIFF that OpenSlide cannot read ({e})") from None
+        opened_by_openslide(path, "a tiled TIFF that OpenSlide cannot read ({})").close()
         raise SlideError(path, "a tiled TIFF that OpenSlide does not recognise")
 
 

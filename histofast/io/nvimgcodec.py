@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..build import cuda_majors
 from ..errors import HistofastError, SlideError
+from ..utils.noise import stderr_captured
 from .bands import CHUNK_BYTES, Pending
 from .slide import Slide
 
@@ -45,9 +43,7 @@ def nvimgcodec_installed() -> bool:
 
 
 _LOADER_MESSAGES: list[str] = []  # what nvImageCodec's extension loader printed at import
-# File descriptor 2 belongs to the whole process: one capture at a time, or two overlapping ones leave it
-# pointing at the other's deleted temporary file. The first import happens inside one, whole.
-_CAPTURE = threading.Lock()
+# The first import happens inside one capture of file descriptor 2, whole (utils.noise: one at a time).
 _imported: Any = None  # the module once its import has finished (sys.modules holds it half-made before)
 
 
@@ -59,7 +55,7 @@ def _module() -> Any:
     if _imported is not None:
         return _imported
     os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # its own log lines (read once, at import)
-    with _stderr_captured() as lines:
+    with stderr_captured() as lines:
         if _imported is None:  # another thread may have imported it while this one waited
             import nvidia.nvimgcodec as nvimgcodec
 
@@ -68,25 +64,6 @@ def _module() -> Any:
     for line in lines:
         log.debug("nvImageCodec: %s", line)
     return _imported
-
-
-@contextmanager
-def _stderr_captured() -> Iterator[list[str]]:
-    """Collect what native code writes to file descriptor 2 meanwhile (nvImageCodec's extension loader
-    prints "Failed to load nvjpeg library!" there, whatever its verbosity). One capture at a time."""
-    lines: list[str] = []
-    with _CAPTURE:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield lines
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                sink.seek(0)
-                lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
 def cuda_major_mismatch(nv: Any, torch_cuda: str | None) -> str:
@@ -132,7 +109,7 @@ class NvDecoder:
         self.name = "nvimgcodec-gpu" if self.gpu else "nvimgcodec-cpu"
         self._nv = nv
         threads = workers or os.cpu_count() or 1
-        with _stderr_captured() as noise:
+        with stderr_captured() as noise:
             try:
                 if self.gpu:
                     import torch

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from ..errors import SlideError
+from ..utils.noise import explained
 from .slide import Job, OnPart, Slide, composite_on_white
 
 PIECE_TILES = 4  # pieces of 4×4 stored tiles: big enough to amortise a call, small enough to spread
@@ -20,12 +21,7 @@ class OpenSlideSlide(Slide):
     backend = "openslide"
 
     def __init__(self, path: str | os.PathLike, workers: int | None = None) -> None:
-        import openslide
-
-        try:
-            self._osr = openslide.OpenSlide(os.fspath(path))
-        except openslide.OpenSlideError as e:
-            raise openslide_error(path, e) from None
+        self._osr = opened_by_openslide(path)
         super().__init__(path, self._osr.level_dimensions, self._osr.level_downsamples,
                          self._osr.properties, workers)
 
@@ -66,6 +62,20 @@ class OpenSlideSlide(Slide):
     def close(self) -> None:
         super().close()
         self._osr.close()
+
+
+def opened_by_openslide(path: str | os.PathLike, reason: str | None = None):
+    """``openslide.OpenSlide(path)``, what its libraries print on file descriptor 2 meanwhile captured (a few
+    tens of µs; the capture is process-wide, so only around opening: reads go uncaptured, and OpenSlide's read
+    errors carry libtiff's and libjpeg's messages themselves). ``SlideError`` if OpenSlide cannot open the file:
+    ``openslide_error``'s, or ``reason`` with the OpenSlide error in its ``{}``."""
+    import openslide
+
+    with explained(path, "OpenSlide", stderr=True):
+        try:
+            return openslide.OpenSlide(os.fspath(path))
+        except openslide.OpenSlideError as e:
+            raise (openslide_error(path, e) if reason is None else SlideError(path, reason.format(e))) from None
 
 
 def openslide_error(path: str | os.PathLike, error: Exception, where: str = "") -> SlideError:

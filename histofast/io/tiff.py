@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import HistofastError, SlideError
+from ..utils.noise import explained
 from .openslide_slide import OpenSlideSlide
 from .slide import BACKGROUND, Job, OnPart
 
@@ -42,7 +43,8 @@ class TiffSlide(OpenSlideSlide):
 
         super().__init__(path, workers)
         try:
-            self._tif = tifffile.TiffFile(os.fspath(path))
+            with explained(path, "tifffile"):
+                self._tif = tifffile.TiffFile(os.fspath(path))
         except Exception:
             self._osr.close()
             raise
@@ -50,7 +52,8 @@ class TiffSlide(OpenSlideSlide):
         self._local = threading.local()  # per thread: the scratch tile of scan_jobs
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
         try:
-            pages = _tiled_pages(self._tif, set(self.level_dimensions), self.path)
+            with explained(path, "tifffile"):  # its warnings of odd or damaged IFDs: the reason, or the log
+                pages = _tiled_pages(self._tif, set(self.level_dimensions), self.path)
             for level, dims in enumerate(self.level_dimensions):
                 self._pages[level] = self._checked(level, pages.get(dims))
         except BaseException:

@@ -674,3 +674,112 @@ def test_cpu_decoded_bands_for_a_gpu_are_pinned_and_equal(make_slide):
     gpu = histofast.tile_grid(path, 512, 256, device="cuda", decode="cpu")
     cpu = histofast.tile_grid(path, 512, 256)
     np.testing.assert_array_equal(gpu.white_ratio, cpu.white_ratio)
+
+
+# ---------------------------------------------------------------- third-party noise (issue 21, item 6)
+
+
+def _strip_jpeg_tiff_with_a_bogus_marker_length(path: Path) -> Path:
+    """A stripped (not tiled: Pillow's, through libtiff) JPEG TIFF whose second strip's DQT segment claims a
+    length of 0: libtiff prints "JPEGLib: Bogus marker length." on file descriptor 2."""
+    tifffile.imwrite(path, synth.tissue_image(128, 160, seed=5), rowsperstrip=64, compression="jpeg",
+                     photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        offset = int(tif.pages.first.dataoffsets[1])
+    data = bytearray(path.read_bytes())
+    dqt = data.index(b"\xff\xdb", offset)
+    data[dqt + 2 : dqt + 4] = b"\0\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _tiff_with_a_tag_past_its_end(path: Path) -> Path:
+    """A valid stripped TIFF whose Software tag's value lies past the end of the file: it opens, but tifffile
+    logs a warning and Pillow warns ("Truncated File Read")."""
+    import struct
+
+    tifffile.imwrite(path, synth.tissue_image(64, 80, seed=5), rowsperstrip=16, compression="zlib", photometric="rgb")
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 305:
+            struct.pack_into("<I", data, entry + 8, len(data) + 1000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+OPEN_QUIETLY = r"""
+import json, logging, sys
+import histofast
+
+records = []
+handler = logging.Handler(logging.DEBUG)
+handler.emit = lambda record: records.append(record.getMessage())
+logging.getLogger("histofast").addHandler(handler)
+logging.getLogger("histofast").setLevel(logging.DEBUG)
+reasons = {}
+for path in sys.argv[1:]:
+    try:
+        with histofast.open_slide(path) as slide:
+            reasons[path] = None
+    except histofast.SlideError as e:
+        reasons[path] = e.reason
+print(json.dumps({"reasons": reasons, "log": records}))
+"""
+
+
+def test_third_party_noise_goes_into_the_reason_or_the_log_never_onto_stderr(tmp_path):
+    """Issue 21, item 6: libtiff's "JPEGLib: Bogus marker length." (native, on fd 2, from Pillow's TIFF decoder),
+    tifffile's "invalid offset to first page" (a logging warning) and Pillow's "Corrupt EXIF data" (a Python
+    warning) were printed raw for a broken file. In a fresh process (as a Dask worker is), stderr stays empty:
+    they are in the failing file's reason, or in the histofast log (debug) naming a file that opens."""
+    import json
+    import subprocess
+    import sys
+
+    bogus = _strip_jpeg_tiff_with_a_bogus_marker_length(tmp_path / "bogus.tif")
+    header_only = tmp_path / "header_only.tif"
+    header_only.write_bytes(b"II*\x00\x08\x00\x00\x00")  # the first IFD at byte 8: the end of the file
+    opens = _tiff_with_a_tag_past_its_end(tmp_path / "opens.tif")
+    root = os.fspath(Path(histofast.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+               PYTHONWARNINGS="default")
+    run = subprocess.run([sys.executable, "-c", OPEN_QUIETLY, *map(os.fspath, (bogus, header_only, opens))],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    out = json.loads(run.stdout)
+    reasons = out["reasons"]
+    assert "corrupt image" in reasons[os.fspath(bogus)]
+    assert "JPEGLib: Bogus marker length" in reasons[os.fspath(bogus)]
+    assert "tifffile: " in reasons[os.fspath(header_only)]
+    assert "invalid offset to first page" in reasons[os.fspath(header_only)]
+    assert "Pillow: Corrupt EXIF data" in reasons[os.fspath(header_only)]
+    assert reasons[os.fspath(opens)] is None
+    logged = [line for line in out["log"] if line.startswith(os.fspath(opens))]
+    assert any("tifffile: " in line and "invalid value offset" in line for line in logged), out["log"]
+    assert any("Pillow: Truncated File Read" in line for line in logged), out["log"]
+
+
+def test_the_noise_of_a_slide_that_opens_is_logged_once_in_process(tmp_path, caplog, recwarn):
+    """In the same process, too: no Python warning escapes an open, tifffile's records do not reach the root
+    logger, and each line reaches the histofast log once, naming the file."""
+    path = _tiff_with_a_tag_past_its_end(tmp_path / "opens.tif")
+    with caplog.at_level(logging.DEBUG, "histofast"), histofast.open_slide(path) as slide:
+        assert isinstance(slide, ImageSlide)
+    assert not [w for w in recwarn if "Truncated File Read" in str(w.message)]
+    assert not [r for r in caplog.records if r.name == "tifffile"]
+    mine = [r.getMessage() for r in caplog.records if r.name == "histofast" and os.fspath(path) in r.getMessage()]
+    assert any("tifffile: " in m and "invalid value offset" in m for m in mine), mine
+    tifffile_lines = [m for m in mine if "tifffile: " in m]
+    assert len(tifffile_lines) == len(set(tifffile_lines))
+
+
+def test_tifffile_warnings_outside_histofast_still_reach_the_users_logging(tmp_path, caplog):
+    """The filter on tifffile's logger takes records only while histofast opens a file, in that thread."""
+    path = tmp_path / "header_only.tif"
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00")
+    with caplog.at_level(logging.WARNING, "tifffile"):
+        tifffile.TiffFile(path).close()  # no pages: tifffile logs a warning
+    assert "invalid offset to first page" in caplog.text
