@@ -4,29 +4,51 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
+from ..errors import HistofastError
 from ..io.decode import DECODES
 
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
-                  ".png", ".jpg", ".jpeg"}
+if TYPE_CHECKING:
+    from ..export import ExportOptions
+
+# The Python parameters of the tiling options named in histofast's messages; each flag is --name-with-dashes.
+TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "quality", "label", "workers",
+                     "device", "decode", "format", "processes", "retries")
+_HSV_BOUND = re.compile(r"(?<![\w.-])(lower|upper)\[([012])\]=")
+
+
+class FlagNames(logging.Filter):
+    """Messages in the words the user typed: ``tile_size=0`` (a parameter of the Python API) → ``--tile-size 0`` for
+    every name in ``names``, and ``lower[2]=300`` → ``--hsv-lower V 300``. Call it on a message, or add it to a
+    logging handler to rewrite every log line that handler shows."""
+
+    def __init__(self, names: Iterable[str] = TILING_PARAMETERS) -> None:
+        super().__init__()
+        self._pattern = re.compile(r"(?<![\w.-])(" + "|".join(sorted(names, key=len, reverse=True)) + r")=")
+
+    def __call__(self, message: str) -> str:
+        message = _HSV_BOUND.sub(lambda m: f"--hsv-{m[1]} {'HSV'[int(m[2])]} ", message)
+        return self._pattern.sub(lambda m: f"--{m[1].replace('_', '-')} ", message)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self(record.getMessage()), ()
+        return True
+
+
+flag_message = FlagNames()  # the tiling options' messages as flags
 
 
 def slide_paths(items: Sequence[str]) -> list[str]:
-    """SLIDE arguments with folders expanded to the entries directly inside them named like slides or images:
-    files, and also folders, links, FIFOs or devices with such names, which then fail by name with the reason."""
-    paths: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(os.fspath(f) for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES)
-        else:
-            paths.append(item)
-    return paths
+    """The slides SLIDE arguments name: files as given, folders walked recursively (``histofast.export.find_slides``,
+    which logs every file a walk skips, with the reason)."""
+    from ..export.inputs import find_slides
+
+    return find_slides(items).slides
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: str) -> None:
@@ -47,7 +69,7 @@ def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: st
     p.add_argument("--format", choices=("jpg", "png", "tfrecord", "none"), default=fmt,
                    help=f"how to write kept tiles (default {fmt}); tfrecord writes shards + DALI index files")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
-    p.add_argument("--label", type=int, default=-1, help="class label stored in TFRecords (default -1: none)")
+    p.add_argument("--label", type=int, default=-100, help="class label stored in TFRecords (default -100: none)")
     p.add_argument("--augment", metavar="SPEC",
                    help='geometric augmentation of written tiles, e.g. "rot90,flip,shift=16,angle=10"')
     p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
@@ -61,61 +83,89 @@ def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: st
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def export(args: argparse.Namespace, paths: Sequence[str]) -> int:
-    """Export ``paths`` with the tiling options of ``args`` into ``args.out``; print a summary; the exit status."""
+def export_options(args: argparse.Namespace) -> "ExportOptions":
+    """The ``ExportOptions`` of ``args``, checked before anything is read or written; a bad value raises a
+    ``HistofastError`` naming its flag."""
     from ..augment import Augment
-    from ..export import ExportOptions, export_slides
+    from ..checks import check_count
+    from ..export import ExportOptions
 
-    options = ExportOptions(
-        tile_size=args.tile_size, stride=args.stride, level=args.level, mpp=args.mpp,
-        magnification=args.magnification, max_white=args.max_white, hsv_lower=tuple(args.hsv_lower),
-        hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
-        augment=Augment.parse(args.augment, args.seed),
-    )
-    processes, scheduler = getattr(args, "processes", 1), getattr(args, "scheduler", None)
-    where = ""
-    if scheduler is None and processes == 1:
-        start = time.perf_counter()
-        results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
-                                progress=False if args.quiet else None, device=args.device, decode=args.decode)
-    else:  # --processes N / --scheduler ADDRESS: one Dask task per slide (histofast.export.cluster)
-        from ..export.cluster import (
-            connect,
-            export_slides_distributed,
-            local_cluster,
-            require_distributed,
-            scheduler_workers,
+    try:
+        if args.workers is not None:
+            check_count(args.workers, "workers")
+        return ExportOptions(
+            tile_size=args.tile_size, stride=args.stride, level=args.level, mpp=args.mpp,
+            magnification=args.magnification, max_white=args.max_white, hsv_lower=tuple(args.hsv_lower),
+            hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
+            augment=Augment.parse(args.augment, args.seed),
         )
+    except HistofastError as e:
+        raise HistofastError(flag_message(str(e))) from None
 
-        require_distributed()  # the message naming the extra, before anything starts
-        if not getattr(args, "verbose", False):  # Dask's INFO lines (workers starting, stopping) are noise here
-            for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
-                logging.getLogger(name).setLevel(logging.WARNING)
-        with connect(scheduler) if scheduler else local_cluster(processes) as client:
-            nworkers = len(scheduler_workers(client))
-            where = f" on {nworkers} Dask workers ({scheduler or 'local processes'})"
+
+def export(args: argparse.Namespace, paths: Sequence[str], not_slides: Sequence[tuple[str, str]] = ()) -> int:
+    """Export ``paths`` with the tiling options of ``args`` into ``args.out``; print a summary (with ``not_slides``:
+    the (file, reason) of each input a folder walk did not take); the exit status."""
+    from ..export import export_slides
+
+    options = export_options(args)
+    try:
+        processes, scheduler = getattr(args, "processes", 1), getattr(args, "scheduler", None)
+        where = ""
+        if scheduler is None and processes == 1:
             start = time.perf_counter()
-            results = export_slides_distributed(
-                paths, args.out, options, client, workers=args.workers, qc=args.qc,
-                progress=False if args.quiet else None, device=args.device, decode=args.decode,
-                retries=args.retries, rows=False)
+            results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
+                                    progress=False if args.quiet else None, device=args.device, decode=args.decode)
+        else:  # --processes N / --scheduler ADDRESS: one Dask task per slide (histofast.export.cluster)
+            from ..export.cluster import (
+                connect,
+                export_slides_distributed,
+                local_cluster,
+                require_distributed,
+                scheduler_workers,
+            )
+
+            require_distributed()  # the message naming the extra, before anything starts
+            if not getattr(args, "verbose", False):  # Dask's INFO lines (workers starting, stopping) are noise here
+                for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+                    logging.getLogger(name).setLevel(logging.WARNING)
+            with connect(scheduler) if scheduler else local_cluster(processes) as client:
+                nworkers = len(scheduler_workers(client))
+                where = f" on {nworkers} Dask workers ({scheduler or 'local processes'})"
+                start = time.perf_counter()
+                results = export_slides_distributed(
+                    paths, args.out, options, client, workers=args.workers, qc=args.qc,
+                    progress=False if args.quiet else None, device=args.device, decode=args.decode,
+                    retries=args.retries, rows=False)
+    except HistofastError as e:  # checked before any slide is read: name the flag, not the parameter
+        raise HistofastError(flag_message(str(e))) from None
     seconds = time.perf_counter() - start
     done = [r for r in results if r.status == "done"]
     skipped = [r for r in results if r.status == "skipped"]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        print(f"FAILED {r.slide}: {r.error}", file=sys.stderr)
+        print(f"FAILED {r.slide}: {flag_message(r.error or '')}", file=sys.stderr)
     for r in done + skipped:
         if r.kept == 0 and r.warning:
-            print(f"warning: {r.slide}: no tiles: {r.warning}", file=sys.stderr)
+            print(f"warning: {r.slide}: no tiles: {flag_message(r.warning)}", file=sys.stderr)
         elif r.kept == 0:
             print(f"warning: {r.slide}: no tissue tiles (all {r.total} tiles are more than "
                   f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)
+    print_skipped(not_slides)
     kept, total = sum(r.kept for r in done), sum(r.total for r in done)
     decoders = sorted({r.decoder for r in done})
     print(f"{len(done)} slides tiled, {len(skipped)} already done, {len(failed)} failed; "
           f"tiles kept {kept}/{total}; {seconds:.1f} s{where}; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
           f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written"
           + (f"; decoded by {', '.join(decoders)}" if decoders else "")
-          + f"; manifest {Path(args.out) / 'manifest.csv'}")
+          + f"; manifest {Path(args.out) / 'manifest.csv'}"
+          + (f"; skipped {len(not_slides)} input files (listed above)" if not_slides else ""))
     return 1 if failed else 0
+
+
+def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    """The report of the files a folder walk did not take, each with its reason, on stderr."""
+    if skipped:
+        print(f"skipped {len(skipped)} files:", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)

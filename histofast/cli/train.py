@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
-from typing import Any, Iterable
+from typing import Any
 
 
 def add_parser(commands: Any) -> None:
@@ -35,22 +34,6 @@ def add_parser(commands: Any) -> None:
 _STAGE_FLAGS = {"train": "--epochs", "patch": "--patch-epochs", "image": "--epochs", "finetune": "--finetune-epochs"}
 
 
-class FlagNames(logging.Filter):
-    """Messages in the words the user typed: ``image_size=2560`` (a parameter of the Python API) becomes
-    ``--image-size 2560`` for every name in ``names``; as a filter on a handler, in every log line it shows."""
-
-    def __init__(self, names: Iterable[str]) -> None:
-        super().__init__()
-        self._pattern = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")=")
-
-    def __call__(self, text: str) -> str:
-        return self._pattern.sub(lambda m: f"--{m.group(1).replace('_', '-')} ", text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self(record.getMessage()), ()
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -58,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import read_checkpoint
     from ..train.config import TrainConfig, from_arguments, given_values
     from ..train.run import TWO_LEVEL_STAGES, fit
+    from .common import FlagNames
 
     flags = FlagNames(f.name for f in dataclasses.fields(TrainConfig))
     handlers = logging.getLogger().handlers

@@ -6,9 +6,11 @@ distributed cluster, ``export_slides_distributed`` runs ``export_slide`` per sli
 from __future__ import annotations
 
 from .cluster import export_slides_distributed
+from .inputs import SLIDE_SUFFIXES, SlideInputs, find_slides
 from .options import EXPORT_FORMATS, ExportOptions
 from .qc import write_qc
-from .slides import TILE_MANIFEST_FIELDS, SlideResult, export_slide, export_slides, slide_ids
+from .slides import TILE_MANIFEST_FIELDS, SlideResult, export_slide, export_slides
+from .source import slide_ids
 
-__all__ = ["EXPORT_FORMATS", "ExportOptions", "SlideResult", "TILE_MANIFEST_FIELDS", "export_slide", "export_slides",
-           "export_slides_distributed", "slide_ids", "write_qc"]
+__all__ = ["EXPORT_FORMATS", "ExportOptions", "SLIDE_SUFFIXES", "SlideInputs", "SlideResult", "TILE_MANIFEST_FIELDS",
+           "export_slide", "export_slides", "export_slides_distributed", "find_slides", "slide_ids", "write_qc"]

@@ -38,7 +38,8 @@ from ..checks import check_count, check_device
 from ..errors import HistofastError
 from ..io.decode import check_decode
 from .options import ExportOptions
-from .slides import SlideResult, _writable, export_slide, failed, slide_ids, write_top_manifest
+from .slides import SlideResult, _writable, export_slide, failed, write_top_manifest
+from .source import slide_ids
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,34 @@ def connect(address: str, *, timeout_s: float = 30.0) -> Iterator[Any]:
     certificates from the Dask config, ``distributed.comm.tls.*``); closed on exit. ``timeout_s``: seconds
     to wait for the scheduler."""
     distributed = require_distributed()
+    security = distributed.Security()
+    if address.startswith("tls://"):
+        _check_tls(address, security)
     try:
-        client = distributed.Client(address, security=distributed.Security(), timeout=timeout_s)
+        client = distributed.Client(address, security=security, timeout=timeout_s)
     except (OSError, TimeoutError) as e:
         raise HistofastError(f"--scheduler {address}: cannot connect ({e})") from None
     with client:
         yield client
+
+
+# What a tls:// client needs, as (Dask config key, environment variable, Security attribute).
+TLS_SETTINGS = (
+    ("distributed.comm.tls.ca-file", "DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "tls_ca_file"),
+    ("distributed.comm.tls.client.cert", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT", "tls_client_cert"),
+    ("distributed.comm.tls.client.key", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY", "tls_client_key"),
+)
+
+
+def _check_tls(address: str, security: Any) -> None:
+    """Raise a ``HistofastError`` naming the Dask config keys (and environment variables) of the certificates a
+    ``tls://`` client lacks (Dask itself fails with a ``TypeError`` about an ``ssl_context``). The client key may
+    be inside the certificate file, so it is named only with a missing certificate."""
+    if security.tls_ca_file and security.tls_client_cert:
+        return
+    missing = [f"{key} (or ${env})" for key, env, attribute in TLS_SETTINGS if not getattr(security, attribute)]
+    raise HistofastError(f"--scheduler {address}: a tls:// scheduler needs TLS certificates, and the Dask config has "
+                         f"no {', '.join(missing)}: set them in ~/.config/dask/*.yaml or the environment")
 
 
 def export_slides_distributed(
@@ -168,7 +191,7 @@ def _result(future: Any, path: str | os.PathLike, distributed: Any) -> SlideResu
         reason = "the workers running it died too often (distributed.scheduler.allowed-failures)"
     except Exception as e:  # an unexpected error, after its retries: fail this slide, keep the others
         return failed(path, e)
-    log.error("%s: failed: %s", path, reason)
+    log.info("%s: failed: %s", path, reason)  # the result carries the reason: callers report it (once)
     return SlideResult(os.fspath(path), "failed", error=reason)
 
 

@@ -2,11 +2,14 @@
 rerun with other settings is refused instead of mixing two exports in one folder."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..augment import Augment
 from ..checks import check_count
+from ..data.sources import NO_LABEL
 from ..errors import HistofastError
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import check_grid_args
@@ -17,7 +20,11 @@ SHARD_TILES = 1024  # tiles per TFRecord shard
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to cut and how to write it (the settings a resumed run must share with the first)."""
+    """What to cut and how to write it (the settings a resumed run must share with the first).
+
+    ``tile_size``, ``stride``: pixels of the tiled view; ``level`` (pyramid level), ``mpp`` (µm per pixel) or
+    ``magnification`` (e.g. 20 for 20×): which view, at most one (checked here; a level beyond a slide's levels, or
+    a slide without µm/pixel metadata, fails that slide only); ``max_white``: a fraction in [0, 1]."""
 
     tile_size: int = 512
     stride: int | None = None
@@ -29,7 +36,7 @@ class ExportOptions:
     hsv_upper: tuple[int, int, int] = DEFAULT_HSV_UPPER
     format: str = "jpg"
     quality: int = 90
-    label: int = -1
+    label: int = NO_LABEL  # class index stored in TFRecords; NO_LABEL (-100): unlabelled
     augment: Augment | None = None
     shard_tiles: int = SHARD_TILES
 
@@ -41,6 +48,9 @@ class ExportOptions:
         if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise HistofastError(f"quality={self.quality!r}: must be an integer in 1..100")
         check_count(self.shard_tiles, "shard_tiles")
+        _check_view(self.level, self.mpp, self.magnification)
+        if isinstance(self.label, bool) or not isinstance(self.label, numbers.Integral):
+            raise HistofastError(f"label={self.label!r}: must be an integer (a class index, or {NO_LABEL}: none)")
 
     def key(self) -> dict[str, Any]:
         """The settings as JSON-able values, stored beside a slide's output to detect changed reruns."""
@@ -48,3 +58,17 @@ class ExportOptions:
         d["augment"] = None if self.augment is None else asdict(self.augment)
         d["hsv_lower"], d["hsv_upper"] = list(self.hsv_lower), list(self.hsv_upper)
         return d
+
+
+def _check_view(level: object, mpp: object, magnification: object) -> None:
+    """What ``select_level`` will need of every slide, checked before any is read: at most one of the three, a
+    level ≥ 0, a positive finite µm/pixel or magnification."""
+    given = [n for n, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
+    if len(given) > 1:
+        raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
+    if level is not None:
+        check_count(level, "level", minimum=0)
+    for name, value, unit in (("mpp", mpp, "µm per pixel"), ("magnification", magnification, "e.g. 20 for 20×")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not math.isfinite(value) or value <= 0):
+            raise HistofastError(f"{name}={value!r}: must be a positive number ({unit})")

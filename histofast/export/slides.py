@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..checks import check_device
+from ..checks import check_count, check_device
 from ..errors import HistofastError, SlideError
 from ..io import open_slide
 from ..io.decode import check_decode
@@ -30,6 +30,7 @@ from ..utils.atomic import atomic_open, atomic_write, remove_stale_temporary_fil
 from .lock import LOCK_NAME, FolderLocked, folder_lock
 from .options import ExportOptions
 from .qc import write_qc
+from .source import check_source, fingerprint, slide_ids
 from .writer import TileWriter
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,6 @@ class SlideResult:
     warning: str | None = None  # why a done slide has 0 tiles when it is not the tissue test (smaller than a tile)
 
 
-def slide_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """An output folder name per slide: the file stem, made unique with the parent folder's name."""
-    stems = [Path(p).stem for p in paths]
-    return [s if stems.count(s) == 1 else f"{Path(p).parent.name}_{s}" if Path(p).parent.name else s
-            for s, p in zip(stems, paths)]
-
-
 def export_slide(
     path: str | os.PathLike, out_dir: str | os.PathLike, options: ExportOptions, *,
     slide_id: str | None = None, workers: int | None = None, qc: bool = False, progress: Any = None,
@@ -75,7 +69,9 @@ def export_slide(
     (tiles are encoded on the CPU). Raises on failure (``export_slides`` catches per slide). Temporary files
     never outlive an error, and a (re)started export first removes those a killed run left in the slide's folder.
 
-    ``settings.json`` (the options, so a rerun with other settings is refused) is written only when the slide
+    ``settings.json`` (the options, so a rerun with other settings is refused, naming the settings that differ, and
+    the slide's source: resolved path, size and mtime, so a folder made from another file, or from this one before
+    it changed, is refused naming both, before anything in it counts as done) is written only when the slide
     starts producing output, and removed again when this attempt fails with nothing exported: a slide that
     failed before writing anything never blocks a corrected rerun.
 
@@ -97,16 +93,20 @@ def export_slide(
                                    f"(pid {'?' if e.pid is None else e.pid})") from None
         settings = directory / "settings.json"
         key = options.key()
+        source = fingerprint(path)
         previous = json.loads(settings.read_text()) if settings.exists() else None
-        if previous is not None and previous != key:
-            raise SlideError(path, f"{directory} holds an export with other settings; use another --out or remove it")
+        if previous is not None:
+            check_source(directory, previous.pop("source", None), path, source)
+            if previous != key:
+                raise SlideError(path, f"{directory} holds an export with other settings ({_differences(previous, key)}"
+                                       "); use another --out or remove it")
         if finished(directory):
             rows = _read_manifest(directory / "manifest.csv")
             total = len(_read_manifest(directory / "grid.csv"))
             return SlideResult(os.fspath(path), "skipped", len(rows), total, directory=os.fspath(directory),
                                rows=rows)
         remove_stale_temporary_files(directory)  # a killed attempt's: under the lock nothing else writes here
-        output = _Output(directory, settings, key, fresh=previous is None)
+        output = _Output(directory, settings, {**key, "source": source}, fresh=previous is None)
         try:
             result = _export(path, Path(out_dir), slide_id, options, output, workers, qc, progress, device, decode)
         except BaseException:
@@ -114,6 +114,14 @@ def export_slide(
             raise
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _differences(recorded: dict[str, Any], key: dict[str, Any]) -> str:
+    """The settings that differ between a folder's ``settings.json`` and this export, e.g. "tile_size 512 there,
+    256 now"."""
+    names = sorted(set(recorded) | set(key), key=lambda k: (k not in key, k))
+    return "; ".join(f"{k} {json.dumps(recorded.get(k))} there, {json.dumps(key.get(k))} now" for k in names
+                     if recorded.get(k) != key.get(k))
 
 
 def finished(directory: Path) -> bool:
@@ -220,6 +228,8 @@ def export_slides(
 
     device = check_device(device)
     check_decode(decode, device)
+    if workers is not None:
+        check_count(workers, "workers")
     out = Path(out_dir)
     _writable(out)
     results: list[SlideResult] = []
@@ -249,7 +259,7 @@ def failed(path: str | os.PathLike, error: Exception) -> SlideResult:
     else:
         reason = f"{type(error).__name__}: {error}"
         log.debug("%s: traceback", path, exc_info=error)
-    log.error("%s: failed: %s", path, reason)
+    log.info("%s: failed: %s", path, reason)  # the result carries the reason: callers report it (once)
     return SlideResult(os.fspath(path), "failed", error=reason)
 
 

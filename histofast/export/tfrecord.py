@@ -24,7 +24,7 @@ FeatureValue = Union[bytes, str, int, float, Sequence[int], Sequence[float], Seq
 DecodedValue = Union[bytes, list[int], list[float], list[bytes]]
 
 # The tile schema: feature key -> kind ("bytes", "int64" or "float"). x and y are level-0 pixels,
-# label is -1 when unknown, format is "jpg" or "png". `dali_features()` turns this into the
+# label is -100 (NO_LABEL) when unknown, format is "jpg" or "png". `dali_features()` turns this into the
 # `features=` argument of `nvidia.dali.fn.readers.tfrecord`; for TensorFlow use
 # `tf.io.FixedLenFeature([], tf.string / tf.int64)` per key.
 TILE_FEATURES: Mapping[str, str] = {
@@ -262,7 +262,7 @@ def tile_example(image: bytes, *, label: int, slide: str, x: int, y: int, level:
                  tile_size: int, fmt: str) -> bytes:
     """Serialized Example of one tile in the `TILE_FEATURES` schema.
 
-    image: encoded JPEG/PNG bytes; label: class index, -1 when unknown; slide: slide name;
+    image: encoded JPEG/PNG bytes; label: class index, -100 (NO_LABEL) when unknown; slide: slide name;
     x, y: tile origin in level-0 pixels; level: pyramid level it was read at; tile_size: side in
     level pixels; fmt: "jpg" or "png".
     """

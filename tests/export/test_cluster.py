@@ -197,6 +197,26 @@ def test_tls_scheduler_with_certificates_from_the_dask_config(slides, reference,
             distributed.Client(address.replace("tls://", "tcp://"), timeout=2)
 
 
+def test_tls_scheduler_without_certificates_names_what_is_missing(slides, tmp_path, capsys):
+    import dask
+
+    unset = {"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None,
+             "distributed.comm.tls.client.key": None}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://",
+                                  host="127.0.0.1", security=distributed.Security.temporary(),
+                                  dashboard_address=None) as cluster, dask.config.set(unset):
+        address = cluster.scheduler_address
+        out = tmp_path / "out"
+        assert main(["tile", os.fspath(slides / "s0.svs"), "--out", os.fspath(out), "--scheduler", address]
+                    + ARGS) == 2
+    err = capsys.readouterr().err
+    assert f"--scheduler {address}: a tls:// scheduler needs TLS certificates" in err
+    for name in ("distributed.comm.tls.ca-file", "distributed.comm.tls.client.cert", "distributed.comm.tls.client.key",
+                 "DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"):
+        assert name in err
+    assert not out.exists()
+
+
 def test_python_api_with_a_client_returns_rows_like_export_slides(slides, tmp_path):
     paths = [slides / "s0.svs", slides / "bad.svs"]
     one = export_slides(paths, tmp_path / "one", ExportOptions(TILE, format="none"), progress=False)
