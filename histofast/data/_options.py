@@ -8,7 +8,9 @@ from ..augment import Augment
 
 PIPELINE_BACKENDS = ("auto", "dali", "torch")
 DALI_INSTALL = "pip install histofast[dali]"
-BATCH_KEYS = ("image", "label", "slide", "x", "y")  # every batch's keys, in DALI's output order
+# Every batch's keys, in DALI's output order: image; label int64 (B,) (−100: unlabelled, or a repeat); slide, x, y
+# int64 (B,); repeat bool (B,): a sample repeated to even out the ranks' shards (or standing in for a failed slide's).
+BATCH_KEYS = ("image", "label", "slide", "x", "y", "repeat")
 PRESETS = ("train", "eval")  # "eval": no shuffle, no augmentation unless asked for
 DEFAULT_AUGMENT = object()  # the ``augment=`` default: ``default_augment(seed)``
 

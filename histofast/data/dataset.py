@@ -21,7 +21,7 @@ from ..io.decode import RegionReader, check_decode
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import TileGrid
 from ._options import DEFAULT_AUGMENT, PRESETS, default_augment, default_workers
-from .distributed import EpochClock, effective_shard
+from .distributed import EpochClock, accelerate_dispatcher, effective_shard
 from .lanes import Lane, decode_threads, handed_over
 from .plan import batch_count, check_shard, merge, plan, shard_size
 from .samples import build_samples
@@ -73,10 +73,19 @@ class TileDataset(torch.utils.data.IterableDataset):
         dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
         ``label`` int64 (B,) (−100 when unlabelled or a repeat evening out the shards: ``cross_entropy``'s
         default ``ignore_index``); ``slide`` int64 (B,) (index into ``slides``); ``x``, ``y`` int64 (B,):
-        the tile's or window's corner in level-0 pixels.
+        the tile's or window's corner in level-0 pixels; ``repeat`` bool (B,): True for a repeat evening out the
+        shards (or standing in for a failed slide's sample), so that every sample counts once, labelled or not.
 
     Epochs: each iteration is the next epoch (a new shuffle and augmentation draw), in the main process
     and in ``DataLoader`` workers alike, persistent or not; ``set_epoch(e)`` makes the next one epoch e.
+
+    Hugging Face Accelerate: ``accelerator.prepare(DataLoader(ds, batch_size=None))`` makes a loader that
+    iterates the dataset on rank 0 only and splits each group of ``num_processes`` batches between the ranks. The
+    dataset sees that loader when it is iterated, sized or told its epoch, and then deals every rank's batches in
+    turn (rank 0's batch k, rank 1's batch k, …; with ``split_batches``, concatenated): each rank receives exactly
+    the batches it would iterate itself under torchrun, and ``len`` of the prepared loader is ``len(ds)``. Such a
+    loader needs ``num_workers=0`` (the lanes run in threads); other loaders raise a ``HistofastError`` on
+    ``set_epoch``, which Accelerate calls on every rank.
     """
 
     def __init__(
@@ -170,12 +179,18 @@ class TileDataset(torch.utils.data.IterableDataset):
         return effective_shard(self._shard, self._inherited_shard)
 
     def __len__(self) -> int:
-        """Batches per epoch of this shard (the same on every rank)."""
-        return batch_count(self.samples, self.shard, self.drop_last)
+        """Batches per epoch of this shard (the same on every rank); asked by Accelerate's dispatching loader
+        (see the class docstring), the batches it takes from the dataset in an epoch."""
+        count = batch_count(self.samples, self.shard, self.drop_last)
+        dispatcher = accelerate_dispatcher()
+        if dispatcher is not None and not dispatcher.split_batches:
+            return count * dispatcher.state.num_processes
+        return count
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (later ones continue from it); as with
         ``DistributedSampler``, but optional: without it each iteration is the next epoch."""
+        self._dispatched_shards(accelerate_dispatcher())  # refuses a loader that would lose batches, on every rank
         self.epoch = check_count(epoch, "epoch", 0)
         self._clock.set(self.epoch)
 
@@ -200,31 +215,66 @@ class TileDataset(torch.utils.data.IterableDataset):
             self._readers[key] = RegionReader(self.decode, device, 1)
         return self._readers[key]
 
-    def lanes(self, device: str = "cpu", watch: int = 2) -> list[Lane]:
-        """This process's lanes for the next epoch (one in a ``DataLoader`` worker); ``watch``:
-        batches a consumer may hold before their arrays are no longer recycled."""
+    def _dispatched_shards(self, dispatcher: Any) -> list[tuple[int, int]]:
+        """The shards this process's iteration deals: its own, or under Accelerate's dispatching loader every
+        rank's (that loader then splits them; it must iterate in this process, and no ``shard=`` may be given)."""
+        if dispatcher is None:
+            return [self.shard]
+        ranks = int(dispatcher.state.num_processes)
+        if dispatcher.num_workers:
+            raise HistofastError(
+                f"accelerator.prepare(DataLoader(TileDataset, num_workers={dispatcher.num_workers})): Accelerate "
+                "iterates the loader on rank 0 only and splits its batches between the ranks, so the dataset must "
+                "deal every rank's batches from one process: pass num_workers=0 (the dataset runs its workers= lanes "
+                "in threads), or iterate a histofast.Pipeline without accelerator.prepare (it shards by rank itself)")
+        if self._shard is not None and ranks > 1:
+            raise HistofastError(
+                f"shard={self._shard} with accelerator.prepare: Accelerate shares out the batches of rank 0's loader "
+                "itself; leave shard= out (the dataset then deals every rank's batches for Accelerate to split)")
+        return [(r, ranks) for r in range(ranks)]
+
+    def lanes(self, device: str = "cpu", watch: int = 2,
+              shards: Sequence[tuple[int, int]] | None = None) -> list[Lane]:
+        """This process's lanes for the next epoch (one in a ``DataLoader`` worker), for its shard or, given
+        ``shards``, for each of them in turn (``workers`` lanes each); ``watch``: batches a consumer may hold before
+        their arrays are no longer recycled."""
         info = torch.utils.data.get_worker_info()
         count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
         self.epoch = self._clock.tick(info.num_workers if info is not None else 1)
         threads = self.threads or decode_threads(info.num_workers if info is not None else 1)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
         allocate = _shared_empty if info is not None else None
-        shard = self.shard
+        shards = [self.shard] if shards is None else shards
         return [Lane(self.samples, plan(self.samples, self.epoch, shard, count, s, shuffle=self.shuffle,
                                         seed=self.seed, drop_last=self.drop_last),
-                     self.epoch, pool, self._reader(s, device), device, allocate, watch) for s in mine]
+                     self.epoch, pool, self._reader(k * len(mine) + j, device), device, allocate, watch)
+                for k, shard in enumerate(shards) for j, s in enumerate(mine)]
 
     def batches(self, device: str = "cpu", prefetch: int = 2, held: int = 1) -> Iterator[dict[str, Any]]:
         """One epoch of batches on ``device`` (what iterating does, on the CPU); ``held``: batches the
-        consumer keeps alive at once."""
-        lanes = self.lanes(device, watch=prefetch + held + 1)
-        pool = lanes[0].pool
+        consumer keeps alive at once. Under Accelerate's dispatching loader, every rank's batches in turn."""
         in_worker = torch.utils.data.get_worker_info() is not None  # there, the loader runs ahead
+        dispatcher = None if in_worker else accelerate_dispatcher()
+        shards = self._dispatched_shards(dispatcher)
+        lanes = self.lanes(device, watch=prefetch + held + len(shards), shards=shards)
+        pool = lanes[0].pool
         running = [iter(s) if in_worker else _Ahead(iter(s), prefetch) for s in lanes]
+        per = len(running) // len(shards)
+        # Every shard yields the same number of batches of the same sizes: round-robin deals batch k of each in turn.
+        order = merge([merge(running[k * per : (k + 1) * per]) for k in range(len(shards))])
+        split = dispatcher is not None and dispatcher.split_batches
         try:
-            for batch in merge(running):
+            group: list[Batch] = []
+            for batch in order:
                 batch = handed_over(batch, device)  # made on a lane's thread (and stream), used on this one
-                yield Batch({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()})
+                batch = Batch({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()})
+                if not split:
+                    yield batch
+                    continue
+                group.append(batch)  # Accelerate splits each batch between the ranks: one of every shard's
+                if len(group) == len(shards):
+                    yield Batch({k: torch.cat([b[k] for b in group]) for k in batch})
+                    group = []
         finally:
             for it in running:
                 it.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -36,6 +37,30 @@ def effective_shard(given: tuple[int, int] | None, inherited: tuple[int, int] | 
                         "leave shard= out to shard by rank", given, group[1])
         return given
     return group or inherited or (0, 1)
+
+
+def accelerate_dispatcher() -> Any | None:
+    """The Hugging Face Accelerate ``DataLoaderDispatcher`` running further up this thread's call stack, else None.
+
+    It is the loader ``accelerator.prepare(DataLoader(dataset))`` makes of a DataLoader over an ``IterableDataset``
+    (Accelerate's default, ``dispatch_batches=None``): only rank 0 iterates the dataset, and each group of
+    ``num_processes`` batches is concatenated and split between the ranks (with ``split_batches``: each batch is
+    split). A dataset that would also shard itself by the process group would then be cut twice; it asks this
+    function, when iterated, sized or told its epoch, whether to deal every rank's batches instead. Only looked
+    for when Accelerate is imported; the stack is walked up to 64 frames."""
+    module = sys.modules.get("accelerate.data_loader")
+    kind = getattr(module, "DataLoaderDispatcher", None)
+    if kind is None:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(owner, kind):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def local_world_size() -> int:

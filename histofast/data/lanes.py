@@ -69,10 +69,13 @@ class Lane:
         device: "cpu" or "cuda:i": where the regions go and the batches are made.
         allocate: ``allocate(shape, dtype) -> torch tensor`` for CPU batch images (e.g. in shared memory);
             default: arrays recycled once nobody holds them (``watch`` of them at a time).
+        watch: batches a consumer may hold before their arrays are no longer recycled.
     Yields:
         dicts of ``BATCH_KEYS``: ``image`` a torch tensor on ``device``, float/uint8 (B, 3, T, T) or
         (B, P, 3, t, t); numpy ``label``, ``slide``
-        (index into ``samples.slides``), ``x``, ``y`` (level-0 pixels of the tile or window) int64 (B,).
+        (index into ``samples.slides``), ``x``, ``y`` (level-0 pixels of the tile or window) int64 (B,); ``repeat``
+        bool (B,): True for a sample repeated to even out the shards or to stand in for a failed slide's (its
+        label is −100 too), so that each sample is counted once even where labels cannot tell.
         On a GPU also ``READY``: a CUDA event recorded after the batch was cut on this thread's stream
         (``handed_over`` makes the consumer's stream wait on it).
     """
@@ -85,6 +88,7 @@ class Lane:
         self.allocate = allocate
         # Fresh 200 MB batches cost their page faults: a third of the CPU time of a float32 epoch here.
         self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
+        self._ahead: deque = deque()  # windows whose blocks are decoding: waited for when the lane stops early
         self._slides: OrderedDict[int, Slide] = OrderedDict()
         self._skip: set[int] = set()  # slides that failed in this lane: the rest of them is skipped
         self._recent: deque[np.ndarray] = deque(maxlen=4)  # ids of the last batches cut: replacements' source
@@ -106,6 +110,15 @@ class Lane:
                 with torch.cuda.device(self.device):  # the current device is per thread: this lane's, here
                     yield from self._batches()
         finally:
+            # Windows still decoding when the consumer stops early: no decode may read a slide closed here.
+            for _, _, futures in self._ahead:
+                for _, pending in futures:
+                    pending.cancel()
+                    try:
+                        pending.wait()
+                    except BaseException:  # cancelled, or failed: nobody reads it now
+                        pass
+            self._ahead.clear()
             for slide in self._slides.values():
                 slide.close()
             self._slides.clear()
@@ -115,7 +128,7 @@ class Lane:
         are replaced by repeats of samples cut before (label −100), so every rank keeps its step count."""
         b = self.samples.batch_size
         planned = sum(len(w.ids) for w in self.windows)
-        ahead: deque = deque()
+        ahead = self._ahead
         pending: list[tuple[np.ndarray, list[_Region], np.ndarray]] = []
         waiting = made = k = replaced = 0  # samples in pending, in batches yielded; windows submitted
         while made + waiting < planned:
@@ -211,7 +224,8 @@ class Lane:
         return window.ids[ok], [regions[int(bk)] for bk in window.blocks[ok]], window.pad[ok]
 
     def _cut(self, pending: list[tuple[np.ndarray, list[_Region], np.ndarray]], n: int) -> dict[str, Any]:
-        """Cut the first ``n`` pending samples into one batch; padding samples get label ``NO_LABEL``."""
+        """Cut the first ``n`` pending samples into one batch; padding samples (repeats) are marked ``repeat`` and get
+        label ``NO_LABEL``."""
         ids, regions, pads = [], [], []
         while len(ids) < n:
             head_ids, head_regions, head_pads = pending[0]
@@ -237,8 +251,10 @@ class Lane:
             start = k
         level0 = s.coords[ids]
         label = s.labels[slide]
-        label[np.asarray(pads, bool)] = NO_LABEL
-        batch = {"image": image, "label": label, "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy()}
+        repeat = np.asarray(pads, bool)
+        label[repeat] = NO_LABEL
+        batch = {"image": image, "label": label, "slide": slide, "x": level0[:, 0].copy(), "y": level0[:, 1].copy(),
+                 "repeat": repeat}
         if self.device != "cpu":
             import torch
 

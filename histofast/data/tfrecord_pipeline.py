@@ -18,7 +18,6 @@ from ..checks import check_count, check_device, count_or_default
 from ..errors import HistofastError
 from ..export.tfrecord import dali_features, decode_example, read_tfrecord
 from ._options import (
-    BATCH_KEYS,
     DALI_INSTALL,
     DEFAULT_AUGMENT,
     PRESETS,
@@ -129,14 +128,15 @@ class TFRecordPipeline:
         classes: the class names in label-index order (the shards store label indices only); ``pipe.classes``.
     Batches:
         dicts of torch tensors on ``device``: ``image`` (B, 3, T, T), ``label``, ``slide``, ``x``, ``y`` int64 (B,),
-        as ``Pipeline``'s; ``slide`` indexes ``pipe.slides``.
+        ``repeat`` bool (B,), as ``Pipeline``'s; ``slide`` indexes ``pipe.slides``.
 
     The records of all files, in order, are dealt out as DALI's reader does (``stick_to_shard``): shard r of
     w holds records [r·N // w, (r+1)·N // w) of the N counted in the files' ``.idx`` indexes (N ≥ w). As for
     ``Pipeline``, the shard is taken from ``torch.distributed`` at iteration time unless ``shard=`` is given,
     and every rank yields ``len(pipe)`` batches of the same sizes: ⌈N/w⌉ samples (a short shard repeats its
-    last sample, with label −100) or, with ``drop_last``, ⌊N/w⌋ in whole batches. Records without a
-    label (stored −1) have label −100. Each iteration is the next epoch unless ``set_epoch`` says otherwise.
+    last sample, marked ``repeat`` and with label −100) or, with ``drop_last``, ⌊N/w⌋ in whole batches. Records
+    without a label (stored as −100, or −1 by older exports) have label −100. Each iteration is the next epoch
+    unless ``set_epoch`` says otherwise.
 
     ``pipe.slides`` is the sorted distinct ``slide`` features of the records (records without one: slide
     ""), found when the pipeline is made (``shard_slides``): for the per-slide shards of ``histofast tile``,
@@ -230,18 +230,16 @@ class TFRecordPipeline:
 
     def _even(self, batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
         """Exactly ``len(self)`` batches of the planned sizes: a shard one record short repeats its last
-        sample (label −100) at the end; a shard with more stops at the count every rank has."""
+        sample (``repeat`` True, label −100) at the end; a shard with more stops at the count every rank has."""
         want, b = self.num_samples, self.batch_size
         sizes = [min(b, want - k) for k in range(0, want, b)][: len(self)]
         last = None
         for size in sizes:
             batch = next(batches, None)
             if batch is None:  # the reader ran dry one sample early: repeat the last one
-                batch = {k: v[-1:].repeat(size, *[1] * (v.dim() - 1)) for k, v in last.items()}
-                batch["label"] = torch.full_like(batch["label"], NO_LABEL)
+                batch = _repeats(last, size)
             elif len(batch["label"]) < size:
-                extra = {k: v[-1:].repeat(size - len(v), *[1] * (v.dim() - 1)) for k, v in batch.items()}
-                extra["label"] = torch.full_like(extra["label"], NO_LABEL)
+                extra = _repeats(batch, size - len(batch["label"]))
                 batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
             else:
                 batch = {k: v[:size] for k, v in batch.items()}
@@ -286,8 +284,10 @@ class TFRecordPipeline:
             batch["slide"] = (self._slide_index(batch.pop("slide_name"), batch.pop("slide_length"), index)
                               if self._named else torch.zeros(n, dtype=torch.int64))
             batch["label"] = batch["label"].where(batch["label"] >= 0, NO_LABEL)  # stored −1: unlabelled
-            yield {"image": self._augment(batch["image"], done), **{k: batch[k].reshape(-1).to(self.device)
-                                                                    for k in BATCH_KEYS[1:]}}
+            out = {"image": self._augment(batch["image"], done)}
+            out.update({k: batch[k].reshape(-1).to(self.device) for k in ("label", "slide", "x", "y")})
+            out["repeat"] = torch.zeros(n, dtype=torch.bool, device=self.device)  # records read: none repeated
+            yield out
             done += n
 
     @staticmethod
@@ -312,3 +312,11 @@ class TFRecordPipeline:
             ops.augment(tiles[j], origin, t, **p, mean=self.mean, std=self.std, out_dtype=self.dtype, layout="NCHW",
                         out=out[j : j + 1])
         return out
+
+
+def _repeats(batch: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """``count`` copies of ``batch``'s last sample, marked as repeats: ``repeat`` True, label −100."""
+    out = {k: v[-1:].repeat(count, *[1] * (v.dim() - 1)) for k, v in batch.items()}
+    out["label"] = torch.full_like(out["label"], NO_LABEL)
+    out["repeat"] = torch.ones_like(out["repeat"])
+    return out

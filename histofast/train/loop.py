@@ -196,7 +196,10 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     over all the ranks' labelled samples (what one process with the ranks' batches together computes, also when
     repeats evening out the shards, label −100, leave ranks with different counts); the losses checked and
     logged are those means, the same on every rank (all ranks stop together on a NaN); samples seen count
-    every rank's; and the result holds every rank's samples (gathered, in rank order), on every rank."""
+    every rank's; and the result holds every rank's samples (gathered, in rank order), on every rank.
+
+    The result leaves out the samples a batch marks ``repeat`` (bool (B,): repeats evening out the ranks' shards,
+    or standing in for a failed slide's), so every tile is predicted and counted once, labelled or not."""
     from tqdm import tqdm
 
     train = optimizer is not None
@@ -208,7 +211,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     dtype = amp_dtype(config.amp, device)
     losses: list[torch.Tensor] = []  # per batch: the mean loss over its labelled samples (of all ranks)
     counts: list[torch.Tensor] = []  # per batch: its labelled samples (of all ranks)
-    keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("patch", "image", "label", "slide")}
+    keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("patch", "image", "label", "slide", "repeat")}
     checked = 0
 
     def check() -> None:  # the batches since the last check: reduced over the ranks, then checked for NaN/inf
@@ -257,6 +260,7 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
         keep["image"].append(out.image)
         keep["label"].append(labels)
         keep["slide"].append(batch.get("slide"))
+        keep["repeat"].append(batch.get("repeat"))
         seen += len(labels) * ranks
         bar.update()
         if (i + 1) % config.log_interval == 0:
@@ -279,6 +283,18 @@ def run_epoch(model: nn.Module, pipe: Iterable[dict[str, torch.Tensor]], stage: 
     if ranks > 1:  # every rank's samples, on every rank
         parts = world.gather(cpu)
         cpu = {k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in cpu}
+    return _counted_once(loss, cpu, len(losses))
+
+
+def _counted_once(loss: float, cpu: dict[str, np.ndarray | None], batches: int) -> EpochResult:
+    """The epoch's result from its gathered arrays (``patch`` (N·P or N, C), ``image`` (N, C) or None, ``label``,
+    ``slide`` (N,) or None, ``repeat`` bool (N,) or None) without the samples marked ``repeat``: the repeats that
+    even out the ranks' shards or stand in for a failed slide's samples, so that every sample counts once in the
+    predictions and metrics, labelled or not."""
     labels = cpu["label"]
     per = len(cpu["patch"]) // len(labels)
-    return EpochResult(loss, cpu["patch"], np.repeat(labels, per), cpu["image"], labels, cpu["slide"], len(losses))
+    keep = None if cpu["repeat"] is None else ~cpu["repeat"].astype(bool)
+    if keep is not None and not keep.all():
+        cpu = {k: None if v is None else v[np.repeat(keep, per) if k == "patch" else keep] for k, v in cpu.items()}
+        labels = cpu["label"]
+    return EpochResult(loss, cpu["patch"], np.repeat(labels, per), cpu["image"], labels, cpu["slide"], batches)

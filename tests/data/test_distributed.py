@@ -490,6 +490,36 @@ def test_lightning_dataloader_workers_advance_the_epoch(datasets, tmp_path):
     _no_len_warning(output)
 
 
+def test_accelerate_two_ranks_see_every_tile_once_both_ways(datasets, tmp_path):
+    """Under Accelerate (2 CPU ranks, MULTI_CPU): ``accelerator.prepare(DataLoader(TileDataset, batch_size=None))``
+    (rank 0 iterates, Accelerate splits the batches) and a Pipeline without ``prepare`` both give each rank exactly
+    its torchrun batches: every kept tile once across the ranks, plus the repeats, marked; a prepared loader with
+    workers is refused on every rank with a message that says what to do."""
+    pytest.importorskip("accelerate")
+    paths = list(map(os.fspath, datasets[385]))
+    spec = {"timeout_s": DEADLINE_S, "epochs": 2, "paths": paths, "labels": _labels(paths), "options": OPTIONS}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    rc, output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       os.fspath(SCRIPTS / "accelerate_run.py"), os.fspath(tmp_path / "spec.json"),
+                       os.fspath(tmp_path / "out")], tmp_path)
+    assert rc == 0, output[-6000:]
+    results = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" and r["world"] == 2 for r in results)
+    for way in ("loader", "pipe"):
+        lengths = [r[way]["len"] for r in results]
+        for epoch in range(2):
+            ranks = [r[way]["epochs"][epoch] for r in results]
+            for rank in ranks:  # labelled data: the repeats are exactly the −100 rows
+                assert all(bool(row[4]) == (row[3] == NO_LABEL) for b in rank for row in b), way
+            check_epoch([[[row[:4] for row in b] for b in rank] for rank in ranks], _expected(385), lengths,
+                        drop_last=False)
+            for r in range(2):  # rank r's batches are its torchrun batches of the same epoch
+                got = [[row[:4] for row in b] for b in ranks[r]]
+                assert got == _reference(datasets[385], (r, 2), epoch), f"{way}: rank {r}, epoch {epoch}"
+    for r in results:
+        assert "num_workers=0" in r["workers"] and "Pipeline" in r["workers"], r["workers"]
+
+
 # ---------------------------------------------------------------------------------------- README recipes
 
 
@@ -527,3 +557,37 @@ def test_readme_lightning_recipe_runs_as_written(readme_data):
     assert rc == 0, output[-6000:]
     assert "Traceback" not in output, output[-6000:]
     _no_len_warning(output)
+
+
+def test_repeats_are_marked_and_evaluation_counts_each_tile_once(datasets):
+    """Unlabelled tiles (label −100, as every repeat's): ``repeat`` alone tells the repeat evening out a short
+    shard, and an evaluation pass (``run_epoch``, as ``evaluate`` runs it) predicts every tile of the shard once."""
+    from histofast.train.config import TrainConfig
+    from histofast.train.loop import run_epoch
+
+    paths = datasets[385]
+    ds = TileDataset(paths, shard=(0, 2), progress=False, **OPTIONS)  # no labels: 192 tiles, 193 drawn
+    batches = _epoch(ds)
+    repeat = torch.cat([b["repeat"] for b in batches])
+    assert repeat.dtype == torch.bool and int(repeat.sum()) == 1 and len(repeat) == ds.num_samples == 193
+    assert set(torch.cat([b["label"] for b in batches]).tolist()) == {NO_LABEL}
+    tiles = [tuple(r[:3]) for b in batches for r in _rows(b)]
+    counted = [t for t, r in zip(tiles, repeat.tolist()) if not r]
+    assert len(counted) == len(set(counted)) == 192 and set(tiles) == set(counted)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, stride=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    ds.set_epoch(0)  # the same epoch again
+    with torch.no_grad():
+        result = run_epoch(model, ds, "train", TrainConfig(data="slides"), torch.device("cpu"), 2)
+    assert len(result.labels) == len(result.patch) == len(result.slides) == 192  # each tile once
+    assert sorted(result.slides.tolist()) == sorted(t[0] for t in counted)
+
+
+def test_readme_accelerate_recipe_runs_as_written(readme_data):
+    pytest.importorskip("accelerate")
+    script = readme_data / "train_accelerate.py"
+    script.write_text(_readme_block("# train_accelerate.py"))
+    rc, output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       os.fspath(script)], readme_data)
+    assert rc == 0, output[-6000:]
+    assert (readme_data / "model.pt").is_file() and "validation accuracy" in output

@@ -16,6 +16,7 @@ from common import augment_reference  # noqa: E402
 
 import histofast as hf  # noqa: E402
 from histofast.data._options import BATCH_KEYS  # noqa: E402
+from histofast.data.sources import NO_LABEL  # noqa: E402
 from histofast.export import ExportOptions, export_slides, slide_ids  # noqa: E402
 from histofast.export.tfrecord import TFRecordWriter, decode_example, encode_example, read_tfrecord  # noqa: E402
 
@@ -88,6 +89,9 @@ def test_len_is_the_batches_dali_yields_and_shards_split_as_dali_does(export, wo
         if not drop_last:
             assert sorted(set(got)) == sorted(order[start:stop])
             assert len(got) - len(set(got)) == pipe.num_samples - (stop - start)
+            # the repeat is marked: counting the samples not marked counts each record once
+            assert sum(int(b["repeat"].sum()) for b in batches) == pipe.num_samples - (stop - start)
+            assert all(set(b["label"][b["repeat"]].tolist()) <= {NO_LABEL} for b in batches)
 
 
 def test_a_record_per_shard_and_fewer_records_than_shards(export):
