@@ -2,7 +2,6 @@
 rerun with other settings is refused instead of mixing two exports in one folder."""
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from ..augment import Augment
 from ..checks import check_count
 from ..data.sources import NO_LABEL
 from ..errors import HistofastError
+from ..io.level import check_view_args
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
 from ..tiling import check_grid_args
 
@@ -48,7 +48,9 @@ class ExportOptions:
         if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise HistofastError(f"quality={self.quality!r}: must be an integer in 1..100")
         check_count(self.shard_tiles, "shard_tiles")
-        _check_view(self.level, self.mpp, self.magnification)
+        check_view_args(self.level, self.mpp, self.magnification)
+        if self.level is not None:
+            check_count(self.level, "level", minimum=0)
         if isinstance(self.label, bool) or not isinstance(self.label, numbers.Integral):
             raise HistofastError(f"label={self.label!r}: must be an integer (a class index, or {NO_LABEL}: none)")
 
@@ -59,16 +61,3 @@ class ExportOptions:
         d["hsv_lower"], d["hsv_upper"] = list(self.hsv_lower), list(self.hsv_upper)
         return d
 
-
-def _check_view(level: object, mpp: object, magnification: object) -> None:
-    """What ``select_level`` will need of every slide, checked before any is read: at most one of the three, a
-    level ≥ 0, a positive finite µm/pixel or magnification."""
-    given = [n for n, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
-    if len(given) > 1:
-        raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
-    if level is not None:
-        check_count(level, "level", minimum=0)
-    for name, value, unit in (("mpp", mpp, "µm per pixel"), ("magnification", magnification, "e.g. 20 for 20×")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                  or not math.isfinite(value) or value <= 0):
-            raise HistofastError(f"{name}={value!r}: must be a positive number ({unit})")

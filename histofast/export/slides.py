@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..checks import check_count, check_device
-from ..errors import HistofastError, SlideError
+from ..errors import HistofastError, SlideError, SmallerThanTileError
 from ..io import open_slide
 from ..io.decode import check_decode
 from ..io.level import select_level
@@ -163,8 +163,8 @@ def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: Expo
         width, height = view.dimensions
         warning = None
         if options.tile_size > min(width, height):  # iter_tiles refuses it; an export has 0 tiles
-            warning = (f"level {view.level} is {width}×{height} pixels, smaller than one tile "
-                       f"(tile_size={options.tile_size}): 0 tiles")
+            small = SmallerThanTileError(path, view.level, (width, height), options.tile_size)  # tile_grid's words
+            warning = f"{small.reason}: 0 tiles"
             log.warning("%s: %s", path, warning)
             grid = TileGrid(os.fspath(slide.path), view.level, options.tile_size,
                             options.tile_size if options.stride is None else options.stride,

@@ -122,25 +122,32 @@ def select_level(
     For ``mpp`` (µm per pixel) and ``magnification`` (e.g. 20 for 20×) the closest level at or finer
     than the target is chosen, and resampled when it differs from the target by more than 5%.
     """
-    given = [name for name, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
-    if len(given) > 1:
-        raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
+    check_view_args(level, mpp, magnification)
     if mpp is not None:
-        if not _positive(mpp):
-            raise HistofastError(f"mpp={mpp!r}: must be a positive number (µm per pixel)")
         if slide.mpp is None:
             raise HistofastError(f"mpp={mpp}: {slide.path.name} has no µm-per-pixel metadata; "
                                  f"choose a level with level= instead (levels {slide.levels_text})")
         return _view_for_downsample(slide, mpp / slide.mpp, f"mpp={mpp} (level 0 is {slide.mpp:.4g} µm/pixel)")
     if magnification is not None:
-        if not _positive(magnification):
-            raise HistofastError(f"magnification={magnification!r}: must be a positive number (e.g. 20 for 20×)")
         if slide.objective_power is None:
             raise HistofastError(f"magnification={magnification}: {slide.path.name} has no objective-power metadata; "
                                  f"choose a level with level= instead (levels {slide.levels_text})")
         return _view_for_downsample(slide, slide.objective_power / magnification,
                                     f"magnification={magnification} (level 0 is {slide.objective_power:g}×)")
     return LevelView(slide, slide.check_level(0 if level is None else level))
+
+
+def check_view_args(level: object, mpp: object, magnification: object) -> None:
+    """What ``select_level`` needs of any slide, checkable before one is read: at most one of ``level``, ``mpp``
+    (µm per pixel) and ``magnification``, the last two positive and finite. (``level`` is checked against each
+    slide's levels by ``select_level``.)"""
+    given = [name for name, v in (("level", level), ("mpp", mpp), ("magnification", magnification)) if v is not None]
+    if len(given) > 1:
+        raise HistofastError(f"{' and '.join(given)}: give at most one of level=, mpp=, magnification=")
+    if mpp is not None and not _positive(mpp):
+        raise HistofastError(f"mpp={mpp!r}: must be a positive number (µm per pixel)")
+    if magnification is not None and not _positive(magnification):
+        raise HistofastError(f"magnification={magnification!r}: must be a positive number (e.g. 20 for 20×)")
 
 
 def _view_for_downsample(slide: Slide, target: float, what: str) -> LevelView:
