@@ -1,13 +1,13 @@
 // augment_py.cpp — Python binding of augment: checks the region, the per-tile parameter arrays and
 // out, packs the per-tile parameters, dispatches to the CPU or CUDA twin by the region's device.
+// mean, std and the layout are ops.check_batch_format's (any values are safe here: nchw picks out's shape).
 #include <array>
 #include <cmath>
 #include <string>
 #include <vector>
 
 #include "augment.h"
-#include "py_array.h"
-#include "white_ratio.h"  // grid_shape
+#include "bindings.h"
 
 namespace py = pybind11;
 
@@ -16,10 +16,9 @@ namespace {
 
 void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostArray<int64_t> origins,
              HostArray<int64_t> rot90, HostArray<bool> flip, HostArray<int64_t> shift, HostArray<double> angle,
-             std::array<float, 3> mean, std::array<float, 3> std, const std::string& layout,
-             [[maybe_unused]] StreamHandle stream, int threads) {
+             std::array<float, 3> mean, std::array<float, 3> std, bool nchw, [[maybe_unused]] StreamHandle stream,
+             int threads) {
   AugmentArgs a{};
-  if (threads < 0) throw ArgumentError("threads=" + std::to_string(threads) + ": must be >= 0 (0: OpenMP's default)");
   a.threads = threads;
   const View region_view = view_of(region_obj, "region", false);
   a.region = image_of<const uint8_t>(region_view, "region");
@@ -34,14 +33,10 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
   require_shape(shift, "shift", {a.n, 2});
   require_shape(angle, "angle", {a.n});
   for (int c = 0; c < 3; ++c) {
-    if (!std::isfinite(mean[c])) throw ArgumentError("mean[" + std::to_string(c) + "]: must be finite");
-    if (!(std::isfinite(std[c]) && std[c] > 0))
-      throw ArgumentError("std[" + std::to_string(c) + "]=" + std::to_string(std[c]) + ": must be positive");
     a.mean[c] = mean[c];
     a.std[c] = std[c];
   }
-  if (layout != "NCHW" && layout != "NHWC") throw ArgumentError("layout='" + layout + "': expected 'NCHW' or 'NHWC'");
-  a.layout = layout == "NCHW" ? Layout::NCHW : Layout::NHWC;
+  a.layout = nchw ? Layout::NCHW : Layout::NHWC;
 
   const auto o = origins.unchecked<2>();
   const auto k = rot90.unchecked<1>();
@@ -89,7 +84,7 @@ void augment(py::object region_obj, py::object out_obj, int64_t tile_size, HostA
 void bind_augment(py::module_& m) {
   using namespace pybind11::literals;
   m.def("augment", &augment, "region"_a, "out"_a, "tile_size"_a, "origins"_a, "rot90"_a, "flip"_a, "shift"_a,
-        "angle"_a, "mean"_a, "std"_a, "layout"_a, "stream"_a = 0, "threads"_a = 0);
+        "angle"_a, "mean"_a, "std"_a, "nchw"_a, "stream"_a = 0, "threads"_a = 0);
 }
 
 }  // namespace hf

@@ -1,10 +1,6 @@
 // build_info_py.cpp — Python bindings of build_info, cuda_compiled, cuda_device_count and
 // cuda_driver_version: how this extension was built and what CUDA it sees (queries in device_cuda.cu).
-#include <pybind11/pybind11.h>
-
-#ifdef HISTOFAST_WITH_JPEG
-#include "jpeg_decode.h"
-#endif
+#include "bindings.h"  // jpeg_decode.h where HISTOFAST_WITH_JPEG
 
 #ifdef HISTOFAST_WITH_CUDA
 #include "device.h"
@@ -42,7 +38,7 @@ py::dict build_info() {
   d["avx2"] = false;
 #endif
   // Which decoder the fast path uses for JPEG tiles: the strict one in _C (built only where CMake found
-  // the libjpeg headers; jpeg_decode_py.cpp), else imagecodecs' (histofast/ops.py decides by the same bindings).
+  // the libjpeg headers; jpeg_decode_py.cpp, decode_jpegs_counting_white_py.cpp), else imagecodecs' (histofast/ops.py decides by the same bindings).
 #ifdef HISTOFAST_WITH_JPEG
   d["jpeg_strict"] = true;
   d["jpeg"] = jpeg_library() + " in _C (strict: every libjpeg warning is an error)";

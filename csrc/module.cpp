@@ -2,22 +2,12 @@
 // translation, and one bind_*(m) call per *_py.cpp. Python's door is histofast/ops.py.
 //
 // A new op <op> needs four files — <op>.h (args + both entry points), <op>_cpu.cpp, <op>_cuda.cu
-// and <op>_py.cpp (checks, dispatch, `void bind_<op>(pybind11::module_& m)`) — and, here, its
-// bind_<op> declaration and call in the two lists below. CMakeLists.txt globs csrc/*.cpp and *.cu.
-#include <pybind11/pybind11.h>
-
-#include "array.h"
+// and <op>_py.cpp (memory checks, dispatch, `void bind_<op>(pybind11::module_& m)`) — plus its
+// bind_<op> declaration in bindings.h (never declared by hand here) and its call in the list below.
+// CMakeLists.txt globs csrc/*.cpp and *.cu (leaving out the *jpeg*.cpp files without libjpeg).
+#include "bindings.h"
 
 namespace py = pybind11;
-
-// Each defined in <name>_py.cpp.
-namespace hf {
-void bind_rgb_to_hsv(py::module_& m);
-void bind_white_ratio(py::module_& m);  // white_ratio and grid_shape
-void bind_augment(py::module_& m);
-void bind_jpeg_decode(py::module_& m);  // host only: strict libjpeg-turbo into a band (built with libjpeg only)
-void bind_build_info(py::module_& m);  // build_info, cuda_compiled, cuda_device_count, cuda_driver_version
-}  // namespace hf
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "histofast's compiled kernels. Use histofast.ops; these functions write into `out`.";
@@ -40,6 +30,7 @@ PYBIND11_MODULE(_C, m) {
   hf::bind_augment(m);
 #ifdef HISTOFAST_WITH_JPEG  // CMake found the libjpeg headers: without them ops.py decodes through imagecodecs
   hf::bind_jpeg_decode(m);
+  hf::bind_decode_jpegs_counting_white(m);
 #endif
   hf::bind_build_info(m);
 }

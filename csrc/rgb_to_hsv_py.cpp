@@ -1,6 +1,6 @@
 // rgb_to_hsv_py.cpp — Python binding of rgb_to_hsv: checks rgb and out, dispatches to the CPU or
 // CUDA twin by the device the image lives on.
-#include "py_array.h"
+#include "bindings.h"
 #include "rgb_to_hsv.h"
 
 namespace py = pybind11;

@@ -2,8 +2,6 @@
 // One pass over the region counts white pixels per cell of side gcd(tile, stride); every tile's
 // count is then O(1) from the 2-D prefix sums of the cell counts, whatever the overlap.
 #pragma once
-#include <utility>
-
 #include "array.h"
 #include "hsv.h"
 
@@ -49,11 +47,13 @@ inline CellGrid make_cell_grid(const WhiteRatioArgs& a, int64_t min_strips) {
   return g;
 }
 
-// White fraction of tile (i, j) from the prefix sums; identical arithmetic on both twins.
+// White fraction of tile (i, j) from the prefix sums; identical arithmetic on both twins and in
+// white_ratio_from_counts. The prefix array may start at cell row first_cell_row (0: the grid's first);
+// it must hold the cell rows of tile row i.
 HF_HD float tile_ratio(const int64_t* prefix, const CellGrid& g, int64_t tile, int64_t stride,
-                       int64_t i, int64_t j) {
+                       int64_t i, int64_t j, int64_t first_cell_row) {
   const int64_t pitch = g.cells_x + 1;
-  const int64_t y0 = i * stride / g.cell_h, y1 = (i * stride + tile) / g.cell_h;
+  const int64_t y0 = i * stride / g.cell_h - first_cell_row, y1 = (i * stride + tile) / g.cell_h - first_cell_row;
   const int64_t x0 = j * stride / g.cell_w, x1 = (j * stride + tile) / g.cell_w;
   const int64_t count = prefix[y1 * pitch + x1] - prefix[y0 * pitch + x1] -
                         prefix[y1 * pitch + x0] + prefix[y0 * pitch + x0];
@@ -77,8 +77,17 @@ struct WhiteCountsArgs {
 };
 void white_counts_cpu(const WhiteCountsArgs& args);
 
-// (rows, cols) of whole tiles over a height×width region; raises ArgumentError for the tile sizes
-// and strides white_ratio rejects. Host only, defined in white_ratio_py.cpp; augment checks with it too.
-std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride);
+// white_ratio_from_counts: white_ratio of tile rows [row0, row0 + rows) from white_counts' cell counts, by
+// the prefix sums and tile_ratio above, so the values equal white_ratio's bit for bit. cell must divide tile
+// and stride (ops.py checks it) for them to be the grid's tiles; the binding checks that every tile lies
+// inside the counts.
+struct CountsRatioArgs {
+  const int64_t* counts;  // cells_y × cells_x, C-contiguous
+  int64_t cells_y, cells_x, cell;
+  int64_t tile, stride;  // the grid, pixels
+  int64_t row0, rows, cols;
+};
+// out: float32 rows × cols, C-contiguous, host.
+void white_ratio_from_counts_cpu(const CountsRatioArgs& args, float* out);
 
 }  // namespace hf

@@ -215,7 +215,7 @@ void white_ratio_cpu(const WhiteRatioArgs& a, float* out) {
   }
   for (int64_t i = 0; i < g.rows; ++i)
     for (int64_t j = 0; j < g.cols; ++j)
-      out[i * g.cols + j] = tile_ratio(prefix.data(), g, a.tile, a.stride, i, j);
+      out[i * g.cols + j] = tile_ratio(prefix.data(), g, a.tile, a.stride, i, j, 0);
 }
 
 void white_counts_cpu(const WhiteCountsArgs& a) {
@@ -261,5 +261,26 @@ void white_counts_cpu(const WhiteCountsArgs& a) {
   }
 }
 
-}  // namespace hf
+void white_ratio_from_counts_cpu(const CountsRatioArgs& a, float* out) {
+  if (a.rows == 0 || a.cols == 0) return;
+  // The cell rows these tile rows cover, [first, last); their prefix sums, with a zero first row and column.
+  const int64_t first = a.row0 * a.stride / a.cell, last = ((a.row0 + a.rows - 1) * a.stride + a.tile) / a.cell;
+  const CellGrid g{a.rows, a.cols, a.cell, a.cell, a.cells_x, last - first};
+  const int64_t pitch = a.cells_x + 1;
+  std::vector<int64_t> prefix((last - first + 1) * pitch, 0);
+  for (int64_t cy = first; cy < last; ++cy) {
+    const int64_t* counts = a.counts + cy * a.cells_x;
+    int64_t* row = prefix.data() + (cy - first + 1) * pitch;
+    const int64_t* above = row - pitch;
+    int64_t sum = 0;
+    for (int64_t cx = 0; cx < a.cells_x; ++cx) {
+      sum += counts[cx];
+      row[cx + 1] = above[cx + 1] + sum;
+    }
+  }
+  for (int64_t i = 0; i < a.rows; ++i)
+    for (int64_t j = 0; j < a.cols; ++j)
+      out[i * a.cols + j] = tile_ratio(prefix.data(), g, a.tile, a.stride, a.row0 + i, j, first);
+}
 
+}  // namespace hf

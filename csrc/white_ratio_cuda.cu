@@ -49,7 +49,7 @@ __global__ void prefix_cols_kernel(Count* p, int64_t rows, int64_t pitch) {
 __global__ void tile_ratio_kernel(const int64_t* prefix, CellGrid g, int64_t tile, int64_t stride, float* out) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= g.rows * g.cols) return;
-  out[k] = tile_ratio(prefix, g, tile, stride, k / g.cols, k % g.cols);
+  out[k] = tile_ratio(prefix, g, tile, stride, k / g.cols, k % g.cols, 0);
 }
 
 unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }

@@ -1,48 +1,21 @@
-// white_ratio_py.cpp — Python bindings of white_ratio and grid_shape: the HSV-range and tile-grid
-// checks, and white_ratio's dispatch to the CPU or CUDA twin by the device the region lives on.
+// white_ratio_py.cpp — Python bindings of white_ratio, white_counts, white_ratio_from_counts and grid_shape:
+// their memory checks, and white_ratio's dispatch to the CPU or CUDA twin by the device the region lives on.
 #include <array>
+#include <cstdint>
 #include <string>
 #include <utility>
 
-#include "py_array.h"
-#include "white_ratio.h"
+#include "bindings.h"
 
 namespace py = pybind11;
 
 namespace hf {
-
-// white_counts' checks, also used by jpeg_decode_py.cpp's fused loop.
-WhiteCountsArgs white_counts_args(const View& part, py::array counts, int64_t x, int64_t y, int64_t cell,
-                                  const std::array<int, 3>& lower, const std::array<int, 3>& upper);
-
 namespace {
-
-HsvRange hsv_range(const std::array<int, 3>& lower, const std::array<int, 3>& upper) {
-  static const int top[3] = {180, 255, 255};
-  static const char* channel[3] = {"H", "S", "V"};
-  HsvRange r{};
-  for (int c = 0; c < 3; ++c) {
-    for (const auto* b : {&lower, &upper}) {
-      const int value = (*b)[c];
-      if (value < 0 || value > top[c])
-        throw ArgumentError(std::string(b == &lower ? "lower" : "upper") + "[" + std::to_string(c) + "]=" +
-                            std::to_string(value) + ": " + channel[c] + " must lie in [0, " + std::to_string(top[c]) +
-                            "] (OpenCV 8-bit HSV)");
-    }
-    if (lower[c] > upper[c])
-      throw ArgumentError("lower[" + std::to_string(c) + "]=" + std::to_string(lower[c]) + " exceeds upper[" +
-                          std::to_string(c) + "]=" + std::to_string(upper[c]));
-    r.lo[c] = lower[c];
-    r.hi[c] = upper[c];
-  }
-  return r;
-}
 
 void white_ratio(py::object region_obj, py::object out_obj, int64_t tile_size, int64_t stride,
                  std::array<int, 3> lower, std::array<int, 3> upper, [[maybe_unused]] StreamHandle stream,
                  int threads) {
   const View region_view = view_of(region_obj, "region", false);
-  if (threads < 0) throw ArgumentError("threads=" + std::to_string(threads) + ": must be >= 0 (0: OpenMP's default)");
   WhiteRatioArgs a{image_of<const uint8_t>(region_view, "region"), tile_size, stride, hsv_range(lower, upper), threads};
   grid_shape(a.region.height, a.region.width, tile_size, stride);
   const CellGrid g = make_cell_grid(a, 1);
@@ -63,31 +36,38 @@ void white_counts(py::object part_obj, py::array counts, int64_t x, int64_t y, i
   white_counts_cpu(a);
 }
 
-}  // namespace
-
-WhiteCountsArgs white_counts_args(const View& part, py::array counts, int64_t x, int64_t y, int64_t cell,
-                                  const std::array<int, 3>& lower, const std::array<int, 3>& upper) {
-  WhiteCountsArgs a{image_of<const uint8_t>(part, "part"), x, y, nullptr, 0, 0, cell, hsv_range(lower, upper)};
-  if (a.part.device != -1) throw ArgumentError("part: white_counts runs on the host, got " + device_name(a.part.device));
-  positive(cell, "cell");
-  if (x < 0 || y < 0) throw ArgumentError("x, y: must be >= 0");
-  if (!counts.dtype().is(py::dtype::of<int64_t>()) || counts.ndim() != 2 || !counts.writeable() ||
-      !(counts.flags() & py::array::c_style))
-    throw ArgumentError("counts: expected a writable C-contiguous int64 (cells_y, cells_x) array");
-  a.counts = static_cast<int64_t*>(counts.mutable_data());
-  a.cells_y = counts.shape(0);
-  a.cells_x = counts.shape(1);
-  return a;
+// Whether n tiles from tile index first, at this stride, end inside `cells` cells of side `cell` (in 128 bits:
+// no overflow can fool the check, and the kernel's int64 arithmetic stays below the end it checks).
+bool tiles_inside(int64_t first, int64_t n, int64_t stride, int64_t tile, int64_t cell, int64_t cells) {
+  const __int128 end = (static_cast<__int128>(first) + n - 1) * stride + tile;
+  return end <= INT64_MAX && end / cell <= cells;
 }
 
-std::pair<int64_t, int64_t> grid_shape(int64_t height, int64_t width, int64_t tile_size, int64_t stride) {
+void white_ratio_from_counts(py::array counts, py::object out_obj, int64_t cell, int64_t tile_size, int64_t stride,
+                             int64_t row0) {
+  if (!counts.dtype().is(py::dtype::of<int64_t>()) || counts.ndim() != 2 || !(counts.flags() & py::array::c_style))
+    throw ArgumentError("counts: expected a C-contiguous int64 (cells_y, cells_x) array");
+  positive(cell, "cell");
   positive(tile_size, "tile_size");
   positive(stride, "stride");
-  if (tile_size > height || tile_size > width)
-    throw ArgumentError("tile_size=" + std::to_string(tile_size) + ": larger than region (" + std::to_string(height) +
-                        "×" + std::to_string(width) + " pixels)");
-  return {(height - tile_size) / stride + 1, (width - tile_size) / stride + 1};
+  if (row0 < 0) throw ArgumentError("row0=" + std::to_string(row0) + ": must be >= 0");
+  const View out_view = view_of(out_obj, "out", true);
+  if (out_view.shape.size() != 2) throw ArgumentError("out: expected shape (rows, cols), got " + shape_str(out_view.shape));
+  const CountsRatioArgs a{static_cast<const int64_t*>(counts.data()), counts.shape(0), counts.shape(1), cell,
+                          tile_size, stride, row0, out_view.shape[0], out_view.shape[1]};
+  float* out = static_cast<float*>(output_of(out_view, "out", {a.rows, a.cols}, DType::F32, -1));
+  if (a.rows > 0 && a.cols > 0 &&
+      !(tiles_inside(row0, a.rows, stride, tile_size, cell, a.cells_y) &&
+        tiles_inside(0, a.cols, stride, tile_size, cell, a.cells_x)))
+    throw ArgumentError("out: tile rows " + std::to_string(row0) + ".." + std::to_string(row0 + a.rows - 1) + ", columns 0.." +
+                        std::to_string(a.cols - 1) + " of tiles " + std::to_string(tile_size) + " at stride " +
+                        std::to_string(stride) + " reach past the " + shape_str({a.cells_y, a.cells_x}) + " counts of cells " +
+                        std::to_string(cell));
+  py::gil_scoped_release nogil;
+  white_ratio_from_counts_cpu(a, out);
 }
+
+}  // namespace
 
 void bind_white_ratio(py::module_& m) {
   using namespace pybind11::literals;
@@ -95,6 +75,10 @@ void bind_white_ratio(py::module_& m) {
         "stream"_a = 0, "threads"_a = 0);
   m.def("white_counts", &white_counts, "part"_a, "counts"_a, "x"_a, "y"_a, "cell"_a, "lower"_a, "upper"_a,
         "Add the white pixels of `part` (view pixels at (x, y)) to the int64 cell counts (side `cell`); host only.");
+  m.def("white_ratio_from_counts", &white_ratio_from_counts, "counts"_a, "out"_a, "cell"_a, "tile_size"_a,
+        "stride"_a, "row0"_a,
+        "white_ratio of tile rows row0 .. row0 + out.shape[0] - 1 (float32 `out`, C-contiguous) from the int64\n"
+        "cell counts white_counts filled (side `cell`, dividing tile_size and stride); host only.");
   m.def("grid_shape", &grid_shape, "height"_a, "width"_a, "tile_size"_a, "stride"_a,
         "(rows, cols) of whole tiles at this stride; raises for sizes that white_ratio rejects.");
 }

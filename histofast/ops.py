@@ -6,17 +6,46 @@ device without memory pools, waits for the stream to free its scratch memory), a
 kind of array on the same device. Images are uint8 (H, W, 3) RGB in level pixels; rows may be
 strided (a crop of a larger array), pixels must be packed. Numpy array-likes (a PIL RGB image) are read
 as ``np.asarray(x)``. An ``out`` must be an array in the machine's byte order that shares no memory
-with the input; every argument is checked before anything is allocated."""
+with the input; every argument is checked before anything is allocated.
+
+The arguments are checked here, once, with the messages users see (``check_hsv_bounds`` and
+``check_batch_format`` are public: settings are checked with them before any pixel is read); ``_C``
+checks only what protects memory (dtypes, shapes, strides, devices, overlap, bounds). The array
+marshalling lives in ``histofast._arrays``."""
 from __future__ import annotations
 
-import functools
+import math
 import operator
+import struct
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import _C
+from ._arrays import (
+    Kind,
+    as_input,
+    check_out,
+    dtype_name,
+    for_c,
+    host,
+    image_shape,
+    integer,
+    thread_count,
+    triple,
+)
 from .errors import HistofastError
+
+__all__ = [
+    # constants
+    "DEFAULT_HSV_LOWER", "DEFAULT_HSV_UPPER", "IMAGENET_MEAN", "IMAGENET_STD", "OUT_DTYPES", "LAYOUTS", "HSV_TOP",
+    "STRICT_JPEG",
+    # validators
+    "check_hsv_bounds", "check_batch_format",
+    # ops
+    "rgb_to_hsv", "grid_shape", "white_ratio", "white_counts", "white_ratio_from_counts", "augment",
+    "decode_jpeg", "decode_jpegs_counting_white",
+]
 
 DEFAULT_HSV_LOWER = (0, 0, 200)
 DEFAULT_HSV_UPPER = (180, 30, 255)
@@ -26,168 +55,86 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OUT_DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("NCHW", "NHWC")
 HSV_TOP = (180, 255, 255)  # the largest H, S, V of OpenCV's 8-bit HSV
-_INT64 = (-(2**63), 2**63 - 1)
 # The fast path's JPEG decoder, decided here once: libjpeg-turbo in _C, strict (every libjpeg warning raises),
 # in a build that found the libjpeg headers; else imagecodecs' libjpeg-turbo: the same pixels, but corrupt data
 # that libjpeg only warns of decode (repaired) instead of raising. ``build_info()["jpeg"]`` says which.
 STRICT_JPEG: bool = hasattr(_C, "jpeg_decode")
 
 
-class _Kind:
-    """Where an input lives and how to make outputs like it: numpy, torch (cpu/cuda) or cupy."""
-
-    def __init__(self, x: Any, name: str) -> None:
-        module = type(x).__module__.split(".")[0]
-        if module == "torch":
-            self.lib, self.device = "torch", x.device
-        elif module == "cupy":
-            self.lib, self.device = "cupy", x.device
-        elif isinstance(x, np.ndarray) or hasattr(x, "__array_interface__") or hasattr(x, "__array__"):
-            self.lib, self.device = "numpy", None  # array-likes (a PIL image too) are read as np.asarray(x)
-        else:
-            raise TypeError(f"{name}: expected a numpy array, torch tensor or CuPy array, got {type(x).__name__}")
-
-    @property
-    def cuda(self) -> bool:
-        return self.lib == "cupy" or (self.lib == "torch" and self.device.type == "cuda")
-
-    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
-        if self.lib == "torch":
-            import torch
-
-            return torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-        if self.lib == "cupy":
-            import cupy
-
-            with self.device:
-                return cupy.empty(shape, dtype=dtype)
-        return np.empty(shape, dtype=dtype)
-
-    def stream(self) -> int:
-        """The caller's current CUDA stream as an integer (0 on the CPU)."""
-        if self.lib == "torch" and self.cuda:
-            import torch
-
-            return torch.cuda.current_stream(self.device).cuda_stream
-        if self.lib == "cupy":
-            import cupy
-
-            with self.device:
-                return cupy.cuda.get_current_stream().ptr
-        return 0
+# ---------------------------------------------------------------- validators
 
 
-def _input(x: Any, name: str) -> tuple[Any, _Kind]:
-    """An input image and its kind; numpy array-likes (a PIL image: np.asarray, RGB → (H, W, 3)) as numpy."""
-    kind = _Kind(x, name)
-    if kind.lib == "numpy" and not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    return x, kind
+def check_hsv_bounds(
+    lower: Sequence[Any], upper: Sequence[Any]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``lower``, ``upper`` as int triples within OpenCV's 8-bit HSV (H 0–180, S and V 0–255), lower ≤ upper
+    per channel: the check of every op that takes HSV bounds (and of the grid settings that hold them).
+
+    Examples:
+        >>> from histofast import ops
+        >>> ops.check_hsv_bounds([0, 0, 200], (180, 30, 255))
+        ((0, 0, 200), (180, 30, 255))
+        >>> ops.check_hsv_bounds((0, 0, 300), (180, 30, 255))
+        Traceback (most recent call last):
+            ...
+        histofast.errors.HistofastError: lower[2]=300: V must lie in [0, 255] (OpenCV 8-bit HSV)
+    """
+    lower, upper = triple(lower, "lower", operator.index), triple(upper, "upper", operator.index)
+    top = HSV_TOP
+    if (0 <= lower[0] <= upper[0] <= top[0] and 0 <= lower[1] <= upper[1] <= top[1]
+            and 0 <= lower[2] <= upper[2] <= top[2]):
+        return lower, upper  # the usual case, in one test; else the first fault, named:
+    for c in range(3):
+        for name, b in (("lower", lower), ("upper", upper)):
+            if not 0 <= b[c] <= top[c]:
+                raise HistofastError(f"{name}[{c}]={b[c]}: {'HSV'[c]} must lie in [0, {top[c]}] (OpenCV 8-bit HSV)")
+        if lower[c] > upper[c]:
+            raise HistofastError(f"lower[{c}]={lower[c]} exceeds upper[{c}]={upper[c]}")
+    return lower, upper
 
 
-def _dtype_name(x: Any) -> str:
-    """"uint8", "float32", …: numpy's name for the dtype of a numpy array, torch tensor or CuPy array."""
-    dtype = x.dtype
-    return dtype.name if isinstance(dtype, np.dtype) else str(dtype).removeprefix("torch.")
-
-
-def _image_shape(x: Any, name: str) -> tuple[int, int]:
-    """(H, W) of a uint8 (H, W, 3) image; checked here, before any output is allocated (_C checks the rest)."""
-    dtype = _dtype_name(x)
-    if dtype != "uint8":
-        raise TypeError(f"{name}: expected uint8, got {dtype}")
-    shape = tuple(int(d) for d in x.shape)
-    if len(shape) != 3 or shape[2] != 3:
-        raise HistofastError(f"{name}: expected shape (H, W, 3), got {shape}")
-    return shape[0], shape[1]
-
-
-def _for_c(x: Any) -> Any:
-    """What _C reads without a copy: CPU torch tensors as numpy views, array-likes as numpy."""
-    module = type(x).__module__.split(".")[0]
-    if module == "torch":
-        return x if x.is_cuda else x.detach().numpy()
-    if module == "cupy" or isinstance(x, np.ndarray):
-        return x
-    return np.asarray(x)
-
-
-def _host(x: Any, name: str, dtype: type, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
-    """A per-tile parameter as a host numpy array of `dtype` (small; copied from a GPU if needed)."""
-    module = type(x).__module__.split(".")[0]
-    if module == "torch":
-        x = x.detach().cpu().numpy()
-    elif module == "cupy":
-        x = x.get()
-    a = np.asarray(x)
-    if a.dtype.kind not in {np.int64: "iub", np.bool_: "iub", np.float64: "iubf"}[dtype]:
-        raise TypeError(f"{name}: expected {np.dtype(dtype).name} values, got {a.dtype}")
-    if a.shape[1:] != shape_tail:
-        raise HistofastError(f"{name}: expected shape (N{''.join(', ' + str(d) for d in shape_tail)}), got {a.shape}")
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}={bool(value)}: must be an integer, not a bool")
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as ``_C`` receives it (±inf past float32's range)."""
     try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}={value!r}: must be an integer") from None
-    if not _INT64[0] <= value <= _INT64[1]:
-        raise HistofastError(f"{name}={value}: out of range (a 64-bit integer)")
-    return value
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
-def _threads(threads: int | None) -> int:
-    """A kernel's OpenMP thread count for ``_C``: 0 leaves OpenMP's default."""
-    if threads is None:
-        return 0
-    threads = _int(threads, "threads")
-    if threads < 1:
-        raise HistofastError(f"threads={threads}: must be at least 1 (or None for OpenMP's default)")
-    return threads
+def check_batch_format(
+    out_dtype: str, layout: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Check ``augment``'s output arguments (before any pixels are read); returns (mean, std) as float triples.
+
+    Mean and std must be finite and std positive as the float32 values the kernels use.
+
+    Examples:
+        >>> from histofast import ops
+        >>> ops.check_batch_format("float16", "NHWC", ops.IMAGENET_MEAN, [0.229, 0.224, 0.225])
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        >>> ops.check_batch_format("float32", "NCHW", (0, 0, 0), (1, 0, 1))
+        Traceback (most recent call last):
+            ...
+        histofast.errors.HistofastError: std[1]=0.000000: must be positive
+    """
+    if out_dtype not in OUT_DTYPES:
+        raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
+    if layout not in LAYOUTS:
+        raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
+    mean, std = triple(mean, "mean", float), triple(std, "std", float)
+    if out_dtype == "uint8" and (mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0)):
+        raise HistofastError(f"mean={mean}, std={std} with out_dtype='uint8': uint8 output is never normalised; "
+                             "pass out_dtype='float32' or 'float16' to normalise, or leave mean and std out")
+    for c in range(3):
+        if not math.isfinite(_float32(mean[c])):
+            raise HistofastError(f"mean[{c}]: must be finite")
+        s = _float32(std[c])
+        if not (math.isfinite(s) and s > 0):
+            raise HistofastError(f"std[{c}]={s:.6f}: must be positive")
+    return mean, std
 
 
-def _triple(values: Sequence[Any], name: str, cast: type) -> tuple:
-    try:
-        t = tuple(cast(v) for v in values)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}={values!r}: expected 3 numbers") from None
-    if len(t) != 3:
-        raise HistofastError(f"{name}={values!r}: expected 3 values, one per channel")
-    return t
-
-
-def _hsv_bounds(lower: Sequence[Any], upper: Sequence[Any]) -> tuple[tuple, tuple]:
-    """lower, upper as int triples within OpenCV's 8-bit HSV, lower ≤ upper per channel."""
-    if isinstance(lower, tuple) and isinstance(upper, tuple):  # checked once: white_counts runs per decoded tile
-        return _checked_hsv_bounds(lower, upper)
-    return _checked_hsv_bounds.__wrapped__(lower, upper)
-
-
-@functools.lru_cache(maxsize=64)
-def _checked_hsv_bounds(lower: Sequence[Any], upper: Sequence[Any]) -> tuple[tuple, tuple]:
-    bounds = {"lower": _triple(lower, "lower", operator.index), "upper": _triple(upper, "upper", operator.index)}
-    for c, top in enumerate(HSV_TOP):
-        for name, b in bounds.items():
-            if not 0 <= b[c] <= top:
-                raise HistofastError(f"{name}[{c}]={b[c]}: {'HSV'[c]} must lie in [0, {top}] (OpenCV 8-bit HSV)")
-        if bounds["lower"][c] > bounds["upper"][c]:
-            raise HistofastError(f"lower[{c}]={bounds['lower'][c]} exceeds upper[{c}]={bounds['upper'][c]}")
-    return bounds["lower"], bounds["upper"]
-
-
-def _check_out(out: Any, kind: _Kind) -> Any:
-    """A given ``out`` must be an array (not an array-like: it is written in place) of the input's kind of device.
-
-    _C checks its dtype, byte order, shape, contiguity, device and that it does not overlap the input."""
-    out_kind = _Kind(out, "out")
-    if out_kind.lib == "numpy" and not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected a numpy array, torch tensor or CuPy array, got {type(out).__name__}")
-    if out_kind.cuda != kind.cuda:
-        raise HistofastError("out: must be on the same device as the input")
-    return out
+# ---------------------------------------------------------------- ops
 
 
 def rgb_to_hsv(rgb: Any, *, out: Any = None) -> Any:
@@ -200,11 +147,21 @@ def rgb_to_hsv(rgb: Any, *, out: Any = None) -> Any:
         out: optional uint8 (H, W, 3) C-contiguous output of the same kind and device.
     Returns:
         uint8 (H, W, 3) HSV, the same kind of array as ``rgb``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+        >>> hsv = ops.rgb_to_hsv(rgb)
+        >>> hsv.shape, hsv.dtype
+        ((4, 5, 3), dtype('uint8'))
+        >>> ops.rgb_to_hsv(np.array([[[255, 0, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)).tolist()
+        [[[0, 255, 255], [120, 255, 255], [0, 0, 255]]]
     """
-    rgb, kind = _input(rgb, "rgb")
-    height, width = _image_shape(rgb, "rgb")
-    out = kind.empty((height, width, 3), "uint8") if out is None else _check_out(out, kind)
-    _C.rgb_to_hsv(_for_c(rgb), _for_c(out), kind.stream())
+    rgb, kind = as_input(rgb, "rgb")
+    height, width = image_shape(rgb, "rgb")
+    out = kind.empty((height, width, 3), "uint8") if out is None else check_out(out, kind)
+    _C.rgb_to_hsv(for_c(rgb), for_c(out), kind.stream())
     return out
 
 
@@ -212,9 +169,15 @@ def grid_shape(height: int, width: int, tile_size: int, stride: int) -> tuple[in
     """(rows, cols) of the tile grid ``white_ratio`` computes over a height×width region (pixels).
 
     Raises ``HistofastError`` for the values ``white_ratio`` rejects (tile_size or stride not
-    positive, tile larger than the region)."""
-    return tuple(_C.grid_shape(_int(height, "height"), _int(width, "width"), _int(tile_size, "tile_size"),
-                               _int(stride, "stride")))
+    positive, tile larger than the region).
+
+    Examples:
+        >>> from histofast import ops
+        >>> ops.grid_shape(1000, 800, 256, 128)  # (1000 - 256) // 128 + 1, (800 - 256) // 128 + 1
+        (6, 5)
+    """
+    return tuple(_C.grid_shape(integer(height, "height"), integer(width, "width"), integer(tile_size, "tile_size"),
+                               integer(stride, "stride")))
 
 
 def white_ratio(
@@ -240,32 +203,100 @@ def white_ratio(
         threads: CPU threads (OpenMP) for this call; None: OpenMP's default (``OMP_NUM_THREADS`` or every core).
     Returns:
         float32 (rows, cols): entry [i, j] is the tile at level pixels (x, y) = (j·stride, i·stride).
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> region = np.full((64, 96, 3), 255, np.uint8)  # white background ...
+        >>> region[:32, :48] = (200, 60, 90)  # ... and tissue at the top left
+        >>> ops.white_ratio(region, 32, 32).tolist()
+        [[0.0, 0.5, 1.0], [1.0, 1.0, 1.0]]
+        >>> ops.white_ratio(region, 64, 16).shape
+        (1, 3)
     """
-    region, kind = _input(region, "region")
-    height, width = _image_shape(region, "region")
-    tile_size, stride = _int(tile_size, "tile_size"), _int(stride, "stride")
-    lower, upper = _hsv_bounds(lower, upper)
+    region, kind = as_input(region, "region")
+    height, width = image_shape(region, "region")
+    tile_size, stride = integer(tile_size, "tile_size"), integer(stride, "stride")
+    lower, upper = check_hsv_bounds(lower, upper)
     rows_cols = grid_shape(height, width, tile_size, stride)
-    out = kind.empty(rows_cols, "float32") if out is None else _check_out(out, kind)
-    _C.white_ratio(_for_c(region), _for_c(out), tile_size, stride, lower, upper, kind.stream(), _threads(threads))
+    out = kind.empty(rows_cols, "float32") if out is None else check_out(out, kind)
+    _C.white_ratio(for_c(region), for_c(out), tile_size, stride, lower, upper, kind.stream(), thread_count(threads))
     return out
 
 
-def check_batch_format(
-    out_dtype: str, layout: str, mean: Sequence[float], std: Sequence[float]
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Check ``augment``'s output arguments (before any pixels are read); returns (mean, std) as float triples.
+def white_counts(part: np.ndarray, counts: np.ndarray, x: int, y: int, cell: int,
+                 hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER, hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER) -> None:
+    """Add the white pixels of ``part`` to the cell counts of a grid (host only, safe from many threads).
 
-    ``_C`` checks that std is non-zero and finite."""
-    if out_dtype not in OUT_DTYPES:
-        raise HistofastError(f"out_dtype={out_dtype!r}: expected one of {', '.join(OUT_DTYPES)}")
-    if layout not in LAYOUTS:
-        raise HistofastError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
-    mean, std = _triple(mean, "mean", float), _triple(std, "std", float)
-    if out_dtype == "uint8" and (mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0)):
-        raise HistofastError(f"mean={mean}, std={std} with out_dtype='uint8': uint8 output is never normalised; "
-                             "pass out_dtype='float32' or 'float16' to normalise, or leave mean and std out")
-    return mean, std
+    The fused half of ``white_ratio``: a decoder thread counts what it just decoded, while it is in cache;
+    ``white_ratio_from_counts`` then gives the grid's ratios.
+
+    Args:
+        part: uint8 (H, W, 3), the view's pixels at (x, y); rows may be strided, pixels packed.
+        counts: int64 (cells_y, cells_x), C-contiguous: white pixels per cell of side ``cell`` over the view,
+            added to atomically. Pixels past the last whole cell are not counted.
+        x, y: where ``part`` lies in the view, pixels.
+        cell: the cells' side, pixels (gcd(tile_size, stride) for a grid).
+        hsv_lower, hsv_upper: as for ``white_ratio``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> view = np.full((64, 96, 3), 255, np.uint8)
+        >>> view[:32, :48] = (200, 60, 90)
+        >>> counts = np.zeros((2, 3), np.int64)  # cells of 32 pixels over the 64×96 view
+        >>> ops.white_counts(view[:, :40], counts, 0, 0, 32)  # two parts, as two decoder threads would
+        >>> ops.white_counts(view[:, 40:], counts, 40, 0, 32)
+        >>> counts.tolist()
+        [[0, 512, 1024], [1024, 1024, 1024]]
+    """
+    lower, upper = check_hsv_bounds(hsv_lower, hsv_upper)
+    _C.white_counts(part, counts, integer(x, "x"), integer(y, "y"), integer(cell, "cell"), lower, upper)
+
+
+def white_ratio_from_counts(counts: np.ndarray, cell: int, tile_size: int, stride: int,
+                            rows: range | None = None) -> np.ndarray:
+    """``white_ratio`` of tile rows ``rows`` from the cell counts ``white_counts`` filled (host only).
+
+    The same float32 values as ``white_ratio`` over the counted view, bit for bit (the same C++ formula:
+    each tile's count from the prefix sums of the cells, divided by tile_size² once). The grid is the one
+    over the counts' area, ``counts.shape[0]·cell`` × ``counts.shape[1]·cell`` pixels.
+
+    Args:
+        counts: int64 (cells_y, cells_x), C-contiguous; every pixel of the rows' tiles counted.
+        cell: the cells' side, pixels; it must divide ``tile_size`` and ``stride`` (gcd(tile_size, stride)).
+        tile_size, stride: the grid, pixels.
+        rows: tile rows (a range of step 1), default every row of the grid.
+    Returns:
+        float32 (len(rows), cols).
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> view = np.random.default_rng(0).integers(190, 256, (80, 100, 3), dtype=np.uint8)
+        >>> counts = np.zeros((80 // 10, 100 // 10), np.int64)  # cells of gcd(40, 30) = 10
+        >>> ops.white_counts(view, counts, 0, 0, 10)
+        >>> ratio = ops.white_ratio_from_counts(counts, 10, 40, 30)
+        >>> ratio.shape, ratio.dtype
+        ((2, 3), dtype('float32'))
+        >>> np.array_equal(ratio, ops.white_ratio(view, 40, 30))
+        True
+        >>> np.array_equal(ops.white_ratio_from_counts(counts, 10, 40, 30, range(1, 2)), ratio[1:])
+        True
+    """
+    if not (isinstance(counts, np.ndarray) and counts.dtype == np.int64 and counts.ndim == 2):
+        raise HistofastError(f"counts: expected an int64 (cells_y, cells_x) numpy array, got {type(counts).__name__} "
+                             f"of {getattr(counts, 'dtype', '?')} {getattr(counts, 'shape', '')}")
+    cell, tile_size, stride = integer(cell, "cell"), integer(tile_size, "tile_size"), integer(stride, "stride")
+    if cell < 1 or tile_size % cell or stride % cell:
+        raise HistofastError(f"cell={cell}: must be a positive divisor of tile_size={tile_size} and stride={stride}")
+    n_rows, cols = grid_shape(counts.shape[0] * cell, counts.shape[1] * cell, tile_size, stride)
+    rows = range(n_rows) if rows is None else rows
+    if not isinstance(rows, range) or rows.step != 1 or (rows and not 0 <= rows.start <= rows.stop <= n_rows):
+        raise HistofastError(f"rows={rows!r}: expected a range of step 1 within the grid's range(0, {n_rows})")
+    out = np.empty((len(rows), cols), np.float32)
+    _C.white_ratio_from_counts(np.ascontiguousarray(counts), out, cell, tile_size, stride, rows.start if rows else 0)
+    return out
 
 
 def augment(
@@ -309,80 +340,45 @@ def augment(
         threads: CPU threads (OpenMP) for this call; None: OpenMP's default (``OMP_NUM_THREADS`` or every core).
     Returns:
         The batch, the same kind of array as ``region`` on its device.
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> region = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        >>> batch = ops.augment(region, [[0, 0], [16, 8]], 32, rot90=[1, 0], mean=ops.IMAGENET_MEAN,
+        ...                     std=ops.IMAGENET_STD)
+        >>> batch.shape, batch.dtype
+        ((2, 3, 32, 32), dtype('float32'))
+        >>> tiles = ops.augment(region, [[16, 8]], 32, rot90=[1], flip=[True], out_dtype="uint8", layout="NHWC")
+        >>> np.array_equal(tiles[0], np.fliplr(np.rot90(region[8:40, 16:48], 1)))
+        True
     """
-    region, kind = _input(region, "region")
-    height, width = _image_shape(region, "region")
-    tile_size = _int(tile_size, "tile_size")
+    region, kind = as_input(region, "region")
+    height, width = image_shape(region, "region")
+    tile_size = integer(tile_size, "tile_size")
     grid_shape(height, width, tile_size, 1)  # 0 < tile_size ≤ H, W: checked before anything is allocated
     mean, std = check_batch_format(out_dtype, layout, mean, std)
     if out is not None:
-        _check_out(out, kind)
-        got = _dtype_name(out)
+        check_out(out, kind)
+        got = dtype_name(out)
         if got not in OUT_DTYPES:
             raise TypeError(f"out: expected uint8, float16 or float32, got {got}")
         if got != out_dtype:
             raise HistofastError(f"out: dtype {got} contradicts out_dtype={out_dtype!r} (pass out_dtype={got!r})")
-    origins = _host(origins, "origins", np.int64, (2,))
+    origins = host(origins, "origins", np.int64, (2,))
     n = len(origins)
-    rot90 = np.zeros(n, np.int64) if rot90 is None else _host(rot90, "rot90", np.int64)
-    flip = np.zeros(n, np.bool_) if flip is None else _host(flip, "flip", np.bool_)
-    shift = np.zeros((n, 2), np.int64) if shift is None else _host(shift, "shift", np.int64, (2,))
-    angle = np.zeros(n, np.float64) if angle is None else _host(angle, "angle", np.float64)
+    rot90 = np.zeros(n, np.int64) if rot90 is None else host(rot90, "rot90", np.int64)
+    flip = np.zeros(n, np.bool_) if flip is None else host(flip, "flip", np.bool_)
+    shift = np.zeros((n, 2), np.int64) if shift is None else host(shift, "shift", np.int64, (2,))
+    angle = np.zeros(n, np.float64) if angle is None else host(angle, "angle", np.float64)
     if out is None:
         shape = (n, 3, tile_size, tile_size) if layout == "NCHW" else (n, tile_size, tile_size, 3)
         out = kind.empty(shape, out_dtype)
     _C.augment(
-        _for_c(region), _for_c(out), tile_size, origins, rot90, flip, shift, angle,
-        mean, std, layout, kind.stream(), _threads(threads),
+        for_c(region), for_c(out), tile_size, origins, rot90, flip, shift, angle,
+        mean, std, layout == "NCHW", kind.stream(), thread_count(threads),
     )
     return out
-
-
-def white_counts(part: np.ndarray, counts: np.ndarray, x: int, y: int, cell: int,
-                 hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER, hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER) -> None:
-    """Add the white pixels of ``part`` to the cell counts of a grid (host only, safe from many threads).
-
-    The fused half of ``white_ratio``: a decoder thread counts what it just decoded, while it is in cache.
-
-    Args:
-        part: uint8 (H, W, 3), the view's pixels at (x, y); rows may be strided, pixels packed.
-        counts: int64 (cells_y, cells_x), C-contiguous: white pixels per cell of side ``cell`` over the view,
-            added to atomically. Pixels past the last whole cell are not counted.
-        x, y: where ``part`` lies in the view, pixels.
-        cell: the cells' side, pixels (gcd(tile_size, stride) for a grid).
-        hsv_lower, hsv_upper: as for ``white_ratio``.
-    """
-    lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
-    _C.white_counts(part, counts, _int(x, "x"), _int(y, "y"), _int(cell, "cell"), lower, upper)
-
-def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places: np.ndarray, counts: np.ndarray,
-                                cell: int, hsv_lower: Sequence[int], hsv_upper: Sequence[int], *,
-                                tables: bytes | None = None, rgb: bool = False) -> None:
-    """``decode_jpeg`` then ``white_counts`` for each of a list of tiles, in one call without the GIL: each
-    decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept). Without
-    the strict decoder (``STRICT_JPEG`` false) a loop here, imagecodecs releasing the GIL while it decodes.
-
-    Args:
-        datas: the tiles' JPEG bytes.
-        scratch: uint8 (tile height, tile width, 3), overwritten by each tile in turn.
-        places: int (len(datas), 4): each tile's (x, y, w, h) in the view, pixels; (w, h) of it are counted.
-        counts, cell, hsv_lower, hsv_upper: as for ``white_counts``.
-        tables, rgb: as for ``decode_jpeg``.
-    Raises:
-        HistofastError: a tile does not decode (which one is not said: decode them one by one to find it).
-    """
-    lower, upper = _hsv_bounds(hsv_lower, hsv_upper)
-    if not STRICT_JPEG:  # the same loop in Python: imagecodecs releases the GIL while it decodes
-        places, cell = _host(places, "places", np.int64, (4,)), _int(cell, "cell")
-        if len(places) != len(datas):
-            raise HistofastError(f"places: expected shape ({len(datas)}, 4), got {places.shape}")
-        for data, (x, y, w, h) in zip(datas, places.tolist()):
-            if not (1 <= w <= scratch.shape[1] and 1 <= h <= scratch.shape[0] and x >= 0 and y >= 0):
-                raise HistofastError(f"places: ({x}, {y}, {w}, {h}): (w, h) must fit the scratch tile, (x, y) >= 0")
-            part = _imagecodecs_decode(data, scratch[:h, :w], 0, 0, tables, rgb)
-            _C.white_counts(part, counts, x, y, cell, lower, upper)
-        return
-    _C.jpeg_count_white(datas, tables, 2 if rgb else 0, scratch, places, counts, _int(cell, "cell"), lower, upper)
 
 
 def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables: bytes | None = None,
@@ -404,12 +400,67 @@ def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables:
         ``out``.
     Raises:
         HistofastError: corrupt data (libjpeg's message), not 3 components, or smaller than ``out`` + (x, y).
+
+    Examples:
+        >>> import imagecodecs
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> tile = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+        >>> data = imagecodecs.jpeg8_encode(tile, level=95)
+        >>> band = np.zeros((20, 40, 3), np.uint8)
+        >>> part = ops.decode_jpeg(data, band[2:10, 5:25], x=4, y=8)  # tile pixels [8, 16) × [4, 24)
+        >>> np.array_equal(part, imagecodecs.jpeg8_decode(data)[8:16, 4:24]), int(band[:2].max())
+        (True, 0)
     """
     if not STRICT_JPEG:
-        _imagecodecs_decode(data, out, _int(x, "x"), _int(y, "y"), tables, rgb)
+        _imagecodecs_decode(data, out, integer(x, "x"), integer(y, "y"), tables, rgb)
         return out
-    _C.jpeg_decode(data, tables, 2 if rgb else 0, out, _int(x, "x"), _int(y, "y"))
+    _C.jpeg_decode(data, tables, 2 if rgb else 0, out, integer(x, "x"), integer(y, "y"))
     return out
+
+
+def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places: np.ndarray, counts: np.ndarray,
+                                cell: int, hsv_lower: Sequence[int], hsv_upper: Sequence[int], *,
+                                tables: bytes | None = None, rgb: bool = False) -> None:
+    """``decode_jpeg`` then ``white_counts`` for each of a list of tiles, in one call without the GIL: each
+    decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept). Without
+    the strict decoder (``STRICT_JPEG`` false) a loop here, imagecodecs releasing the GIL while it decodes.
+
+    Args:
+        datas: the tiles' JPEG bytes.
+        scratch: uint8 (tile height, tile width, 3), overwritten by each tile in turn.
+        places: int (len(datas), 4): each tile's (x, y, w, h) in the view, pixels; (w, h) of it are counted.
+        counts, cell, hsv_lower, hsv_upper: as for ``white_counts``.
+        tables, rgb: as for ``decode_jpeg``.
+    Raises:
+        HistofastError: a tile does not decode (which one is not said: decode them one by one to find it).
+
+    Examples:
+        >>> import imagecodecs
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> white, tissue = np.full((16, 16, 3), 255, np.uint8), np.full((16, 16, 3), (200, 60, 90), np.uint8)
+        >>> datas = [imagecodecs.jpeg8_encode(t, level=95) for t in (white, tissue, white)]
+        >>> counts = np.zeros((2, 4), np.int64)  # a 32×64 view in cells of 16: tiles at x 0, 16 and 48, y 16
+        >>> places = np.array([[0, 16, 16, 16], [16, 16, 16, 16], [48, 16, 16, 16]])
+        >>> ops.decode_jpegs_counting_white(datas, np.empty((16, 16, 3), np.uint8), places, counts, 16,
+        ...                                 ops.DEFAULT_HSV_LOWER, ops.DEFAULT_HSV_UPPER)
+        >>> counts.tolist()
+        [[0, 0, 0, 0], [256, 0, 0, 256]]
+    """
+    lower, upper = check_hsv_bounds(hsv_lower, hsv_upper)
+    if not STRICT_JPEG:  # the same loop in Python: imagecodecs releases the GIL while it decodes
+        places, cell = host(places, "places", np.int64, (4,)), integer(cell, "cell")
+        if len(places) != len(datas):
+            raise HistofastError(f"places: expected shape ({len(datas)}, 4), got {places.shape}")
+        for data, (x, y, w, h) in zip(datas, places.tolist()):
+            if not (1 <= w <= scratch.shape[1] and 1 <= h <= scratch.shape[0] and x >= 0 and y >= 0):
+                raise HistofastError(f"places: ({x}, {y}, {w}, {h}): (w, h) must fit the scratch tile, (x, y) >= 0")
+            part = _imagecodecs_decode(data, scratch[:h, :w], 0, 0, tables, rgb)
+            _C.white_counts(part, counts, x, y, cell, lower, upper)
+        return
+    _C.decode_jpegs_counting_white(datas, tables, 2 if rgb else 0, scratch, places, counts, integer(cell, "cell"),
+                                   lower, upper)
 
 
 def _imagecodecs_decode(data: bytes, out: Any, x: int, y: int, tables: bytes | None, rgb: bool) -> np.ndarray:
@@ -417,9 +468,9 @@ def _imagecodecs_decode(data: bytes, out: Any, x: int, y: int, tables: bytes | N
     with tifffile's colour spaces, checked as _C checks; ``out`` (as numpy) returned."""
     import imagecodecs
 
-    if _Kind(out, "out").cuda:
+    if Kind(out, "out").cuda:
         raise HistofastError("out: must be in host memory")
-    height, width = _image_shape(out, "out")
+    height, width = image_shape(out, "out")
     if x < 0 or y < 0:
         raise HistofastError("x, y: must be >= 0")
     try:  # colorspace 2: libjpeg's JCS_RGB, samples stored without a colour transform
@@ -432,7 +483,6 @@ def _imagecodecs_decode(data: bytes, out: Any, x: int, y: int, tables: bytes | N
     if x + width > image.shape[1] or y + height > image.shape[0]:
         raise HistofastError(f"decoded {image.shape[1]}×{image.shape[0]} pixels, "
                              f"the tile needs {x + width}×{y + height}")
-    dst = _for_c(out)
+    dst = for_c(out)
     dst[...] = image[y : y + height, x : x + width]
     return dst
-

@@ -131,6 +131,45 @@ def test_white_ratio_poisoned_output_fully_written(device):
     np.testing.assert_array_equal(to_numpy(out), white_ratio_reference(region, 64, 50, *BOUNDS[0]))
 
 
+@pytest.mark.parametrize(
+    "height, width, tile, stride",
+    [(257, 391, 64, 64), (200, 180, 50, 70), (123, 457, 17, 5), (97, 97, 97, 97), (300, 333, 64, 48)],
+)
+def test_white_ratio_from_counts_equals_white_ratio_bit_for_bit(height, width, tile, stride):
+    """The count → ratio step is white_ratio's own C++ formula: any rows, any grid, the same float32 values."""
+    import math
+
+    region = near_white_image(np.random.default_rng(height + tile), height, width)
+    cell = math.gcd(tile, stride)
+    counts = np.zeros((height // cell, width // cell), np.int64)
+    ops.white_counts(region, counts, 0, 0, cell)
+    expected = ops.white_ratio(region, tile, stride)
+    np.testing.assert_array_equal(ops.white_ratio_from_counts(counts, cell, tile, stride), expected)
+    for start in range(len(expected)):
+        for stop in range(start, len(expected) + 1):
+            got = ops.white_ratio_from_counts(counts, cell, tile, stride, range(start, stop))
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, expected[start:stop])
+
+
+def test_white_ratio_from_counts_checks_its_arguments():
+    counts = np.zeros((8, 8), np.int64)
+    with pytest.raises(HistofastError, match="cell=3: must be a positive divisor of tile_size=32 and stride=16"):
+        ops.white_ratio_from_counts(counts, 3, 32, 16)
+    with pytest.raises(HistofastError, match="counts: expected an int64"):
+        ops.white_ratio_from_counts(counts.astype(np.int32), 8, 32, 16)
+    with pytest.raises(HistofastError, match=r"rows=range\(2, 5\): expected a range of step 1 within"):
+        ops.white_ratio_from_counts(counts, 8, 32, 16, range(2, 5))  # 64 pixels: rows 0..2
+    with pytest.raises(HistofastError, match="tile_size=128: larger than region"):
+        ops.white_ratio_from_counts(counts, 8, 128, 8)
+    from histofast import _C  # the binding's own bounds: no tile may reach past the counts
+
+    with pytest.raises(HistofastError, match="reach past the"):
+        _C.white_ratio_from_counts(counts, np.empty((4, 1), np.float32), 8, 32, 16, 0)
+    with pytest.raises(HistofastError, match="reach past the"):
+        _C.white_ratio_from_counts(counts, np.empty((1, 1), np.float32), 8, 32, 2**62, 1)
+
+
 # ---------------------------------------------------------------- augment
 
 
@@ -450,7 +489,7 @@ def test_c_refuses_null_cuda_array_interface():
         _C.white_ratio(_FakeCudaArray((4, 4, 3)), _FakeCudaArray((1, 1), "<f4"), 4, 4, (0, 0, 200), (180, 30, 255), 0)
     with pytest.raises(HistofastError, match="out: __cuda_array_interface__ has a NULL data pointer"):
         _C.augment(REGION, _FakeCudaArray((1, 3, 8, 8), "<f4"), 8, np.zeros((1, 2), np.int64), np.zeros(1, np.int64),
-                   np.zeros(1, bool), np.zeros((1, 2), np.int64), np.zeros(1), (0, 0, 0), (1, 1, 1), "NCHW", 0)
+                   np.zeros(1, bool), np.zeros((1, 2), np.int64), np.zeros(1), (0, 0, 0), (1, 1, 1), True, 0)
 
 
 def test_errors_are_value_errors():
@@ -469,3 +508,52 @@ def test_augment_refuses_a_normalisation_uint8_output_would_ignore():
     with pytest.raises(HistofastError, match="uint8 output is never normalised"):
         ops.augment(REGION, np.zeros((1, 2), int), 8, mean=(0.5, 0.5, 0.5), out_dtype="uint8")
     ops.augment(REGION, np.zeros((1, 2), int), 8, mean=(0, 0, 0), std=(1, 1, 1), out_dtype="uint8")  # the defaults
+
+
+
+# ---------------------------------------------------------------- the door itself
+
+
+def test_docstring_examples_run():
+    """Every public op's docstring example (``Examples:``) runs as written."""
+    import doctest
+
+    import histofast.ops
+
+    result = doctest.testmod(histofast.ops, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 30, result
+    missing = [name for name in histofast.ops.__all__ if callable(getattr(histofast.ops, name))
+               and ">>>" not in (getattr(histofast.ops, name).__doc__ or "")]
+    assert not missing, f"public ops without an example: {missing}"
+
+
+def test_check_hsv_bounds_is_one_plain_function():
+    """Issue 22: one check of HSV bounds, whatever the container, and the same messages everywhere."""
+    assert ops.check_hsv_bounds([0, np.int64(0), 200], (180, 30, 255)) == ((0, 0, 200), (180, 30, 255))
+    assert not hasattr(ops.check_hsv_bounds, "__wrapped__")
+    for lower, upper, message in [
+        ((0, 0, 300), (180, 30, 255), "lower[2]=300: V must lie in [0, 255] (OpenCV 8-bit HSV)"),
+        ((5, 0, 0), (3, 30, 255), "lower[0]=5 exceeds upper[0]=3"),
+        ([0, 0], (180, 30, 255), "lower=[0, 0]: expected 3 values, one per channel"),
+    ]:
+        with pytest.raises(HistofastError) as info:
+            ops.check_hsv_bounds(lower, upper)
+        assert str(info.value) == message
+    with pytest.raises(TypeError, match=r"upper=\(1.5, 2, 3\): expected 3 numbers"):
+        ops.check_hsv_bounds((0, 0, 0), (1.5, 2, 3))
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ((0, float("nan"), 0), (1, 1, 1), "mean[1]: must be finite"),
+    ((0, 0, 1e300), (1, 1, 1), "mean[2]: must be finite"),  # past float32: inf in the kernel
+    ((0, 0, 0), (1, 1, -2), "std[2]=-2.000000: must be positive"),
+    ((0, 0, 0), (float("inf"), 1, 1), "std[0]=inf: must be positive"),
+    ((0, 0, 0), (1, 1e-50, 1), "std[1]=0.000000: must be positive"),  # 0 in float32
+])
+def test_check_batch_format_is_the_one_check_of_mean_and_std(mean, std, message):
+    with pytest.raises(HistofastError) as info:
+        ops.check_batch_format("float32", "NCHW", mean, std)
+    assert str(info.value) == message
+    with pytest.raises(HistofastError) as info:  # augment checks them with it, before reading a pixel
+        ops.augment(REGION, [[0, 0]], 8, mean=mean, std=std)
+    assert str(info.value) == message

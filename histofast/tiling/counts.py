@@ -2,8 +2,8 @@
 
 Each decoder thread adds the white pixels of the part it just decoded (``ops.white_counts``, while the
 part is in cache) to per-cell counts over the whole view, cells of side gcd(tile_size, stride); a
-band's white ratios then come from the counts exactly as ``ops.white_ratio`` computes them, and the
-band's pixels are never read a second time."""
+band's white ratios then come from the counts by ``ops.white_ratio``'s own formula
+(``ops.white_ratio_from_counts``), and the band's pixels are never read a second time."""
 from __future__ import annotations
 
 import math
@@ -48,12 +48,5 @@ class WhiteCounts:
 
     def ratio(self, rows: range) -> np.ndarray:
         """White ratio of tile rows ``rows`` (all their pixels counted): float32 (len(rows), cols), the same
-        values as ``ops.white_ratio`` (count / tile_size², rounded once to float32)."""
-        c, t, s = self.cell, self.tile_size, self.stride
-        i, j = np.arange(rows.start, rows.stop), np.arange(self.cols)
-        y0, y1, x0, x1 = i * s // c, (i * s + t) // c, j * s // c, (j * s + t) // c
-        prefix = np.zeros((y1[-1] - y0[0] + 1, self.counts.shape[1] + 1), np.int64)
-        prefix[1:, 1:] = self.counts[y0[0] : y1[-1]].cumsum(0).cumsum(1)
-        top, bottom = prefix[y0 - y0[0]], prefix[y1 - y0[0]]
-        count = bottom[:, x1] - top[:, x1] - bottom[:, x0] + top[:, x0]
-        return (count / float(t * t)).astype(np.float32)
+        values as ``ops.white_ratio`` (``ops.white_ratio_from_counts``: white_ratio's own C++ formula)."""
+        return ops.white_ratio_from_counts(self.counts, self.cell, self.tile_size, self.stride, rows)
