@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             overhead = {"1 worker": task_overhead_ms(one), "2 workers": task_overhead_ms(two)}
             configs: dict[str, tuple[Callable[[Path], list], int]] = {
                 "inline": (lambda out: export_slides(paths, out, options, progress=False), cores),
-                "1w x 1t": (lambda out: export_slides_distributed(paths, out, options, one, workers=1,
+                "1w x 1t": (lambda out: export_slides_distributed(paths, out, options, one, threads=1,
                                                                   progress=False, rows=False), 1),
-                "2w x 1t": (lambda out: export_slides_distributed(paths, out, options, two, workers=1,
+                "2w x 1t": (lambda out: export_slides_distributed(paths, out, options, two, threads=1,
                                                                   progress=False, rows=False), 2),
                 f"1w x {cores}t": (lambda out: export_slides_distributed(paths, out, options, one,
                                                                          progress=False, rows=False),

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--stride", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers = Pipeline lanes")
+    p.add_argument("--lanes", type=int, default=os.cpu_count() or 1, help="Pipeline lanes = DataLoader workers")
     p.add_argument("--repeats", type=int, default=3, help="epochs timed per pipeline (median)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "uint8"),
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = [f"C{k % 2}" for k in range(len(paths))]
     mean, std = (0.7, 0.6, 0.75), (0.15, 0.15, 0.15)
     norm = dict(mean=mean, std=std) if a.dtype != "uint8" else {}
-    common = dict(batch_size=a.batch_size, dtype=a.dtype, **norm, workers=a.workers, progress=False,
-                  augment=hf.Augment(rot90=True, flip=True))
+    batch = hf.BatchFormat(a.batch_size, hf.Augment(rot90=True, flip=True), a.dtype, **norm)
+    common = dict(grid=hf.GridSpec(a.tile_size, a.stride), batch=batch, lanes=a.lanes, progress=False)
     rows = {}
 
     def consume(batch):  # a no-op model that still touches the batch's memory once
@@ -102,27 +102,27 @@ def main(argv: list[str] | None = None) -> int:
 
     for backend in ("torch", "dali"):
         try:
-            pipe = hf.Pipeline(paths, a.tile_size, a.stride, labels=labels, backend=backend, device=a.device, **common)
+            pipe = hf.Pipeline(paths, labels=labels, backend=backend, device=a.device, **common)
         except hf.HistofastError as e:
             print(f"{backend}: skipped ({e})")
             continue
         rows[f"Pipeline backend={backend}"] = timed(lambda pipe=pipe: iter(pipe), consume, a.repeats)
-    ds = hf.TileDataset(paths, a.tile_size, a.stride, labels=labels, **common)
+    ds = hf.TileDataset(paths, labels=labels, **common)
     tiles = [(ds.slides[i], int(x), int(y), int(ds.samples.labels[i]))
              for i, g in enumerate(ds.samples.grids) for x, y in g.coords]
-    rows[f"DataLoader(TileDataset, num_workers={a.workers})"] = timed(
-        lambda: iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=a.workers)), consume, a.repeats)
+    rows[f"DataLoader(TileDataset, num_workers={a.lanes})"] = timed(
+        lambda: iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=a.lanes)), consume, a.repeats)
     baseline = OpenSlideTiles(tiles, a.tile_size, mean, std)
-    rows[f"recipe: OpenSlide+PIL+torch Dataset, num_workers={a.workers}"] = timed(
+    rows[f"recipe: OpenSlide+PIL+torch Dataset, num_workers={a.lanes}"] = timed(
         lambda: iter(torch.utils.data.DataLoader(baseline, batch_size=a.batch_size, shuffle=True,
-                                                 num_workers=a.workers)), consume, 1 if a.quick else 2)
+                                                 num_workers=a.lanes)), consume, 1 if a.quick else 2)
     base_s = list(rows.values())[-1][0]
     report = {"machine": machine_info(), "args": {k: os.fspath(v) if isinstance(v, Path) else v
                                                    for k, v in vars(a).items()},
               "tiles": len(tiles), "results": []}
     print(f"{len(paths)} slides {a.size}², tile {a.tile_size} stride {a.stride}, {len(tiles)} kept tiles, "
           f"batch {a.batch_size}, {a.dtype} NCHW{' normalised' if norm else ''} (recipe: float32), rot90+flip, "
-          f"{a.workers} workers, device {a.device}")
+          f"{a.lanes} workers, device {a.device}")
     print(f"{'method':58s} {'s/epoch':>8s} {'batches/s':>10s} {'tiles/s':>9s} {'x recipe':>9s}")
     for name, (seconds, n, batches, times) in rows.items():
         print(f"{name:58s} {seconds:8.2f} {batches / seconds:10.2f} {n / seconds:9.0f} {base_s / seconds:9.1f}")

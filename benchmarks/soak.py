@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--backend", default="torch")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--lanes", type=int, default=None)
     parser.add_argument("--folder", default=None, help="where the slides are written (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
             if not path.exists():
                 hf.synth.write_slide(path, int(w * args.scale), int(h * args.scale), seed=k, tissue_fraction=0.6)
             paths.append(path)
-        pipe = hf.Pipeline(paths, tile_size=args.tile, stride=args.tile, batch_size=args.batch, dtype="float32",
-                           backend=args.backend, workers=args.workers, progress=False)
+        pipe = hf.Pipeline(paths, grid=hf.GridSpec(args.tile), batch=hf.BatchFormat(args.batch),
+                           backend=args.backend, lanes=args.lanes, progress=False)
         tiles = pipe.tile_dataset.num_samples
         epochs, rss = [], []
         for epoch in range(1, args.epochs + 1):

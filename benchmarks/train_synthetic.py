@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-size", type=int, default=128, help="patch side, pixels (default 128)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out per class (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--lanes", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="8 regions per class, one epoch per stage")
     p.add_argument("--out", type=Path, default=Path(".benchmarks") / "train_synthetic", help="data and runs")
     p.add_argument("--json", type=Path, default=Path(".benchmarks") / "train_synthetic.json")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             run.update({k: 1 for k in ("epochs", "patch_epochs") if k in run})
         config = TrainConfig(data=os.fspath(data / "train.csv"), val_data=os.fspath(data / "val.csv"),
                              out=os.fspath(a.out / name), model=name, tile_size=a.tile_size, stride=a.tile_size,
-                             image_size=a.image_size, batch_size=4, seed=a.seed, workers=a.workers,
+                             image_size=a.image_size, batch_size=4, seed=a.seed, lanes=a.lanes,
                              backend="torch", device="cpu", log_interval=10_000, **run)
         shutil.rmtree(config.out, ignore_errors=True)  # a fresh run each time
         print(f"training {name} ...", flush=True)

@@ -37,7 +37,8 @@ def main() -> None:
         root = Path(tmp)
         slides = [hf.synth.write_slide(root / f"slide{k}.svs", 2048, 2048, seed=k) for k in range(4)]
         labels = ["tumour", "normal", "tumour", "normal"]  # or a manifest CSV / class folders as the source
-        options = dict(tile_size=128, stride=128, labels=labels, batch_size=32, augment=hf.Augment(max_shift=8))
+        options = dict(grid=hf.GridSpec(tile_size=128), batch=hf.BatchFormat(32, augment=hf.Augment(max_shift=8)),
+                       labels=labels)
 
         if a.dataloader:
             data = torch.utils.data.DataLoader(hf.TileDataset(slides, **options), batch_size=None, num_workers=2)

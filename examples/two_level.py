@@ -1,5 +1,5 @@
 """The two-level CNN through histofast's Python API, in one command: generated H&E-like regions of four
-classes → ``histofast.Pipeline(mode="images")`` (every image window cut into its grid of patches) →
+classes → ``histofast.Pipeline(image_size=…)`` (every image window cut into its grid of patches) →
 ``TwoLevelCNN`` trained stage by stage → per-image accuracy on patients that training never saw.
 
     python examples/two_level.py              # about 2.5 minutes on a 2-core CPU
@@ -11,8 +11,8 @@ What it runs:
    and ADC (adenocarcinoma) analogues, ``--patients`` (8) patients per class with their own stain shift,
    ``--regions-per-patient`` (6) each, and a manifest ``path,label,patient``. Nothing is downloaded, ever.
 2. ``histofast.split(by="patient")``: a quarter of each class's patients (2 of 8) are held out for the test.
-3. ``histofast.Pipeline(source, tile_size, stride, mode="images", image_size=...)``: one sample per
-   ``--image-size`` window of a region, as its patch grid ``[B, P, 3, t, t]``; augmented (rot90, flip,
+3. ``histofast.Pipeline(source, grid=GridSpec(tile_size), batch=BatchFormat(…), image_size=...)``: one sample
+   per ``--image-size`` window of a region, as its patch grid ``[B, P, 3, t, t]``; augmented (rot90, flip,
    shift) for training, plain for the test.
 4. ``histofast.models.two_level_cnn``: the patch stage (3 epochs) trains the patch net on every patch with its
    image's label (``model.patch_logits``); the image stage (12 epochs) freezes it and trains the image net on
@@ -28,6 +28,7 @@ checkpoints, resume and plots. Outputs go to a temporary folder that is removed 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -133,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         assert not {s.patient for s in train_src} & {s.patient for s in test_src}
 
         # 3. Pipelines of images cut into patch grids.
-        images = dict(tile_size=a.tile_size, stride=a.tile_size, mode="images", image_size=a.image_size,
-                      batch_size=a.batch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, backend=a.backend,
+        images = dict(grid=histofast.GridSpec(a.tile_size), image_size=a.image_size, backend=a.backend,
                       device=a.device, seed=a.seed, progress=False)
-        train = histofast.Pipeline(train_src, augment=histofast.Augment(rot90=True, flip=True, max_shift=16,
-                                                                        seed=a.seed), shuffle=True, **images)
-        test = histofast.Pipeline(test_src, augment=None, shuffle=False, classes=train.classes, **images)
+        batch = histofast.BatchFormat(a.batch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        augment = histofast.Augment(rot90=True, flip=True, max_shift=16, seed=a.seed)
+        train = histofast.Pipeline(train_src, batch=dataclasses.replace(batch, augment=augment), shuffle=True, **images)
+        test = histofast.Pipeline(test_src, batch=batch, shuffle=False, classes=train.classes, **images)
         print(f"train: {train}\ntest:  {test}")
 
         # 4. The two-level CNN, stage by stage.

@@ -2,7 +2,8 @@
 
 In the order the data flows: ``histofast.io`` reads slides (``open_slide``); ``histofast.tiling`` finds the
 tissue tiles of a level (``tile_grid``, the paper's OpenCV HSV test, exactly) and cuts them in batches
-(``iter_tiles``, ``TileGrid.tiles``); ``histofast.ops`` holds the kernels and ``histofast.Augment`` draws
+(``iter_tiles``, ``TileGrid.tiles``) with the settings of a ``GridSpec`` and a ``BatchFormat`` (``histofast.specs``);
+``histofast.ops`` holds the kernels and ``histofast.Augment`` draws
 seeded geometric augmentation; ``histofast.export`` writes tiles and TFRecord shards; ``histofast.data``
 feeds training batches through DALI or PyTorch (``Pipeline``, ``TileDataset``, ``split``);
 ``histofast.models`` and ``histofast.train`` train and evaluate the models; ``histofast.synth`` generates
@@ -19,6 +20,7 @@ from .build import build_info, cuda_available
 from .data.sources import SlideSource, split
 from .errors import HistofastError, SlideError
 from .io import Slide, open_slide
+from .specs import BatchFormat, GridSpec
 from .tiling import TileBatch, TileGrid, iter_tiles, tile_grid
 
 _NEEDS_TORCH = {"Pipeline": "histofast.data.pipeline", "TileDataset": "histofast.data.dataset"}
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Augment", "HistofastError", "Pipeline", "Slide", "SlideError", "SlideSource", "TileBatch", "TileDataset",
-    "TileGrid", "build_info", "cuda_available", "iter_tiles", "open_slide", "ops", "split", "synth", "tile_grid",
-    "__version__",
+    "Augment", "BatchFormat", "GridSpec", "HistofastError", "Pipeline", "Slide", "SlideError", "SlideSource",
+    "TileBatch", "TileDataset", "TileGrid", "build_info", "cuda_available", "iter_tiles", "open_slide", "ops", "split",
+    "synth", "tile_grid", "__version__",
 ]

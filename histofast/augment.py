@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,24 +108,12 @@ class Augment:
             "angle": (2.0 * uniform - 1.0) * self.max_angle,
         }
 
-    def apply(
-        self,
-        region: Any,
-        origins: Any,
-        tile_size: int,
-        *,
-        epoch: int = 0,
-        start: int = 0,
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
-        out_dtype: str = "float32",
-        layout: str = "NCHW",
-        out: Any = None,
-    ) -> Any:
+    def apply(self, region: Any, origins: Any, tile_size: int, *, epoch: int = 0, start: int = 0,
+              **options: Any) -> Any:
         """Draw parameters for ``len(origins)`` tiles (numbered from ``start``) and run ``ops.augment``.
 
-        Shapes and units as ``histofast.ops.augment``; returns the batch on the region's device."""
+        Shapes and units as ``histofast.ops.augment``, whose output keywords ``options`` are (``mean``, ``std``,
+        ``out_dtype``, ``layout``, ``out``, ``threads``; by default float32 NCHW in [0, 1]); returns the batch on the
+        region's device."""
         params = self.draw(len(origins), epoch=epoch, start=start)
-        return ops.augment(
-            region, origins, tile_size, **params, mean=mean, std=std, out_dtype=out_dtype, layout=layout, out=out
-        )
+        return ops.augment(region, origins, tile_size, **params, **options)

@@ -8,7 +8,7 @@ import pathlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import imagecodecs
 import numpy as np
@@ -16,6 +16,7 @@ import tifffile
 
 from .checks import check_count
 from .errors import HistofastError
+from .renamed import renamed_keyword
 from .utils.atomic import atomic_open, atomic_path, atomic_write
 from .utils.encode import IMAGE_FORMATS, encode_image
 
@@ -261,7 +262,7 @@ def _page_options(description: str, mpp: float, downsample: float, quality: int)
 
 
 def _check_slide_args(width: int, height: int, tissue_fraction: float, tile_size: int, quality: int,
-                      mpp: float, magnification: float, min_level_size: int, workers: int | None) -> None:
+                      mpp: float, magnification: float, min_level_size: int, threads: int | None) -> None:
     check_count(width, "width")
     check_count(height, "height")
     _check_fraction(tissue_fraction)
@@ -274,8 +275,8 @@ def _check_slide_args(width: int, height: int, tissue_fraction: float, tile_size
     if not magnification > 0:
         raise HistofastError(f"magnification={magnification}: must be > 0")
     check_count(min_level_size, "min_level_size")
-    if workers is not None:
-        check_count(workers, "workers")
+    if threads is not None:
+        check_count(threads, "threads")
 
 
 def write_slide(
@@ -290,7 +291,8 @@ def write_slide(
     mpp: float = 0.25,
     magnification: float = 40,
     min_level_size: int = 1024,
-    workers: int | None = None,
+    threads: int | None = None,
+    **deprecated: Any,
 ) -> pathlib.Path:
     """Write a synthetic Aperio-style SVS: a pyramidal, tiled, JPEG-compressed TIFF that OpenSlide opens.
 
@@ -314,12 +316,16 @@ def write_slide(
         mpp: µm per level-0 pixel (OpenSlide ``openslide.mpp-x``/``-y``).
         magnification: objective power (``openslide.objective-power``).
         min_level_size: pixels; no level below level 0 has a smaller side shorter than this.
-        workers: JPEG encoder threads; default ``os.cpu_count()``.
+        threads: JPEG encoder threads; default ``os.cpu_count()`` (``workers=``, its 0.x name, still works for
+            this release with a ``FutureWarning``).
     Returns:
         `path` as a ``pathlib.Path``.
     """
+    threads = renamed_keyword(deprecated, "write_slide", "workers", "threads", threads)
+    if deprecated:
+        raise TypeError(f"write_slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     _check_slide_args(width, height, tissue_fraction, tile_size, quality, mpp, magnification, min_level_size,
-                      workers)
+                      threads)
     path = pathlib.Path(path)
     sizes = _level_sizes(width, height, min_level_size)
     model = _Tissue.build(height, width, seed, tissue_fraction, period=tile_size)
@@ -327,7 +333,7 @@ def write_slide(
     description = (_description(width, height, tile_size, quality, None)
                    + f"|AppMag = {magnification:g}|MPP = {mpp:g}")
     bigtiff = width * height * 3 > 2**32 - 2**25  # tifffile's own rule for raw data: safe for any JPEG size
-    with atomic_path(path) as tmp, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
+    with atomic_path(path) as tmp, ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool, \
             tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         tiles = _SlideTiles(pool, tile_size, quality)
         tif.write(tiles.level0(model, width, height, quarter), shape=(height, width, 3), dtype=np.uint8,

@@ -104,7 +104,7 @@ def test_builds_without_the_libjpeg_headers_and_the_fast_path_decodes_through_im
     slide = tmp_path / "slide.svs"
     histofast.synth.write_slide(slide, 1300, 1000, seed=20, min_level_size=128)
     expected = {}
-    with histofast.open_slide(slide, workers=2) as s:
+    with histofast.open_slide(slide, threads=2) as s:
         expected["direct"] = np.array(s.direct_levels)
         assert s.backend == "tiff" and len(s.direct_levels) == s.level_count > 1
         for level, (w, h) in enumerate(s.level_dimensions):
@@ -125,9 +125,9 @@ def test_builds_without_the_libjpeg_headers_and_the_fast_path_decodes_through_im
         info = histofast.build_info()
         assert info["jpeg_strict"] is False and not histofast.ops.STRICT_JPEG, info
         assert info["jpeg"] == "imagecodecs (not strict: _C was built without the libjpeg headers)", info
-        assert not hasattr(histofast._C, "jpeg_decode") and not hasattr(histofast._C, "jpeg_count_white")
+        assert not hasattr(histofast._C, "jpeg_decode") and not hasattr(histofast._C, "decode_jpegs_counting_white")
         expected = np.load(sys.argv[1] + "/expected.npz")
-        with histofast.open_slide(sys.argv[1] + "/slide.svs", workers=2) as s:
+        with histofast.open_slide(sys.argv[1] + "/slide.svs", threads=2) as s:
             assert s.backend == "tiff" and s.direct_levels == tuple(expected["direct"]), s.direct_levels
             for level, (w, h) in enumerate(s.level_dimensions):
                 np.testing.assert_array_equal(s.read_level_region(level, (0, 0), (w, h)), expected[f"pixels{level}"])
@@ -136,7 +136,7 @@ def test_builds_without_the_libjpeg_headers_and_the_fast_path_decodes_through_im
                 np.testing.assert_array_equal(grid.keep, expected[f"keep{level}"])
         damaged = sys.argv[1] + "/damaged.svs"
         message = "corrupt tile: level 0 tile 3 does not decode \\(imagecodecs: "
-        with histofast.open_slide(damaged, workers=2) as s:
+        with histofast.open_slide(damaged, threads=2) as s:
             assert 0 in s.direct_levels
             with pytest.raises(histofast.SlideError, match=message) as info:
                 s.read_level_region(0, (700, 10), (100, 100))

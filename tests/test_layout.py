@@ -132,3 +132,48 @@ def test_lazy_names_the_readme_uses():
             "assert histofast.TileDataset.__module__ == 'histofast.data.dataset'\n"
             "print('ok')")
     assert _run(code) == "ok"
+
+
+GRID_SETTINGS = {"tile_size", "stride", "level", "mpp", "magnification", "hsv_lower", "hsv_upper", "max_white"}
+
+
+def _signatures() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(where, named parameters or dataclass fields, their defaults as source text) of every function and class
+    of the package."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'name', '')}"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                positional = a.posonlyargs + a.args
+                names = [x.arg for x in positional + a.kwonlyargs if x.arg not in ("self", "cls")]
+                defaults = {x.arg: ast.unparse(d) for x, d in zip(positional[::-1], a.defaults[::-1])}
+                defaults |= {x.arg: ast.unparse(d) for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None}
+                out.append((where, names, defaults))
+            elif isinstance(node, ast.ClassDef):
+                fields = [s for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                          and "InitVar" not in ast.unparse(s.annotation)]
+                out.append((where + " (fields)", [s.target.id for s in fields],
+                            {s.target.id: ast.unparse(s.value) for s in fields if s.value is not None}))
+    return out
+
+
+def test_no_signature_takes_more_than_16_named_parameters():
+    """Settings travel as values (histofast.specs): the flat keywords of 0.x go through one adapter, not signatures.
+    (A settings record's fields are not counted: TrainConfig has one field per ``histofast train`` flag.)"""
+    wide = [(where, len(names)) for where, names, _ in _signatures() if len(names) > 16]
+    assert wide == [("histofast/train/config.py:TrainConfig (fields)", 42)]
+
+
+def test_the_grid_settings_are_listed_by_the_spec_and_the_entry_points_that_build_it_only():
+    listing = {where for where, names, _ in _signatures() if len(GRID_SETTINGS & set(names)) >= 4}
+    assert listing == {"histofast/specs.py:GridSpec (fields)", "histofast/tiling/scan.py:tile_grid",
+                       "histofast/tiling/scan.py:iter_tiles", "histofast/train/config.py:TrainConfig (fields)",
+                       "histofast/tiling/grid.py:TileGrid (fields)"}  # TileGrid: the resolved geometry of a result
+
+
+def test_stride_has_one_default():
+    defaults = {where: d["stride"] for where, names, d in _signatures() if "stride" in d and "models/" not in where}
+    assert set(defaults.values()) <= {"None", "GridSpec.stride"} or all(
+        "default tile_size" in v for v in defaults.values() if v not in ("None", "GridSpec.stride")), defaults

@@ -93,7 +93,7 @@ def test_edges_and_odd_sizes(tmp_path):
 
 def test_same_seed_same_file_other_seed_other_pixels(tmp_path):
     a = synth.write_slide(tmp_path / "a.svs", 700, 500, seed=3, min_level_size=64)
-    b = synth.write_slide(tmp_path / "b.svs", 700, 500, seed=3, min_level_size=64, workers=1)
+    b = synth.write_slide(tmp_path / "b.svs", 700, 500, seed=3, min_level_size=64, threads=1)
     c = synth.write_slide(tmp_path / "c.svs", 700, 500, seed=4, min_level_size=64)
     assert a.read_bytes() == b.read_bytes()
     with openslide.OpenSlide(a) as sa, openslide.OpenSlide(c) as sc:
@@ -130,7 +130,7 @@ def test_default_pyramid_for_large_slides():
         (dict(mpp=-0.25), "mpp=-0.25"),
         (dict(magnification=0), "magnification=0"),
         (dict(min_level_size=0), "min_level_size=0"),
-        (dict(workers=0), "workers=0"),
+        (dict(threads=0), "threads=0"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, fragment):
@@ -151,7 +151,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "_encode", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        synth.write_slide(tmp_path / "x.svs", 2048, 1024, tissue_fraction=1.0, workers=2)
+        synth.write_slide(tmp_path / "x.svs", 2048, 1024, tissue_fraction=1.0, threads=2)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -198,7 +198,7 @@ def info() -> dict[str, Any]:
     try:
         sys.path.insert(0, str(REPO))
         import histofast
-        from histofast.data._options import dali_installed
+        from histofast.data._common import dali_installed
         from histofast.io.nvimgcodec import nvimgcodec_installed
 
         out["histofast"] = {**histofast.build_info(), "cuda_available": histofast.cuda_available(),

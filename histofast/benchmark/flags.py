@@ -1,4 +1,4 @@
-"""The options of ``histofast bench`` (also ``benchmarks/tiles_per_second.py``): what it measures by default,
+"""The flags of ``histofast bench`` (also ``benchmarks/tiles_per_second.py``): what it measures by default,
 and the argparse options; light to import, so ``histofast --help`` does not load the benchmark itself."""
 from __future__ import annotations
 

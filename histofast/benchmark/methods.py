@@ -138,7 +138,7 @@ def _consume(batches: Any) -> tuple[int, int]:
 
 def scan_grid(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
     def run() -> Work:
-        with open_slide(path, workers=threads) as slide:
+        with open_slide(path, threads=threads) as slide:
             grid = tile_grid(slide, tile, stride, max_white=MAX_WHITE)
         return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio})
 
@@ -147,7 +147,7 @@ def scan_grid(path: Path, tile: int, stride: int, threads: int, area: int) -> Ca
 
 def scan_and_cut(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
     def run() -> Work:
-        with open_slide(path, workers=threads) as slide:
+        with open_slide(path, threads=threads) as slide:
             stream = iter_tiles(slide, tile, stride, max_white=MAX_WHITE, **_cut_options())
             tiles, batches = _consume(stream)
         return Work(stream.grid.white_ratio.size, area, tiles, {"batches": batches})
@@ -157,7 +157,7 @@ def scan_and_cut(path: Path, tile: int, stride: int, threads: int, area: int) ->
 
 def two_pass(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
     def run() -> Work:
-        with open_slide(path, workers=threads) as slide:
+        with open_slide(path, threads=threads) as slide:
             grid = tile_grid(slide, tile, stride, max_white=MAX_WHITE)
             tiles, batches = _consume(grid.tiles(slide, **_cut_options()))
         return Work(grid.white_ratio.size, area, tiles, {"batches": batches})

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .flags import LABELS, PEERS
 from .methods import MAX_WHITE, Work
-from .options import LABELS, PEERS
 
 # (name, method, reference, minimum ratio of MP/s, stride or None for every stride measured)
 TARGETS = (

@@ -43,7 +43,7 @@ def synthetic_slide(size: int, cache_dir: str | None, regenerate: bool, log: Cal
 
 def describe_slide(path: Path, threads: int) -> tuple[dict[str, Any], Any]:
     """The slide's properties for the report, and its level-0 tifffile page (None if not a tiled TIFF)."""
-    with open_slide(path, workers=threads) as slide:
+    with open_slide(path, threads=threads) as slide:
         info: dict[str, Any] = {
             "path": str(path.resolve()), "file_bytes": path.stat().st_size,
             "level0_dimensions": list(slide.dimensions), "level_dimensions": [list(d) for d in slide.level_dimensions],

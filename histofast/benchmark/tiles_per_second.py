@@ -21,7 +21,7 @@ from ..errors import HistofastError, SlideError
 from ..utils.atomic import atomic_open
 from ..utils.machine import busy_cpu_seconds, load_average, machine_info, wait_idle
 from . import methods as m
-from .options import (
+from .flags import (
     DEFAULT_RECIPE_TILES,
     DEFAULT_REPEATS,
     DEFAULT_SIZE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from ..benchmark.options import DESCRIPTION, HELP, add_arguments, build_parser
+from ..benchmark.flags import DESCRIPTION, HELP, add_arguments, build_parser
 
 
 def add_parser(commands: Any) -> None:

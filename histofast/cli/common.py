@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ..errors import HistofastError
 from ..io.decode import DECODES
+from ..specs import GridSpec
 
 if TYPE_CHECKING:
     from ..export import ExportOptions
 
 # The Python parameters of the tiling options named in histofast's messages; each flag is --name-with-dashes.
-TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "quality", "label", "workers",
+TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "quality", "label", "threads",
                      "device", "decode", "format", "processes", "retries")
 _HSV_BOUND = re.compile(r"(?<![\w.-])(lower|upper)\[([012])\]=")
 
@@ -51,21 +52,24 @@ def slide_paths(items: Sequence[str]) -> list[str]:
     return find_slides(items).slides
 
 
-def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: str) -> None:
-    """The grid, filter, format and augmentation options of ``tile`` and ``demo``."""
-    p.add_argument("--tile-size", type=int, default=512, metavar="PX", help="tile side in pixels (default 512)")
-    p.add_argument("--stride", type=int, default=stride, metavar="PX",
-                   help=f"grid step in pixels (default {stride or 'the tile size'}); < tile size overlaps")
+def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
+    """The grid, filter, format and augmentation options of ``tile`` and ``demo`` (the grid's defaults are
+    ``GridSpec``'s)."""
+    grid = GridSpec()
+    p.add_argument("--tile-size", type=int, default=grid.tile_size, metavar="PX",
+                   help=f"tile side in pixels (default {grid.tile_size})")
+    p.add_argument("--stride", type=int, metavar="PX", help="grid step in pixels (default: the tile size); < tile "
+                   "size overlaps")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--level", type=int, help="pyramid level to tile (default 0, full resolution)")
     which.add_argument("--mpp", type=float, help="target µm per pixel: nearest finer level, resampled if >5%% off")
     which.add_argument("--magnification", type=float, metavar="X", help="target magnification, e.g. 20 for 20×")
-    p.add_argument("--max-white", type=float, default=0.5, metavar="F",
-                   help="keep tiles whose white fraction is at most F (default 0.5)")
-    p.add_argument("--hsv-lower", type=int, nargs=3, default=(0, 0, 200), metavar=("H", "S", "V"),
-                   help="OpenCV HSV lower bound of 'white' (default 0 0 200)")
-    p.add_argument("--hsv-upper", type=int, nargs=3, default=(180, 30, 255), metavar=("H", "S", "V"),
-                   help="OpenCV HSV upper bound of 'white' (default 180 30 255)")
+    p.add_argument("--max-white", type=float, default=grid.max_white, metavar="F",
+                   help=f"keep tiles whose white fraction is at most F (default {grid.max_white})")
+    p.add_argument("--hsv-lower", type=int, nargs=3, default=grid.hsv_lower, metavar=("H", "S", "V"),
+                   help="OpenCV HSV lower bound of 'white' (default {} {} {})".format(*grid.hsv_lower))
+    p.add_argument("--hsv-upper", type=int, nargs=3, default=grid.hsv_upper, metavar=("H", "S", "V"),
+                   help="OpenCV HSV upper bound of 'white' (default {} {} {})".format(*grid.hsv_upper))
     p.add_argument("--format", choices=("jpg", "png", "tfrecord", "none"), default=fmt,
                    help=f"how to write kept tiles (default {fmt}); tfrecord writes shards + DALI index files")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
@@ -73,7 +77,8 @@ def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: st
     p.add_argument("--augment", metavar="SPEC",
                    help='geometric augmentation of written tiles, e.g. "rot90,flip,shift=16,angle=10"')
     p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
-    p.add_argument("--workers", type=int, metavar="N", help="decode/encode threads (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="N", help="decode/encode threads (default: all cores)")
+    p.add_argument("--workers", type=int, dest="threads", action=_OldThreadsFlag, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", metavar="DEV",
                    help="where tiles are scored and cut: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--decode", choices=DECODES, default="auto",
@@ -81,6 +86,15 @@ def add_tiling_arguments(p: argparse.ArgumentParser, stride: int | None, fmt: st
                         "and it reads the file; else the CPU), cpu, gpu, nvimgcodec-cpu (default auto)")
     p.add_argument("--qc", action="store_true", help="write qc.png: thumbnail with kept tiles outlined")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+class _OldThreadsFlag(argparse.Action):
+    """``--workers N``, 0.x's name of ``--threads N``: still taken for this release, with a note on stderr."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print("histofast: --workers is now --threads; --workers goes in the next release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def export_options(args: argparse.Namespace) -> "ExportOptions":
@@ -91,14 +105,12 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
     from ..export import ExportOptions
 
     try:
-        if args.workers is not None:
-            check_count(args.workers, "workers")
-        return ExportOptions(
-            tile_size=args.tile_size, stride=args.stride, level=args.level, mpp=args.mpp,
-            magnification=args.magnification, max_white=args.max_white, hsv_lower=tuple(args.hsv_lower),
-            hsv_upper=tuple(args.hsv_upper), format=args.format, quality=args.quality, label=args.label,
-            augment=Augment.parse(args.augment, args.seed),
-        )
+        if args.threads is not None:
+            check_count(args.threads, "threads")
+        grid = GridSpec(args.tile_size, args.stride, args.level, args.mpp, args.magnification, tuple(args.hsv_lower),
+                        tuple(args.hsv_upper), args.max_white)
+        return ExportOptions(grid=grid, format=args.format, quality=args.quality, label=args.label,
+                             augment=Augment.parse(args.augment, args.seed))
     except HistofastError as e:
         raise HistofastError(flag_message(str(e))) from None
 
@@ -114,7 +126,7 @@ def export(args: argparse.Namespace, paths: Sequence[str], not_slides: Sequence[
         where = ""
         if scheduler is None and processes == 1:
             start = time.perf_counter()
-            results = export_slides(paths, args.out, options, workers=args.workers, qc=args.qc,
+            results = export_slides(paths, args.out, options, threads=args.threads, qc=args.qc,
                                     progress=False if args.quiet else None, device=args.device, decode=args.decode)
         else:  # --processes N / --scheduler ADDRESS: one Dask task per slide (histofast.export.cluster)
             from ..export.cluster import (
@@ -134,7 +146,7 @@ def export(args: argparse.Namespace, paths: Sequence[str], not_slides: Sequence[
                 where = f" on {nworkers} Dask workers ({scheduler or 'local processes'})"
                 start = time.perf_counter()
                 results = export_slides_distributed(
-                    paths, args.out, options, client, workers=args.workers, qc=args.qc,
+                    paths, args.out, options, client, threads=args.threads, qc=args.qc,
                     progress=False if args.quiet else None, device=args.device, decode=args.decode,
                     retries=args.retries, rows=False)
     except HistofastError as e:  # checked before any slide is read: name the flag, not the parameter

@@ -25,7 +25,8 @@ def add_parser(commands: Any) -> None:
                           "other data or another checkpoint)")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     evaluate.add_argument("--batch-size", type=int, help="default: the training run's")
-    evaluate.add_argument("--workers", type=int, help="Pipeline lanes (default: the training run's)")
+    evaluate.add_argument("--lanes", type=int, help="Pipeline lanes (default: the training run's)")
+    evaluate.add_argument("--workers", type=int, dest="lanes", help=argparse.SUPPRESS)  # 0.x's --lanes
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=run)
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         args.out = _default_out(args.checkpoint, args.data, args.tta)
     result = evaluate(args.checkpoint, args.data, tta=args.tta, out=args.out, device=args.device,
-                      batch_size=args.batch_size, workers=args.workers, progress=False if args.quiet else None)
+                      batch_size=args.batch_size, lanes=args.lanes, progress=False if args.quiet else None)
     if not result.reports:
         print("no labelled slides: predictions only", file=sys.stderr)
     print(result.table())

@@ -24,11 +24,11 @@ def add_parser(commands: Any) -> None:
     tile.add_argument("slides", nargs="+", metavar="SLIDE",
                       help="slide or image files, or folders of them (walked recursively, at any depth)")
     tile.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    add_tiling_arguments(tile, stride=None, fmt="jpg")
+    add_tiling_arguments(tile, fmt="jpg")
     where = tile.add_mutually_exclusive_group()
     where.add_argument("--processes", type=int, default=1, metavar="N",
                        help="tile in N local worker processes (a Dask LocalCluster on 127.0.0.1, the 'cluster' "
-                            "extra); each gets cores/N threads unless --workers says (default 1: this process)")
+                            "extra); each gets cores/N threads unless --threads says (default 1: this process)")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="send the slides to a running Dask cluster, e.g. tcp://host:8786 or tls://host:8786 "
                             "(certificates from the Dask config); SLIDE paths and --out must be on storage the "

@@ -12,18 +12,16 @@ DALI_INSTALL = "pip install histofast[dali]"
 # int64 (B,); repeat bool (B,): a sample repeated to even out the ranks' shards (or standing in for a failed slide's).
 BATCH_KEYS = ("image", "label", "slide", "x", "y", "repeat")
 PRESETS = ("train", "eval")  # "eval": no shuffle, no augmentation unless asked for
-DEFAULT_AUGMENT = object()  # the ``augment=`` default: ``default_augment(seed)``
 
 
-def default_augment(augment: object, seed: int) -> Augment | None:
-    """``augment`` as given, or for ``DEFAULT_AUGMENT`` ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``."""
-    if augment is DEFAULT_AUGMENT:
-        return Augment(rot90=True, flip=True, max_shift=16, seed=int(seed))
-    return augment  # type: ignore[return-value]
+def default_augment(seed: int) -> Augment:
+    """The training augmentation when the batch format is not given: ``Augment(rot90=True, flip=True,
+    max_shift=16, seed=seed)``."""
+    return Augment(rot90=True, flip=True, max_shift=16, seed=int(seed))
 
 
-def default_workers() -> int:
-    """Lanes run in threads when ``workers=`` is not given: the CPU cores, at most 4."""
+def default_lanes() -> int:
+    """Lanes run in threads when ``lanes=`` is not given: the CPU cores, at most 4."""
     return min(4, os.cpu_count() or 1)
 
 

@@ -14,18 +14,20 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from ..augment import Augment
 from ..checks import check_count, check_device, count_or_default
 from ..errors import HistofastError
 from ..io.decode import RegionReader, check_decode
-from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+from ..renamed import renamed_attribute, renamed_keyword
+from ..specs import BatchFormat, GridSpec, from_keywords
 from ..tiling import TileGrid
-from ._options import DEFAULT_AUGMENT, PRESETS, default_augment, default_workers
+from ._common import PRESETS, default_augment, default_lanes
 from .distributed import EpochClock, accelerate_dispatcher, effective_shard
 from .lanes import Lane, decode_threads, handed_over
 from .plan import batch_count, check_shard, merge, plan, shard_size
-from .samples import build_samples
+from .samples import MODES, build_samples
 from .sources import resolve
+
+LEGACY_IMAGE_SIZE = 2560  # mode="images" without image_size= in 0.x
 
 
 class TileDataset(torch.utils.data.IterableDataset):
@@ -34,24 +36,23 @@ class TileDataset(torch.utils.data.IterableDataset):
     Grids are scored once, here (a slide that fails is logged, left out and listed in ``failed``);
     each iteration is one epoch. Items are whole batches: use ``DataLoader(ds, batch_size=None)``.
 
-    In the main process the dataset runs ``workers`` lanes (``histofast.data.lanes``) in threads and takes
+    In the main process the dataset runs ``lanes`` lanes (``histofast.data.lanes``) in threads and takes
     their batches in turn; in a ``DataLoader`` worker it runs lane ``id`` of ``num_workers``, and the loader takes
-    the workers' batches in turn: the same order when ``num_workers == workers``. Threads are the
+    the workers' batches in turn: the same order when ``num_workers == lanes``. Threads are the
     faster choice (decoding and ``_C`` release the GIL; batches need no trip through shared memory).
 
     Args:
         source: slide paths, a manifest CSV (``path,label[,patient]``), a class-folder directory,
             a list of ``SlideSource`` (``histofast.split``'s result) or of ``TileGrid``s.
-        tile_size, stride: grid pixels of the chosen level (stride defaults to ``tile_size``).
+        grid: the tiles (``histofast.GridSpec``: tile size, stride, level / mpp / magnification, white test);
+            default ``GridSpec()``: 512-pixel tiles side by side at level 0.
+        batch: the batch format (``histofast.BatchFormat``: batch size, augmentation, dtype, normalisation; layout
+            NCHW). Default: ``BatchFormat()``, 64 float32 samples in [0, 1], augmented as ``preset`` says (its
+            ``augment="preset"``: for ``"train"`` ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``).
         labels: class names for a list of paths, one per path. classes: the class names in index
             order (default: the sorted label names); a label outside them is an error.
-        level / mpp / magnification, hsv_lower, hsv_upper, max_white: as for ``histofast.tile_grid``.
-        mode: "tiles" (one sample per kept tile) or "images" (one sample per kept window of
-            ``image_size`` at stride ``image_size``, cut into its patch grid of ``tile_size`` at ``stride``).
-        augment: an ``Augment`` (sample k of the epoch gets draw k, whatever the order); None: none.
-            Default: ``Augment(rot90=True, flip=True, max_shift=16, seed=seed)``.
-        batch_size: samples per batch. dtype: "float32", "float16" or "uint8".
-        mean, std: per channel, in units of pixel / 255 (the default gives [0, 1]).
+        image_size: None: one sample per kept tile of ``grid``. An integer: one sample per kept window of
+            ``image_size`` at stride ``image_size``, cut into its patch grid (``grid``'s tile size and stride).
         shuffle: permute blocks of slide area over all slides, then samples within windows of blocks
             (default: True for ``preset="train"``, False for ``"eval"``).
         seed: the shuffle (and default augmentation) seed; each epoch has its own draw.
@@ -63,12 +64,16 @@ class TileDataset(torch.utils.data.IterableDataset):
         drop_last: drop the epoch's last partial batch (and the samples beyond an even share).
         preset: "train" (shuffle and the default augmentation) or "eval" (neither, unless given: the
             order and pixels of validation and ``histofast evaluate``).
-        workers: lanes run in threads in the main process (default: CPU cores, at most 4).
+        lanes: lanes run in threads in the main process (default: CPU cores, at most 4).
         threads: decode threads per process (default: CPU cores / processes).
         device: "cpu" or "cuda[:i]": where grids are scored (and, decoding on the GPU, slides decoded).
         decode: what decodes slides, for scoring and for batches: as ``histofast.tile_grid``'s ``decode``
             ("auto": nvImageCodec on a GPU device where it reads the slide, else the CPU decoders).
         progress: a tqdm bar while grids are scored.
+        legacy, flat: the keywords of 0.x, for one release, with a ``FutureWarning``: ``tile_size`` and ``stride``
+            (also as the 2nd and 3rd positional arguments; the stride then defaults to the tile size, not 256), the
+            other grid settings, ``augment``, ``batch_size``, ``dtype``, ``mean``, ``std``, ``mode`` and ``workers``
+            (now ``lanes``); see ``histofast.specs.from_keywords``.
     Yields:
         dicts of torch CPU tensors: ``image`` (B, 3, T, T) (tiles) or (B, P, 3, t, t) (images);
         ``label`` int64 (B,) (−100 when unlabelled or a repeat evening out the shards: ``cross_entropy``'s
@@ -91,66 +96,65 @@ class TileDataset(torch.utils.data.IterableDataset):
     def __init__(
         self,
         source: Any,
-        tile_size: int = 512,
-        stride: int | None = 256,
-        *,
+        *legacy: Any,
+        grid: GridSpec | None = None,
+        batch: BatchFormat | None = None,
         labels: Sequence[Any] | None = None,
         classes: Sequence[str] | None = None,
-        level: int | None = None,
-        mpp: float | None = None,
-        magnification: float | None = None,
-        max_white: float = 0.5,
-        hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
-        hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
-        mode: str = "tiles",
-        image_size: int = 2560,
-        augment: Augment | None = DEFAULT_AUGMENT,  # type: ignore[assignment]
-        batch_size: int = 64,
-        dtype: str = "float32",
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
+        image_size: int | None = None,
         shuffle: bool | None = None,
         seed: int = 0,
         shard: tuple[int, int] | None = None,
         drop_last: bool = False,
         preset: str = "train",
-        workers: int | None = None,
+        lanes: int | None = None,
         threads: int | None = None,
         device: str = "cpu",
         decode: str = "auto",
         progress: bool = True,
+        **flat: Any,
     ) -> None:
         super().__init__()
         check_count(seed, "seed", 0)
         if preset not in PRESETS:
             raise HistofastError(f"preset={preset!r}: expected one of {', '.join(map(repr, PRESETS))}")
+        image_size = _legacy_mode(flat, image_size)
+        grid, batch, flat = from_keywords("TileDataset", grid, batch, legacy, flat, stride_was=256)
+        batch = batch.resolved(None if preset == "eval" else default_augment(seed))
+        lanes = renamed_keyword(flat, "TileDataset", "workers", "lanes", lanes)
+        if flat:
+            raise TypeError(f"TileDataset() got unexpected keyword arguments: {', '.join(sorted(flat))}")
         self.device = check_device(device)
         self.decode = check_decode(decode, self.device)
         self._shard = None if shard is None else check_shard(shard)
         self._inherited_shard: tuple[int, int] | None = None
-        self.workers = count_or_default(workers, "workers", default_workers())
+        self.num_lanes = count_or_default(lanes, "lanes", default_lanes())
         self.threads = None if threads is None else check_count(threads, "threads")
-        if preset == "eval":
-            shuffle = False if shuffle is None else shuffle
-            augment = None if augment is DEFAULT_AUGMENT else augment
-        augment = default_augment(augment, seed)
         if isinstance(source, Sequence) and not isinstance(source, str) and source and \
                 all(isinstance(g, TileGrid) for g in source):
             items: list = list(source)
         else:
             items = resolve(source, labels)
-        self.samples = build_samples(
-            items, classes=classes, tile_size=tile_size, stride=stride, level=level, mpp=mpp,
-            magnification=magnification, hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white,
-            mode=mode, image_size=image_size, augment=augment, batch_size=batch_size, dtype=dtype,
-            mean=mean, std=std, device=self.device, decode=self.decode, progress=progress)
-        self.shuffle = True if shuffle is None else bool(shuffle)
+        self.grid = None if items and isinstance(items[0], TileGrid) else grid  # TileGrids bring their own
+        self.samples = build_samples(items, grid, batch, classes=classes, image_size=image_size, device=self.device,
+                                     decode=self.decode, progress=progress)
+        self.shuffle = preset == "train" if shuffle is None else bool(shuffle)
         self.seed, self.drop_last = int(seed), bool(drop_last)
         self.epoch = 0  # the epoch of the latest iteration begun in this process
         self._clock = EpochClock()
         # Each lane's region decoder, kept across epochs: an nvImageCodec decoder, its CUDA stream and its
         # per-level checks are made once per lane, not once per lane and epoch.
         self._readers: dict[tuple[int, str], RegionReader] = {}
+
+    @property
+    def batch(self) -> BatchFormat:
+        """The batch format the lanes cut (for ``Pipeline``'s DALI backend: uint8, DALI converts)."""
+        return self.samples.batch
+
+    @property
+    def workers(self) -> int:
+        """Deprecated name of ``num_lanes``."""
+        return renamed_attribute(self, "workers", "num_lanes")
 
     @property
     def slides(self) -> list[str]:
@@ -225,7 +229,7 @@ class TileDataset(torch.utils.data.IterableDataset):
             raise HistofastError(
                 f"accelerator.prepare(DataLoader(TileDataset, num_workers={dispatcher.num_workers})): Accelerate "
                 "iterates the loader on rank 0 only and splits its batches between the ranks, so the dataset must "
-                "deal every rank's batches from one process: pass num_workers=0 (the dataset runs its workers= lanes "
+                "deal every rank's batches from one process: pass num_workers=0 (the dataset runs its lanes= lanes "
                 "in threads), or iterate a histofast.Pipeline without accelerator.prepare (it shards by rank itself)")
         if self._shard is not None and ranks > 1:
             raise HistofastError(
@@ -236,10 +240,10 @@ class TileDataset(torch.utils.data.IterableDataset):
     def lanes(self, device: str = "cpu", watch: int = 2,
               shards: Sequence[tuple[int, int]] | None = None) -> list[Lane]:
         """This process's lanes for the next epoch (one in a ``DataLoader`` worker), for its shard or, given
-        ``shards``, for each of them in turn (``workers`` lanes each); ``watch``: batches a consumer may hold before
+        ``shards``, for each of them in turn (``num_lanes`` lanes each); ``watch``: batches a consumer may hold before
         their arrays are no longer recycled."""
         info = torch.utils.data.get_worker_info()
-        count, mine = (info.num_workers, [info.id]) if info is not None else (self.workers, range(self.workers))
+        count, mine = (info.num_workers, [info.id]) if info is not None else (self.num_lanes, range(self.num_lanes))
         self.epoch = self._clock.tick(info.num_workers if info is not None else 1)
         threads = self.threads or decode_threads(info.num_workers if info is not None else 1)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-decode")
@@ -282,6 +286,20 @@ class TileDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self.batches()
+
+
+def _legacy_mode(flat: dict[str, Any], image_size: int | None) -> int | None:
+    """``mode=`` of 0.x: "images" (with ``image_size``, default 2560) or "tiles"; now ``image_size`` alone says it."""
+    if "mode" not in flat:
+        return image_size
+    mode = flat.pop("mode")
+    if mode not in MODES:
+        raise HistofastError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    warnings.warn(f"TileDataset(mode={mode!r}): give image_size= for image samples, nothing for tiles; mode= goes in "
+                  "the next release", FutureWarning, stacklevel=3)
+    if mode == "tiles":
+        return None
+    return LEGACY_IMAGE_SIZE if image_size is None else image_size
 
 
 class Batch(dict):

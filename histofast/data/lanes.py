@@ -87,13 +87,14 @@ class Lane:
         self._regions = regions
         self.allocate = allocate
         # Fresh 200 MB batches cost their page faults: a third of the CPU time of a float32 epoch here.
-        self._buffers = BatchBuffers((samples.batch_size, *samples.sample_shape), samples.dtype, "cpu", watch)
+        self._buffers = BatchBuffers((samples.batch.batch_size, *samples.sample_shape), samples.batch.out_dtype, "cpu",
+                                     watch)
         self._ahead: deque = deque()  # windows whose blocks are decoding: waited for when the lane stops early
         self._slides: OrderedDict[int, Slide] = OrderedDict()
         self._skip: set[int] = set()  # slides that failed in this lane: the rest of them is skipped
         self._recent: deque[np.ndarray] = deque(maxlen=4)  # ids of the last batches cut: replacements' source
         size = samples.grids_sample_size
-        self._reach = samples.augment.reach(size) if samples.augment is not None else 0
+        self._reach = samples.batch.augment.reach(size) if samples.batch.augment is not None else 0
         self._patches = None
         if samples.mode == "images":
             rows, cols = ops.grid_shape(size, size, samples.tile_size, samples.stride)
@@ -126,7 +127,7 @@ class Lane:
     def _batches(self) -> Iterator[dict[str, Any]]:
         """The lane's planned batches, every one of them whatever fails: samples of a slide that fails
         are replaced by repeats of samples cut before (label −100), so every rank keeps its step count."""
-        b = self.samples.batch_size
+        b = self.samples.batch.batch_size
         planned = sum(len(w.ids) for w in self.windows)
         ahead = self._ahead
         pending: list[tuple[np.ndarray, list[_Region], np.ndarray]] = []
@@ -168,7 +169,7 @@ class Lane:
         return Window(ids, s.blocks[0][ids], np.ones(count, bool))
 
     def _slide(self, i: int) -> Slide:
-        slide = self._slides.pop(i, None) or open_slide(self.samples.slides[i], workers=1)
+        slide = self._slides.pop(i, None) or open_slide(self.samples.slides[i], threads=1)
         self._slides[i] = slide
         while len(self._slides) > OPEN_SLIDES:
             self._slides.popitem(last=False)[1].close()
@@ -189,7 +190,7 @@ class Lane:
                 continue
             try:
                 view = grid.view(self._slide(i))
-                xy = self.samples.level_coords[ids]
+                xy = self.samples.grid_coords[ids]
                 width, height = view.dimensions
                 x0, y0 = np.maximum(xy.min(0) - reach, 0)
                 x1, y1 = np.minimum(xy.max(0) + size + reach, (width, height))
@@ -265,24 +266,24 @@ class Lane:
         import torch
 
         if self.device != "cpu":
-            return torch.empty(shape, dtype=getattr(torch, self.samples.dtype), device=self.device)
+            return torch.empty(shape, dtype=getattr(torch, self.samples.batch.out_dtype), device=self.device)
         if self.allocate is not None:
-            return self.allocate(shape, self.samples.dtype)
+            return self.allocate(shape, self.samples.batch.out_dtype)
         return torch.from_numpy(self._buffers.take()[: shape[0]])
 
     def _augment(self, region: _Region, ids: np.ndarray, out: Any) -> None:
         s = self.samples
-        origins = s.level_coords[ids] - (region.x0, region.y0)
-        params = s.augment.draw_at(ids, self.epoch) if s.augment is not None else {}
+        origins = s.grid_coords[ids] - (region.x0, region.y0)
+        params = s.batch.augment.draw_at(ids, self.epoch) if s.batch.augment is not None else {}
         if s.mode == "tiles":
-            ops.augment(region.pixels, origins, s.tile_size, **params, mean=s.mean, std=s.std,
-                        out_dtype=s.dtype, layout="NCHW", out=out)
+            ops.augment(region.pixels, origins, s.tile_size, **params, mean=s.batch.mean, std=s.batch.std,
+                        out_dtype=s.batch.out_dtype, layout="NCHW", out=out)
             return
         size = s.grids_sample_size
         window = ops.augment(region.pixels, origins, size, **params, out_dtype="uint8", layout="NHWC")
         for j in range(len(ids)):  # then the window's patch grid, normalised, as (P, 3, t, t)
-            ops.augment(window[j], self._patches, s.tile_size, mean=s.mean, std=s.std, out_dtype=s.dtype,
-                        layout="NCHW", out=out[j])
+            ops.augment(window[j], self._patches, s.tile_size, mean=s.batch.mean, std=s.batch.std,
+                        out_dtype=s.batch.out_dtype, layout="NCHW", out=out[j])
 
 
 def decode_threads(processes: int = 1) -> int:

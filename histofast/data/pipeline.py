@@ -3,15 +3,15 @@ through NVIDIA DALI (an ``external_source`` read by ``DALIGenericIterator``) or 
 ``device``. Both backends give the same batches in the same order."""
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from .. import ops
 from ..checks import check_device, count_or_default
 from ..errors import HistofastError
-from ._options import BATCH_KEYS, DALI_INSTALL, PIPELINE_BACKENDS, dali_installed
+from ..specs import BatchFormat, GridSpec
+from ._common import BATCH_KEYS, DALI_INSTALL, PIPELINE_BACKENDS, dali_installed
 from .dataset import TileDataset
 
 if TYPE_CHECKING:
@@ -27,17 +27,17 @@ class Pipeline:
     iteration time, and every rank yields ``len(pipe)`` batches of the same sizes.
 
     Args:
-        source and the sample, batch, order and shard arguments (``preset="eval"`` for validation: no
-            shuffle, no augmentation): as for ``TileDataset``.
+        source, grid, batch and the sample, order and shard arguments (``preset="eval"`` for validation: no
+            shuffle, no augmentation): as for ``TileDataset`` (its 0.x keywords too, for one release).
         backend: "dali" (the engine is the ``fn.external_source`` of a DALI pipeline, batches come
             from ``DALIGenericIterator``; ``pip install histofast[dali]``), "torch" (a ``DataLoader``
             over ``TileDataset``) or "auto" (DALI when installed). Both give the same batches (DALI is fed
             uint8 samples and converts and normalises them with ``fn.crop_mirror_normalize``: equal within
-            float rounding, ``tile_dataset.samples.dtype`` is then "uint8").
+            float rounding: ``tile_dataset.batch.out_dtype`` is then "uint8").
         device: "cpu" or "cuda[:i]": where grids are scored, blocks augmented and every batch tensor lives.
         decode: what decodes slides, as ``histofast.tile_grid``'s ``decode``: with a CUDA ``device``, "auto"
             decodes on the GPU (nvImageCodec, ``pip install 'histofast[gpu]'``) where it reads the slide.
-        workers: lanes run in threads (default: CPU cores, at most 4); the order depends on it.
+        lanes: lanes run in threads (default: CPU cores, at most 4); the order depends on it.
         prefetch: batches made ahead per lane (and DALI's prefetch queue depth).
     Batches:
         dicts of torch tensors on ``device``: ``image``, ``label``, ``slide``, ``x``, ``y`` as ``TileDataset``.
@@ -47,8 +47,9 @@ class Pipeline:
             wrong; it is exact.)
     """
 
-    def __init__(self, source: Any, tile_size: int = 512, stride: int | None = 256, *, backend: str = "auto",
-                 device: str = "cpu", workers: int | None = None, prefetch: int = 2, **options: Any) -> None:
+    def __init__(self, source: Any, *legacy: Any, grid: GridSpec | None = None, batch: BatchFormat | None = None,
+                 backend: str = "auto", device: str = "cpu", lanes: int | None = None, prefetch: int = 2,
+                 **options: Any) -> None:
         if backend not in PIPELINE_BACKENDS:
             raise HistofastError(f"backend={backend!r}: expected one of {', '.join(PIPELINE_BACKENDS)}")
         if backend == "auto":
@@ -59,18 +60,17 @@ class Pipeline:
         self.device = check_device(device)
         self.prefetch = count_or_default(prefetch, "prefetch", 1)
         self.backend = backend
+        self.tile_dataset = TileDataset(source, *legacy, grid=grid, batch=batch, lanes=lanes, device=self.device,
+                                        **options)
         # DALI gets uint8 samples and converts and normalises them itself (fn.crop_mirror_normalize): its
         # copy of each batch moves a quarter of the float32 bytes.
-        self._normalise: tuple[str, tuple, tuple] | None = None
-        dtype = options.get("dtype", "float32")
-        if backend == "dali" and dtype != "uint8":
-            mean, std = ops.check_batch_format(dtype, "NCHW", options.get("mean", (0.0,) * 3),
-                                               options.get("std", (1.0,) * 3))
-            if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
-                raise HistofastError(f"mean={mean}, std={std}: must be finite, std positive")
-            self._normalise = (dtype, mean, std)
-            options = {**options, "dtype": "uint8", "mean": (0.0,) * 3, "std": (1.0,) * 3}
-        self.tile_dataset = TileDataset(source, tile_size, stride, workers=workers, device=self.device, **options)
+        self._normalise: BatchFormat | None = None
+        given = self.tile_dataset.batch
+        if backend == "dali" and given.out_dtype != "uint8":
+            self._normalise = given
+            samples = self.tile_dataset.samples
+            self.tile_dataset.samples = dataclasses.replace(samples, batch=dataclasses.replace(
+                given, out_dtype="uint8", mean=BatchFormat.mean, std=BatchFormat.std))
 
     @classmethod
     def from_tfrecord(cls, paths: Any, **options: Any) -> "TFRecordPipeline":
@@ -100,7 +100,7 @@ class Pipeline:
     def __repr__(self) -> str:
         s = self.tile_dataset.samples
         return (f"Pipeline({len(s.slides)} slides, {self.tile_dataset.num_samples} {s.mode}, {len(self)} batches of "
-                f"{s.batch_size}, backend={self.backend!r}, device={self.device!r})")
+                f"{s.batch.batch_size}, backend={self.backend!r}, device={self.device!r})")
 
     def _torch(self) -> Iterator[dict[str, torch.Tensor]]:
         # The dataset's own lane threads do the work, on the device; no worker processes, so
@@ -121,7 +121,7 @@ class Pipeline:
         # ends, which would run ahead of set_epoch.
         layout = "CHW" if self.tile_dataset.samples.mode == "tiles" else "FCHW"  # images: a grid of patches
 
-        @pipeline_def(batch_size=self.tile_dataset.samples.batch_size, num_threads=self.tile_dataset.workers,
+        @pipeline_def(batch_size=self.tile_dataset.batch.batch_size, num_threads=self.tile_dataset.num_lanes,
                       device_id=device_id, prefetch_queue_depth=self.prefetch)
         def pipe():
             # The batches are ready on this thread's current stream (TileDataset.batches waited for the lanes'
@@ -131,7 +131,7 @@ class Pipeline:
                                               cuda_stream=torch.cuda.current_stream(self.device) if gpu else None,
                                               layout=[layout] + [""] * (len(BATCH_KEYS) - 1)))
             if self._normalise is not None:  # (x / 255 - mean) / std == (x - 255·mean) / (255·std)
-                dtype, mean, std = self._normalise
+                dtype, mean, std = self._normalise.out_dtype, self._normalise.mean, self._normalise.std
                 image = BATCH_KEYS.index("image")
                 outputs[image] = fn.crop_mirror_normalize(
                     outputs[image], dtype=types.FLOAT16 if dtype == "float16" else types.FLOAT,

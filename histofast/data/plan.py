@@ -46,7 +46,7 @@ def shard_size(total: int, shard: tuple[int, int], drop_last: bool = False) -> i
 
 
 def batch_count(samples: Samples, shard: tuple[int, int], drop_last: bool) -> int:
-    n, b = shard_size(int(samples.offsets[-1]), shard, drop_last), samples.batch_size
+    n, b = shard_size(int(samples.offsets[-1]), shard, drop_last), samples.batch.batch_size
     return n // b if drop_last else -(-n // b)
 
 
@@ -77,7 +77,7 @@ def plan(samples: Samples, epoch: int, shard: tuple[int, int], lanes: int, lane:
     extra = np.resize(share if len(share) else order, max(0, size - len(share)))
     mine = np.concatenate([extra, share])[:size]
     pad = np.arange(size) < len(extra)
-    b = samples.batch_size
+    b = samples.batch.batch_size
     n_batches = batch_count(samples, shard, drop_last)
     keep = min(size, n_batches * b)
     lo, hi = lane * n_batches // lanes * b, (lane + 1) * n_batches // lanes * b

@@ -7,6 +7,7 @@ so only the thin overlap between blocks is decoded twice (``histofast.data.plan`
 by blocks; ``histofast.data.lanes`` decodes them)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,17 +16,15 @@ from typing import Sequence
 import numpy as np
 
 from .. import ops
-from ..augment import Augment
-from ..checks import check_count
 from ..errors import HistofastError, SmallerThanTileError
-from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
-from ..tiling import TileGrid, check_grid_args, tile_grid
+from ..specs import BatchFormat, GridSpec
+from ..tiling import TileGrid, scan_grid
 from .sources import NO_LABEL, SlideSource, class_index
 
 log = logging.getLogger("histofast")
 
 BLOCK_PIXELS = 4096  # grid pixels per block side: overlap (tile − stride + 2·reach) is small against it
-MODES = ("tiles", "images")
+MODES = ("tiles", "images")  # a sample: a tile, or an image window cut into its patch grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,11 +43,7 @@ class Samples:
     mode: str
     tile_size: int  # output patch side (tiles: the tile), grid pixels
     stride: int  # images: patch stride inside a window
-    augment: Augment | None
-    batch_size: int
-    dtype: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    batch: BatchFormat  # layout NCHW: samples are (3, T, T), or (P, 3, t, t) for images
     failed: dict[str, str] = field(default_factory=dict)  # slide path -> reason, filled while scoring
 
     # Derived once (the grids never change): the lanes index these per block and per batch.
@@ -68,9 +63,9 @@ class Samples:
         return np.repeat(np.arange(len(self.grids)), self.counts)
 
     @cached_property
-    def level_coords(self) -> np.ndarray:
+    def grid_coords(self) -> np.ndarray:
         """int64 (N, 2) each sample's grid-pixel (x, y) in its slide's grid."""
-        return _stacked([g.level_coords for g in self.grids if g is not None])
+        return _stacked([g.grid_coords for g in self.grids if g is not None])
 
     @cached_property
     def coords(self) -> np.ndarray:
@@ -119,51 +114,34 @@ def _stacked(parts: list[np.ndarray]) -> np.ndarray:
 
 def build_samples(
     items: Sequence[SlideSource | TileGrid],
+    grid: GridSpec,
+    batch: BatchFormat,
     *,
     classes: Sequence[str] | None = None,
-    tile_size: int = 512,
-    stride: int | None = None,
-    level: int | None = None,
-    mpp: float | None = None,
-    magnification: float | None = None,
-    hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
-    hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
-    max_white: float = 0.5,
-    mode: str = "tiles",
-    image_size: int = 2560,
-    augment: Augment | None = None,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
+    image_size: int | None = None,
     device: str = "cpu",
     decode: str = "auto",
     progress: bool = True,
 ) -> Samples:
-    """Check the arguments, then score every slide's grid once (a slide that fails is logged and left out).
+    """Score every slide's grid once (a slide that fails is logged and left out).
 
-    ``mode="tiles"``: the grid is ``tile_size`` at ``stride``. ``mode="images"``: the grid is windows of
-    ``image_size`` at stride ``image_size``, each cut into patches of ``tile_size`` at ``stride``. Grids
-    are scored on ``device``, decoded as ``decode`` says (see ``tile_grid``)."""
-    if mode not in MODES:
-        raise HistofastError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-    stride = tile_size if stride is None else stride
-    check_grid_args(tile_size, stride, hsv_lower, hsv_upper, max_white)
-    check_count(batch_size, "batch_size")
-    if augment is not None and not isinstance(augment, Augment):
-        raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
-    mean, std = ops.check_batch_format(dtype, "NCHW", mean, std)
-    cell, cell_stride = tile_size, stride
-    if mode == "images":
-        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < tile_size:
-            raise HistofastError(f"image_size={image_size!r}: must be an integer ≥ tile_size={tile_size} (pixels)")
-        cell = cell_stride = int(image_size)
+    Tiles (``image_size`` None): the grid is ``grid``. Images: the grid is windows of ``image_size`` at stride
+    ``image_size``, each cut into patches of ``grid.tile_size`` at ``grid.stride``. Grids are scored on ``device``,
+    decoded as ``decode`` says (see ``tile_grid``)."""
+    mode = "tiles" if image_size is None else "images"
+    if batch.layout != "NCHW":
+        raise HistofastError(f"batch: layout={batch.layout!r}: samples are channels first, pass layout='NCHW'")
+    cells = grid
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < grid.tile_size:
+            raise HistofastError(f"image_size={image_size!r}: must be an integer ≥ tile_size={grid.tile_size} (pixels)")
+        cells = dataclasses.replace(grid, tile_size=int(image_size), stride=int(image_size))
     grids: list[TileGrid | None] = []
     failed: dict[str, str] = {}
     sources = [s for s in items if isinstance(s, SlideSource)]
     given = [g for g in items if isinstance(g, TileGrid)]
     if given and (sources or mode != "tiles"):
-        raise HistofastError("source: TileGrids cannot be mixed with paths, and only work with mode='tiles'")
+        raise HistofastError("source: TileGrids cannot be mixed with paths, and only work without image_size")
     from tqdm.auto import tqdm
 
     for item in tqdm(items, desc="scoring slides", unit="slide", disable=not progress or len(items) < 2):
@@ -171,26 +149,23 @@ def build_samples(
             grids.append(item)
             continue
         try:
-            grids.append(tile_grid(item.path, cell, cell_stride, level=level, mpp=mpp, magnification=magnification,
-                                   hsv_lower=hsv_lower, hsv_upper=hsv_upper, max_white=max_white, device=device,
-                                   decode=decode))
+            grids.append(scan_grid(item.path, cells, device=device, decode=decode))
         except (HistofastError, OSError) as e:  # a bad slide never stops the others
             if mode == "images" and isinstance(e, SmallerThanTileError):  # the grid's "tile" is the image here
                 e = SmallerThanTileError(item.path, e.level, e.size, e.tile_size, "image (image_size={})")
             log.warning("skipping %s: %s", item.path, e)
             failed[item.path] = str(e)
             grids.append(None)
+    tile_size = grid.tile_size
     if given:
         slides, labels, names = [g.slide_path for g in given], np.full(len(given), NO_LABEL, np.int64), []
         tile_size = given[0].tile_size
     else:
         slides = [s.path for s in sources]
         names, labels = class_index(sources, classes)
-    samples = Samples(slides, labels, names, grids, mode, int(tile_size), int(stride), augment, int(batch_size),
-                      dtype, mean, std, failed)
+    samples = Samples(slides, labels, names, grids, mode, int(tile_size), grid.stride, batch, failed)
     if samples.counts.sum() == 0:
         why = f"; first: {next(iter(failed.values()))}" if failed else ""
-        raise HistofastError(f"no tissue {mode} in {len(items)} slides (max_white={max_white}; "
+        raise HistofastError(f"no tissue {mode} in {len(items)} slides (max_white={grid.max_white}; "
                              f"{len(failed)} slides failed{why})")
     return samples
-

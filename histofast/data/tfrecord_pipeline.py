@@ -13,17 +13,17 @@ import numpy as np
 import torch
 
 from .. import ops
-from ..augment import Augment
 from ..checks import check_count, check_device, count_or_default
 from ..errors import HistofastError
 from ..export.tfrecord import dali_features, decode_example, read_tfrecord
-from ._options import (
+from ..renamed import renamed_keyword
+from ..specs import BatchFormat, from_keywords
+from ._common import (
     DALI_INSTALL,
-    DEFAULT_AUGMENT,
     PRESETS,
     dali_installed,
     default_augment,
-    default_workers,
+    default_lanes,
 )
 from .distributed import EpochClock, effective_shard
 from .plan import check_shard, shard_size
@@ -122,9 +122,10 @@ class TFRecordPipeline:
 
     Args:
         paths: shard files or export folders (see ``shard_files``).
-        augment, batch_size, dtype, mean, std, shuffle, seed, shard, drop_last, device, workers,
-            prefetch: as for ``Pipeline``. Shuffling is DALI's reader shuffle (a buffer of
-            ``shuffle_buffer`` records), seeded from (seed, epoch).
+        batch, shuffle, seed, shard, drop_last, device, prefetch: as for ``Pipeline`` (the flat batch keywords
+            of 0.x, ``augment``, ``batch_size``, ``dtype``, ``mean``, ``std``, still work for one release).
+            Shuffling is DALI's reader shuffle (a buffer of ``shuffle_buffer`` records), seeded from (seed, epoch).
+        threads: DALI's CPU threads (default: CPU cores, at most 4; 0.x: ``workers=``).
         classes: the class names in label-index order (the shards store label indices only); ``pipe.classes``.
     Batches:
         dicts of torch tensors on ``device``: ``image`` (B, 3, T, T), ``label``, ``slide``, ``x``, ``y`` int64 (B,),
@@ -145,29 +146,29 @@ class TFRecordPipeline:
     its name: same-named slides of separate exports are one.
     """
 
-    def __init__(self, paths: Any, *, augment: Augment | None = DEFAULT_AUGMENT,  # type: ignore[assignment]
-                 batch_size: int = 64, dtype: str = "float32", mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), shuffle: bool | None = None, seed: int = 0,
+    def __init__(self, paths: Any, *, batch: BatchFormat | None = None, shuffle: bool | None = None, seed: int = 0,
                  shard: tuple[int, int] | None = None, drop_last: bool = False, device: str = "cpu",
-                 workers: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024,
-                 classes: Sequence[str] | None = None, preset: str = "train") -> None:
+                 threads: int | None = None, prefetch: int = 2, shuffle_buffer: int = 1024,
+                 classes: Sequence[str] | None = None, preset: str = "train", **flat: Any) -> None:
         if not dali_installed():
             raise HistofastError("Pipeline.from_tfrecord reads with NVIDIA DALI, which is not installed "
                                  f"({DALI_INSTALL})")
         if preset not in PRESETS:
             raise HistofastError(f"preset={preset!r}: expected one of {', '.join(map(repr, PRESETS))}")
-        if preset == "eval":
-            shuffle = False if shuffle is None else shuffle
-            augment = None if augment is DEFAULT_AUGMENT else augment
+        _, batch, flat = from_keywords("TFRecordPipeline", False, batch, (), flat)
+        batch = batch.resolved(None if preset == "eval" else default_augment(seed))
+        threads = renamed_keyword(flat, "TFRecordPipeline", "workers", "threads", threads)
+        if flat:
+            raise TypeError(f"TFRecordPipeline() got unexpected keyword arguments: {', '.join(sorted(flat))}")
+        if batch.layout != "NCHW":
+            raise HistofastError(f"batch: layout={batch.layout!r}: batches are channels first, pass layout='NCHW'")
         self.files = shard_files(paths)
-        self.batch_size = count_or_default(batch_size, "batch_size", 64)
-        self.mean, self.std = ops.check_batch_format(dtype, "NCHW", mean, std)
-        self.augment = default_augment(augment, seed)
-        self.shuffle = True if shuffle is None else bool(shuffle)
-        self.dtype, self.seed, self.drop_last = dtype, int(seed), bool(drop_last)
+        self.batch = batch
+        self.shuffle = preset == "train" if shuffle is None else bool(shuffle)
+        self.seed, self.drop_last = int(seed), bool(drop_last)
         self._shard = None if shard is None else check_shard(shard)
         self.device = check_device(device)
-        self.workers = count_or_default(workers, "workers", default_workers())
+        self.threads = count_or_default(threads, "threads", default_lanes())
         self.prefetch = count_or_default(prefetch, "prefetch", 2)
         self.shuffle_buffer = count_or_default(shuffle_buffer, "shuffle_buffer", 1)
         self._classes = [] if classes is None else [str(c) for c in classes]
@@ -209,12 +210,12 @@ class TFRecordPipeline:
 
     def __len__(self) -> int:
         """Batches per epoch, the same on every rank."""
-        n, b = self.num_samples, self.batch_size
+        n, b = self.num_samples, self.batch.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __repr__(self) -> str:
         return (f"TFRecordPipeline({len(self._slides)} slides, {self.num_samples} tiles, {len(self)} batches of "
-                f"{self.batch_size}, {len(self.files)} files, device={self.device!r})")
+                f"{self.batch.batch_size}, {len(self.files)} files, device={self.device!r})")
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (later ones continue from it)."""
@@ -231,7 +232,7 @@ class TFRecordPipeline:
     def _even(self, batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
         """Exactly ``len(self)`` batches of the planned sizes: a shard one record short repeats its last
         sample (``repeat`` True, label −100) at the end; a shard with more stops at the count every rank has."""
-        want, b = self.num_samples, self.batch_size
+        want, b = self.num_samples, self.batch.batch_size
         sizes = [min(b, want - k) for k in range(0, want, b)][: len(self)]
         last = None
         for size in sizes:
@@ -255,7 +256,7 @@ class TFRecordPipeline:
         rank, world = self.shard
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.workers, prefetch_queue_depth=self.prefetch,
+        @pipeline_def(batch_size=self.batch.batch_size, num_threads=self.threads, prefetch_queue_depth=self.prefetch,
                       device_id=torch.device(self.device).index if gpu else None, seed=seed)
         def pipe():
             record = fn.readers.tfrecord(path=self.files, index_path=[f + ".idx" for f in self.files],
@@ -279,7 +280,7 @@ class TFRecordPipeline:
             batch = out[0]
             n = len(batch["label"])
             # PARTIAL runs every shard for the largest one's batches: a smaller shard's end is an empty batch
-            if n == 0 or (self.drop_last and n < self.batch_size):
+            if n == 0 or (self.drop_last and n < self.batch.batch_size):
                 continue
             batch["slide"] = (self._slide_index(batch.pop("slide_name"), batch.pop("slide_length"), index)
                               if self._named else torch.zeros(n, dtype=torch.int64))
@@ -303,13 +304,14 @@ class TFRecordPipeline:
     def _augment(self, tiles: torch.Tensor, done: int) -> torch.Tensor:
         """uint8 (B, T, T, 3) decoded tiles → (B, 3, T, T): tile j of the shard's epoch gets draw j·world + rank."""
         n, t = tiles.shape[0], tiles.shape[1]
-        out = torch.empty((n, 3, t, t), dtype=getattr(torch, self.dtype), device=tiles.device)
+        out = torch.empty((n, 3, t, t), dtype=getattr(torch, self.batch.out_dtype), device=tiles.device)
         rank, world = self.shard
-        params = self.augment.draw_at((done + np.arange(n)) * world + rank, self.epoch) if self.augment else None
+        f = self.batch
+        params = f.augment.draw_at((done + np.arange(n)) * world + rank, self.epoch) if f.augment else None
         origin = np.zeros((1, 2), np.int64)
         for j in range(n):  # one call per tile: each reflects at its own border
             p = {k: v[j : j + 1] for k, v in params.items()} if params else {}
-            ops.augment(tiles[j], origin, t, **p, mean=self.mean, std=self.std, out_dtype=self.dtype, layout="NCHW",
+            ops.augment(tiles[j], origin, t, **p, mean=f.mean, std=f.std, out_dtype=f.out_dtype, layout="NCHW",
                         out=out[j : j + 1])
         return out
 

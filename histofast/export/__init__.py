@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from .cluster import export_slides_distributed
 from .inputs import SLIDE_SUFFIXES, SlideInputs, find_slides
-from .options import EXPORT_FORMATS, ExportOptions
 from .qc import write_qc
+from .settings import EXPORT_FORMATS, ExportOptions
 from .slides import TILE_MANIFEST_FIELDS, SlideResult, export_slide, export_slides
 from .source import slide_ids
 

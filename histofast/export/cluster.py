@@ -37,7 +37,8 @@ from typing import Any, Iterator, Sequence
 from ..checks import check_count, check_device
 from ..errors import HistofastError
 from ..io.decode import check_decode
-from .options import ExportOptions
+from ..renamed import renamed_keyword
+from .settings import ExportOptions
 from .slides import SlideResult, _writable, export_slide, failed, write_top_manifest
 from .source import slide_ids
 
@@ -108,14 +109,15 @@ def _check_tls(address: str, security: Any) -> None:
 
 def export_slides_distributed(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, options: ExportOptions, client: Any, *,
-    workers: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
-    decode: str = "auto", retries: int = 2, rows: bool = True,
+    threads: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
+    decode: str = "auto", retries: int = 2, rows: bool = True, **deprecated: Any,
 ) -> list[SlideResult]:
     """``export_slides`` on the workers of a ``distributed.Client``: one task per slide (``export_slide`` on a
     worker), results in the order of ``paths``; one failing slide is reported and the others still finish.
 
-    ``workers``: decode/encode threads per task (default: the cores of the worker's machine divided by the Dask
-    threads of the workers on it). ``retries``: how many times a task that raised an unexpected exception is run
+    ``threads``: decode/encode threads per task (default: the cores of the worker's machine divided by the Dask
+    threads of the workers on it; ``workers=``, its 0.x name, still works for this release with a
+    ``FutureWarning``). ``retries``: how many times a task that raised an unexpected exception is run
     again (a slide's own errors, ``HistofastError`` and ``OSError``, fail it at once, as in one process; a dead
     worker's tasks are rerun by the scheduler). ``rows``: send each slide's manifest rows back in its
     ``SlideResult`` (False keeps the client's memory small on large archives: ``OUT/manifest.csv`` is written
@@ -127,10 +129,14 @@ def export_slides_distributed(
     (``write_top_manifest``: every finished slide in ``out_dir``)."""
     from tqdm.auto import tqdm
 
+    threads = renamed_keyword(deprecated, "export_slides_distributed", "workers", "threads", threads)
+    if deprecated:
+        raise TypeError("export_slides_distributed() got unexpected keyword arguments: "
+                        f"{', '.join(sorted(deprecated))}")
     distributed = require_distributed()
     check_decode(decode, check_device(device))  # checked here, resolved on each worker (its own current GPU)
-    if workers is not None:
-        check_count(workers, "workers")
+    if threads is not None:
+        check_count(threads, "threads")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise HistofastError(f"retries={retries!r}: must be an integer >= 0")
     out = Path(os.path.abspath(out_dir))  # workers elsewhere run in other folders: absolute paths travel
@@ -143,7 +149,7 @@ def export_slides_distributed(
     token = secrets.token_hex(4)
     for rank, i in enumerate(order):
         future = client.submit(
-            _task, os.fspath(paths[i]), os.fspath(out), options, ids[i], workers, hosts, qc, device, decode, rows,
+            _task, os.fspath(paths[i]), os.fspath(out), options, ids[i], threads, hosts, qc, device, decode, rows,
             key=f"histofast-tile-{token}-{i:06d}-{ids[i]}", pure=False, retries=retries, priority=len(order) - rank)
         futures[future] = i
     results: list[SlideResult | None] = [None] * len(paths)
@@ -167,14 +173,14 @@ def export_slides_distributed(
     return [r for r in results if r is not None]
 
 
-def _task(path: str, out_dir: str, options: ExportOptions, slide_id: str, workers: int | None,
+def _task(path: str, out_dir: str, options: ExportOptions, slide_id: str, threads: int | None,
           hosts: dict[str, int], qc: bool, device: str, decode: str, rows: bool) -> SlideResult:
     """One slide on a worker: ``export_slide`` (which first clears its folder of a killed attempt's temporary
     files)."""
-    if workers is None:
-        workers = _threads_here(hosts)
+    if threads is None:
+        threads = _threads_here(hosts)
     try:
-        result = export_slide(path, out_dir, options, slide_id=slide_id, workers=workers, qc=qc, device=device,
+        result = export_slide(path, out_dir, options, slide_id=slide_id, threads=threads, qc=qc, device=device,
                               decode=decode)
     except (HistofastError, OSError) as e:  # the slide's own errors; any other is retried, then failed by _result
         return failed(path, e)

@@ -1,5 +1,5 @@
-"""``ExportOptions``: what an export cuts and how it writes it; stored per slide as ``settings.json``, so a
-rerun with other settings is refused instead of mixing two exports in one folder."""
+"""``ExportOptions``: what an export cuts (a ``GridSpec``) and how it writes it; stored per slide as
+``settings.json``, so a rerun with other settings is refused instead of mixing two exports in one folder."""
 from __future__ import annotations
 
 import numbers
@@ -10,54 +10,64 @@ from ..augment import Augment
 from ..checks import check_count
 from ..data.sources import NO_LABEL
 from ..errors import HistofastError
-from ..io.level import check_view_args
-from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
-from ..tiling import check_grid_args
+from ..specs import GridSpec, from_keywords
 
 EXPORT_FORMATS = ("jpg", "png", "tfrecord", "none")
 SHARD_TILES = 1024  # tiles per TFRecord shard
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ExportOptions:
     """What to cut and how to write it (the settings a resumed run must share with the first).
 
-    ``tile_size``, ``stride``: pixels of the tiled view; ``level`` (pyramid level), ``mpp`` (µm per pixel) or
-    ``magnification`` (e.g. 20 for 20×): which view, at most one (checked here; a level beyond a slide's levels, or
-    a slide without µm/pixel metadata, fails that slide only); ``max_white``: a fraction in [0, 1]."""
+    Args:
+        grid: the tiles (``histofast.GridSpec``: tile size, stride, view, white test). A level beyond a slide's
+            levels, or a slide without µm/pixel metadata for ``mpp=``, fails that slide only. The flat grid keywords
+            of 0.x (``ExportOptions(512, 256, max_white=0.3)``) still work for one release.
+        format: "jpg", "png", "tfrecord" or "none" (manifest and grid only).
+        quality: JPEG quality, 1..100.
+        label: class index stored in TFRecords; ``NO_LABEL`` (−100): unlabelled.
+        augment: an ``Augment`` applied to the exported tiles, or None.
+        shard_tiles: tiles per TFRecord shard.
+    """
 
-    tile_size: int = 512
-    stride: int | None = None
-    level: int | None = None
-    mpp: float | None = None
-    magnification: float | None = None
-    max_white: float = 0.5
-    hsv_lower: tuple[int, int, int] = DEFAULT_HSV_LOWER
-    hsv_upper: tuple[int, int, int] = DEFAULT_HSV_UPPER
-    format: str = "jpg"
-    quality: int = 90
-    label: int = NO_LABEL  # class index stored in TFRecords; NO_LABEL (-100): unlabelled
-    augment: Augment | None = None
-    shard_tiles: int = SHARD_TILES
+    grid: GridSpec
+    format: str
+    quality: int
+    label: int
+    augment: Augment | None
+    shard_tiles: int
 
-    def __post_init__(self) -> None:
-        check_grid_args(self.tile_size, self.tile_size if self.stride is None else self.stride, self.hsv_lower,
-                        self.hsv_upper, self.max_white)
-        if self.format not in EXPORT_FORMATS:
-            raise HistofastError(f"format={self.format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise HistofastError(f"quality={self.quality!r}: must be an integer in 1..100")
-        check_count(self.shard_tiles, "shard_tiles")
-        check_view_args(self.level, self.mpp, self.magnification)
-        if self.level is not None:
-            check_count(self.level, "level", minimum=0)
-        if isinstance(self.label, bool) or not isinstance(self.label, numbers.Integral):
-            raise HistofastError(f"label={self.label!r}: must be an integer (a class index, or {NO_LABEL}: none)")
+    def __init__(self, *legacy: Any, grid: GridSpec | None = None, format: str = "jpg", quality: int = 90,
+                 label: int = NO_LABEL, augment: Augment | None = None, shard_tiles: int = SHARD_TILES,
+                 **flat: Any) -> None:
+        grid, _, flat = from_keywords("ExportOptions", grid, False, legacy, flat)
+        if flat:
+            raise TypeError(f"ExportOptions() got unexpected keyword arguments: {', '.join(sorted(flat))}")
+        if format not in EXPORT_FORMATS:
+            raise HistofastError(f"format={format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise HistofastError(f"quality={quality!r}: must be an integer in 1..100")
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+            raise HistofastError(f"label={label!r}: must be an integer (a class index, or {NO_LABEL}: none)")
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
+        for name, value in (("grid", grid), ("format", format), ("quality", quality), ("label", int(label)),
+                            ("augment", augment), ("shard_tiles", check_count(shard_tiles, "shard_tiles"))):
+            object.__setattr__(self, name, value)
 
     def key(self) -> dict[str, Any]:
-        """The settings as JSON-able values, stored beside a slide's output to detect changed reruns."""
-        d = asdict(self)
-        d["augment"] = None if self.augment is None else asdict(self.augment)
-        d["hsv_lower"], d["hsv_upper"] = list(self.hsv_lower), list(self.hsv_upper)
-        return d
+        """The settings as JSON-able values, stored beside a slide's output to detect changed reruns (one flat
+        object: the grid's settings beside the others; ``stride`` null when it is the tile size, so that a rerun
+        with another tile size names that setting alone)."""
+        return self.recorded({**self.grid.as_dict(), "format": self.format, "quality": self.quality,
+                              "label": self.label, "augment": None if self.augment is None else asdict(self.augment),
+                              "shard_tiles": self.shard_tiles})
 
+    @staticmethod
+    def recorded(key: dict[str, Any]) -> dict[str, Any]:
+        """A ``settings.json`` of any release as ``key()`` writes it now: a stride equal to the tile size is null
+        (0.x wrote null for the default, and the number when given)."""
+        if key.get("stride") is not None and key.get("stride") == key.get("tile_size"):
+            return {**key, "stride": None}
+        return key

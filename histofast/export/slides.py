@@ -25,11 +25,13 @@ from ..errors import HistofastError, SlideError, SmallerThanTileError
 from ..io import open_slide
 from ..io.decode import check_decode
 from ..io.level import select_level
-from ..tiling import TileGrid, iter_tiles
+from ..renamed import renamed_keyword
+from ..tiling import TileGrid, scan_tiles
+from ..tiling.cut import tile_format
 from ..utils.atomic import atomic_open, atomic_write, remove_stale_temporary_files
 from .lock import LOCK_NAME, FolderLocked, folder_lock
-from .options import ExportOptions
 from .qc import write_qc
+from .settings import ExportOptions
 from .source import check_source, fingerprint, slide_ids
 from .writer import TileWriter
 
@@ -60,14 +62,16 @@ class SlideResult:
 
 def export_slide(
     path: str | os.PathLike, out_dir: str | os.PathLike, options: ExportOptions, *,
-    slide_id: str | None = None, workers: int | None = None, qc: bool = False, progress: Any = None,
-    device: str = "cpu", decode: str = "auto",
+    slide_id: str | None = None, threads: int | None = None, qc: bool = False, progress: Any = None,
+    device: str = "cpu", decode: str = "auto", **deprecated: Any,
 ) -> SlideResult:
     """Tile one slide into ``out_dir/<slide_id>/``: tiles or shards, ``grid.csv``, ``manifest.csv`` (last).
 
     ``device`` and ``decode`` say where tiles are scored and cut and what decodes them, as for ``iter_tiles``
-    (tiles are encoded on the CPU). Raises on failure (``export_slides`` catches per slide). Temporary files
-    never outlive an error, and a (re)started export first removes those a killed run left in the slide's folder.
+    (tiles are encoded on the CPU). ``threads``: decode/encode threads (default: all cores; ``workers=``, its 0.x
+    name, still works for this release with a ``FutureWarning``). Raises on failure (``export_slides`` catches per
+    slide). Temporary files never outlive an error, and a (re)started export first removes those a killed run left
+    in the slide's folder.
 
     ``settings.json`` (the options, so a rerun with other settings is refused, naming the settings that differ, and
     the slide's source: resolved path, size and mtime, so a folder made from another file, or from this one before
@@ -82,6 +86,9 @@ def export_slide(
     an empty grid and manifest, and ``warning`` saying why (``tile_grid``/``iter_tiles`` on it raise a
     ``SlideError``).
     """
+    threads = renamed_keyword(deprecated, "export_slide", "workers", "threads", threads)
+    if deprecated:
+        raise TypeError(f"export_slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     start = time.perf_counter()
     slide_id = slide_id or Path(path).stem
     directory = Path(out_dir) / slide_id
@@ -94,7 +101,7 @@ def export_slide(
         settings = directory / "settings.json"
         key = options.key()
         source = fingerprint(path)
-        previous = json.loads(settings.read_text()) if settings.exists() else None
+        previous = ExportOptions.recorded(json.loads(settings.read_text())) if settings.exists() else None
         if previous is not None:
             check_source(directory, previous.pop("source", None), path, source)
             if previous != key:
@@ -108,7 +115,7 @@ def export_slide(
         remove_stale_temporary_files(directory)  # a killed attempt's: under the lock nothing else writes here
         output = _Output(directory, settings, {**key, "source": source}, fresh=previous is None)
         try:
-            result = _export(path, Path(out_dir), slide_id, options, output, workers, qc, progress, device, decode)
+            result = _export(path, Path(out_dir), slide_id, options, output, threads, qc, progress, device, decode)
         except BaseException:
             output.undo()
             raise
@@ -156,32 +163,28 @@ class _Output:
 
 
 def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: ExportOptions, output: _Output,
-            workers: int | None, qc: bool, progress: Any, device: str, decode: str) -> SlideResult:
+            threads: int | None, qc: bool, progress: Any, device: str, decode: str) -> SlideResult:
     directory = out_dir / slide_id
-    with open_slide(path, workers=workers) as slide:
-        view = select_level(slide, options.level, options.mpp, options.magnification)
+    with open_slide(path, threads=threads) as slide:
+        spec = options.grid
+        view = select_level(slide, *spec.view_args())
         width, height = view.dimensions
         warning = None
-        if options.tile_size > min(width, height):  # iter_tiles refuses it; an export has 0 tiles
-            small = SmallerThanTileError(path, view.level, (width, height), options.tile_size)  # tile_grid's words
+        if spec.tile_size > min(width, height):  # iter_tiles refuses it; an export has 0 tiles
+            small = SmallerThanTileError(path, view.level, (width, height), spec.tile_size)  # tile_grid's words
             warning = f"{small.reason}: 0 tiles"
             log.warning("%s: %s", path, warning)
-            grid = TileGrid(os.fspath(slide.path), view.level, options.tile_size,
-                            options.tile_size if options.stride is None else options.stride,
-                            np.ones((0, 0), np.float32), options.max_white, view.downsample, view.scale, view.mpp,
-                            slide.backend)
+            grid = TileGrid(os.fspath(slide.path), view.level, spec.tile_size, spec.stride, np.ones((0, 0), np.float32),
+                            spec.max_white, view.downsample, view.scale, view.mpp, slide.backend)
             rows: list[dict[str, Any]] = []
             output.start()
             if progress is not None:
                 progress.reset(total=0)
         else:
-            stream = iter_tiles(
-                slide, options.tile_size, options.stride, level=options.level, mpp=options.mpp,
-                magnification=options.magnification, hsv_lower=options.hsv_lower, hsv_upper=options.hsv_upper,
-                max_white=options.max_white, augment=options.augment, batch_size=64, device=device, decode=decode,
-            )
+            batch_format, _ = tile_format({"augment": options.augment})
+            stream = scan_tiles(slide, spec, batch_format, device=device, decode=decode)
             writer = TileWriter(out_dir, slide_id, os.fspath(path), stream.grid.level, options,
-                                workers or slide.workers)
+                                threads or slide.threads)
             if progress is not None:
                 progress.reset(total=stream.grid.white_ratio.shape[0])
             with writer:
@@ -191,7 +194,7 @@ def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: Expo
                         batch = replace(batch, images=batch.images.cpu().numpy())
                     writer.add(batch)
                     if progress is not None:
-                        progress.n = int(batch.level_coords[-1, 1]) // stream.grid.stride + 1
+                        progress.n = int(batch.grid_coords[-1, 1]) // stream.grid.stride + 1
                         progress.refresh()
             grid, rows = stream.grid, writer.rows
             output.start()  # no kept tiles: grid.csv is the first output
@@ -213,23 +216,26 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
 
 def export_slides(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, options: ExportOptions, *,
-    workers: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
-    decode: str = "auto",
+    threads: int | None = None, qc: bool = False, progress: bool | None = None, device: str = "cpu",
+    decode: str = "auto", **deprecated: Any,
 ) -> list[SlideResult]:
     """Export every slide; one failing slide (whatever it raised, but ``KeyboardInterrupt`` and ``SystemExit``)
     is reported and the others still finish. A slide without tissue or smaller than one tile is "done" with 0
     tiles (see ``export_slide``), not a failure; a slide another run is exporting "failed", untouched.
 
-    ``device``, ``decode``: as for ``export_slide``; checked before any slide is read.
+    ``threads``, ``device``, ``decode``: as for ``export_slide``; checked before any slide is read.
 
     Writes ``out_dir/manifest.csv`` at the end (``write_top_manifest``: every finished slide in ``out_dir``).
     ``progress``: tqdm bars per slide and overall (None: only on a terminal)."""
     from tqdm.auto import tqdm
 
+    threads = renamed_keyword(deprecated, "export_slides", "workers", "threads", threads)
+    if deprecated:
+        raise TypeError(f"export_slides() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     device = check_device(device)
     check_decode(decode, device)
-    if workers is not None:
-        check_count(workers, "workers")
+    if threads is not None:
+        check_count(threads, "threads")
     out = Path(out_dir)
     _writable(out)
     results: list[SlideResult] = []
@@ -240,7 +246,7 @@ def export_slides(
         for path, slide_id in zip(paths, ids):
             rows.set_description(Path(path).name)
             try:
-                results.append(export_slide(path, out, options, slide_id=slide_id, workers=workers, qc=qc,
+                results.append(export_slide(path, out, options, slide_id=slide_id, threads=threads, qc=qc,
                                             progress=rows, device=device, decode=decode))
             except Exception as e:  # any error fails this slide only (a bug, MemoryError…); ^C stops the run
                 results.append(failed(path, e))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_write
 from ..utils.encode import encode_image
-from .options import ExportOptions
+from .settings import ExportOptions
 from .tfrecord import TFRecordWriter, tile_example
 
 
@@ -19,11 +19,11 @@ class TileWriter:
     files and shards a previous run finished; ``rows`` collects the manifest."""
 
     def __init__(self, out_dir: Path, slide_id: str, slide_path: str, level: int, options: ExportOptions,
-                 workers: int) -> None:
+                 threads: int) -> None:
         self.out_dir, self.slide_id, self.slide_path, self.options = out_dir, slide_id, slide_path, options
-        self.level, self.workers = level, workers
+        self.level, self.threads = level, threads
         self.rows: list[dict[str, Any]] = []
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="histofast-encode")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="histofast-encode")
         self._pending: list = []  # (row, future of encoded bytes or None)
         self._shard: list[tuple[dict[str, Any], Any]] = []
 
@@ -31,9 +31,9 @@ class TileWriter:
         fmt = self.options.format
         for k in range(len(batch)):
             x, y = (int(v) for v in batch.coords[k])
-            lx, ly = (int(v) for v in batch.level_coords[k])
+            lx, ly = (int(v) for v in batch.grid_coords[k])
             row = {"slide": self.slide_path, "x": x, "y": y, "level": self.level, "level_x": lx,
-                   "level_y": ly, "tile_size": self.options.tile_size,
+                   "level_y": ly, "tile_size": self.options.grid.tile_size,
                    "white_ratio": f"{float(batch.white_ratio[k]):.9g}", "file": "", "record": ""}
             self.rows.append(row)
             if fmt == "none":
@@ -50,7 +50,7 @@ class TileWriter:
                 target = self.out_dir / row["file"]
                 if not target.exists():
                     self._pending.append((target, self._encode(batch.images[k], fmt)))
-        self._drain(limit=4 * self.workers)
+        self._drain(limit=4 * self.threads)
 
     def _encode(self, tile: np.ndarray, fmt: str) -> Any:
         return self._pool.submit(encode_image, np.ascontiguousarray(tile), fmt, self.options.quality)

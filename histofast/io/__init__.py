@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideError
+from ..renamed import renamed_keyword
 from ..utils.noise import explained
 from .image import ImageSlide
 from .openslide_slide import OpenSlideSlide, opened_by_openslide
@@ -20,14 +21,16 @@ from .tiff import VENDORS, TiffSlide
 SLIDE_BACKENDS = ("auto", "tiff", "openslide", "image")
 
 
-def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int | None = None) -> Slide:
+def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None,
+               **deprecated: Any) -> Slide:
     """Open a whole-slide image or a plain image.
 
     Args:
         path: a slide file (anything OpenSlide reads) or an image (PNG, JPEG, TIFF, …).
         backend: "auto" (the tiled-TIFF fast path where it applies, else OpenSlide, else Pillow),
             or force "tiff", "openslide" or "image".
-        workers: decode threads (default: all CPU cores).
+        threads: decode threads (default: all CPU cores); ``workers=``, its 0.x name, still works for this
+            release with a ``FutureWarning``.
     Returns:
         A ``Slide``; use it as a context manager or call ``close()``.
     Raises:
@@ -35,6 +38,9 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     """
     import openslide
 
+    threads = renamed_keyword(deprecated, "open_slide", "workers", "threads", threads)
+    if deprecated:
+        raise TypeError(f"open_slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     path = Path(path)
     if backend not in SLIDE_BACKENDS:
         raise SlideError(path, f"backend={backend!r}: expected one of {', '.join(SLIDE_BACKENDS)}")
@@ -42,22 +48,22 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", workers: int |
     if problem:
         raise SlideError(path, problem)
     if backend == "image":
-        return ImageSlide(path, workers)
+        return ImageSlide(path, threads)
     vendor = openslide.OpenSlide.detect_format(os.fspath(path))
     if vendor is None:
         if backend != "auto":
             raise SlideError(path, f"backend={backend!r}: OpenSlide does not recognise this file")
         with explained(path, "tifffile"):  # tifffile's warnings and Pillow's: the reason, or the log
             _not_a_broken_slide(path)
-            return ImageSlide(path, workers)
+            return ImageSlide(path, threads)
     if backend == "openslide" or vendor not in VENDORS:
         if backend == "tiff":
             raise SlideError(path, f"backend='tiff': vendor {vendor!r} is not a plain tiled TIFF")
-        return OpenSlideSlide(path, workers)
-    slide = TiffSlide(path, workers)
+        return OpenSlideSlide(path, threads)
+    slide = TiffSlide(path, threads)
     if backend == "auto" and not slide.direct_levels:
         slide.close()
-        return OpenSlideSlide(path, workers)
+        return OpenSlideSlide(path, threads)
     return slide
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
+from .. import ops
 from ..errors import SlideError
 from .level import LevelView
 from .slide import OnPart
@@ -90,7 +91,7 @@ class SlideRows:
         jobs = self.view.jobs(0, y, self.view.dimensions[0], h, _host_view(out), self.on_part)
         if self.device != "cpu":
             jobs = _after_device_reads(jobs, self.device)
-        if self.view.slide.workers == 1:  # one thread in all: decode now, in the caller's thread
+        if self.view.slide.threads == 1:  # one thread in all: decode now, in the caller's thread
             done: Future = Future()
             try:
                 for job in jobs:
@@ -140,11 +141,6 @@ class Band:
     rows: range
 
 
-def grid_rows(height: int, tile_size: int, stride: int) -> int:
-    """Whole tiles of ``tile_size`` at ``stride`` along a side of ``height`` pixels (0 if none fit)."""
-    return 0 if height < tile_size else (height - tile_size) // stride + 1
-
-
 def read_bands(
     view: LevelView, tile_size: int, stride: int, margin: int = 0, *,
     chunk_bytes: int | None = None, prefetch: int = CHUNKS_AHEAD, rows: Rows | None = None,
@@ -165,9 +161,9 @@ def read_bands(
             tall on a level a million pixels wide), found before anything is allocated.
     """
     width, height = view.dimensions
-    n_rows = grid_rows(height, tile_size, stride)
-    if n_rows == 0:
+    if height < tile_size:  # no whole tile row: nothing to read (ops.grid_shape would raise)
         return
+    n_rows = ops.grid_shape(height, tile_size, tile_size, stride)[0]  # the rows only: any width that fits a tile
     end = min(height, (n_rows - 1) * stride + tile_size + margin)  # no row below this is needed
     rows = rows or SlideRows(view)
     align = view.row_alignment

@@ -60,7 +60,7 @@ def open_rows(view: LevelView, decode: str = "auto", device: str = "cpu", decode
     owned = decoder is None
     try:
         if decoder is None:
-            decoder = NvDecoder("cpu" if decode == "nvimgcodec-cpu" else device, slide.workers)
+            decoder = NvDecoder("cpu" if decode == "nvimgcodec-cpu" else device, slide.threads)
         check_level(decoder, slide, view.level, offset)
     except (HistofastError, SlideError) as e:
         if owned and decoder is not None:
@@ -85,8 +85,8 @@ class RegionReader:
     through nvImageCodec (one decoder, created on first use) where it reads the view, else the slide's
     own decoders in ``pool``. Whether nvImageCodec reads a slide's level is settled once per level."""
 
-    def __init__(self, decode: str, device: str, workers: int) -> None:
-        self.decode, self.device, self.workers = check_decode(decode, device), device, workers
+    def __init__(self, decode: str, device: str, threads: int) -> None:
+        self.decode, self.device, self.threads = check_decode(decode, device), device, threads
         self._decoder: NvDecoder | None = None
         self._levels: dict[tuple[str, int], int] = {}  # (path, level) → IFD offset, 0: the CPU decoders
 

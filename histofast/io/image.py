@@ -6,11 +6,12 @@ import logging
 import os
 import warnings
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import SlideError
+from ..renamed import renamed_keyword
 from ..utils.noise import explained
 from .slide import Job, OnPart, Slide, composite_on_white
 
@@ -25,9 +26,12 @@ class ImageSlide(Slide):
 
     backend = "image"
 
-    def __init__(self, path: str | os.PathLike, workers: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, **deprecated: Any) -> None:
         from PIL import Image
 
+        threads = renamed_keyword(deprecated, "ImageSlide", "workers", "threads", threads)
+        if deprecated:
+            raise TypeError(f"ImageSlide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
         with explained(path, "Pillow", python_warnings=True):  # a damaged TIFF's tags: "Corrupt EXIF data"
             im = _opened(path)
         with im:
@@ -42,7 +46,7 @@ class ImageSlide(Slide):
             with quiet:
                 self._pixels = _decoded(im, path)
         h, w = self._pixels.shape[:2]
-        super().__init__(path, [(w, h)], [1.0], {"openslide.vendor": "", "histofast.format": fmt}, workers)
+        super().__init__(path, [(w, h)], [1.0], {"openslide.vendor": "", "histofast.format": fmt}, threads)
 
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
               on_part: OnPart | None = None) -> list[Job]:

@@ -94,12 +94,12 @@ class NvDecoder:
     Args:
         device: "cpu" (nvImageCodec's CPU backends, into numpy arrays) or "cuda[:i]" (its GPU backends,
             into torch tensors on that device).
-        workers: CPU threads nvImageCodec may use (default: all cores).
+        threads: CPU threads nvImageCodec may use (default: all cores).
     Raises:
         HistofastError: nvImageCodec is not installed, or its decoder cannot be created here.
     """
 
-    def __init__(self, device: str = "cpu", workers: int | None = None) -> None:
+    def __init__(self, device: str = "cpu", threads: int | None = None) -> None:
         try:
             nv = _module()
         except ImportError:
@@ -108,7 +108,7 @@ class NvDecoder:
         self.gpu = device != "cpu"
         self.name = "nvimgcodec-gpu" if self.gpu else "nvimgcodec-cpu"
         self._nv = nv
-        threads = workers or os.cpu_count() or 1
+        threads = threads or os.cpu_count() or 1
         with stderr_captured() as noise:
             try:
                 if self.gpu:

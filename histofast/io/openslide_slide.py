@@ -5,10 +5,12 @@ thread-safe), and composited onto white where OpenSlide reports transparent pixe
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from ..errors import SlideError
+from ..renamed import renamed_keyword
 from ..utils.noise import explained
 from .slide import Job, OnPart, Slide, composite_on_white
 
@@ -20,10 +22,13 @@ class OpenSlideSlide(Slide):
 
     backend = "openslide"
 
-    def __init__(self, path: str | os.PathLike, workers: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, **deprecated: Any) -> None:
+        threads = renamed_keyword(deprecated, "OpenSlideSlide", "workers", "threads", threads)
+        if deprecated:
+            raise TypeError(f"OpenSlideSlide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
         self._osr = opened_by_openslide(path)
         super().__init__(path, self._osr.level_dimensions, self._osr.level_downsamples,
-                         self._osr.properties, workers)
+                         self._osr.properties, threads)
 
     def tile_shape(self, level: int) -> tuple[int, int]:
         get = self.properties.get

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ..errors import HistofastError, SlideError
+from ..renamed import renamed_attribute, renamed_keyword
 
 # A job fills part of a region buffer; a region read is a list of independent jobs so a thread pool
 # (or the band streamer's prefetch) can run them in any order.
@@ -42,15 +43,24 @@ class Slide:
         level_dimensions: Iterable[tuple[int, int]],
         level_downsamples: Iterable[float],
         properties: Mapping[str, str],
-        workers: int | None = None,
+        threads: int | None = None,
+        **deprecated: Any,
     ) -> None:
+        threads = renamed_keyword(deprecated, "Slide", "workers", "threads", threads)
+        if deprecated:
+            raise TypeError(f"Slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
         self.path = Path(path)
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in level_downsamples)
         self.properties: dict[str, str] = dict(properties)
-        self.workers = workers or os.cpu_count() or 1
+        self.threads = threads or os.cpu_count() or 1  # decode threads
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+
+    @property
+    def workers(self) -> int:
+        """0.x's name of ``threads`` (read with a ``FutureWarning``)."""
+        return renamed_attribute(self, "workers", "threads")
 
     # -- what the slide is -------------------------------------------------------------------
     @property
@@ -152,7 +162,7 @@ class Slide:
 
     def run(self, jobs: list[Job]) -> None:
         """Run jobs in the slide's thread pool and wait; the first failure is raised."""
-        if len(jobs) <= 1 or self.workers == 1:
+        if len(jobs) <= 1 or self.threads == 1:
             for job in jobs:
                 job()
             return
@@ -161,9 +171,9 @@ class Slide:
 
     @property
     def pool(self) -> ThreadPoolExecutor:
-        """The decode thread pool (``workers`` threads), created on first use."""
+        """The decode thread pool (``threads`` threads), created on first use."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="histofast-decode")
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="histofast-decode")
         return self._pool
 
     def thumbnail(self, max_size: tuple[int, int] = (1024, 1024)) -> np.ndarray:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from .. import ops
 from ..errors import HistofastError, SlideError
+from ..renamed import renamed_keyword
 from ..utils.noise import explained
 from .openslide_slide import OpenSlideSlide
 from .slide import BACKGROUND, Job, OnPart
@@ -38,10 +39,13 @@ class TiffSlide(OpenSlideSlide):
 
     backend = "tiff"
 
-    def __init__(self, path: str | os.PathLike, workers: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, **deprecated: Any) -> None:
         import tifffile
 
-        super().__init__(path, workers)
+        threads = renamed_keyword(deprecated, "TiffSlide", "workers", "threads", threads)
+        if deprecated:
+            raise TypeError(f"TiffSlide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
+        super().__init__(path, threads)
         try:
             with explained(path, "tifffile"):
                 self._tif = tifffile.TiffFile(os.fspath(path))

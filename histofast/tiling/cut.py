@@ -4,16 +4,18 @@
 (a no-op for a grid already scored), then ``ops.augment`` on the band's kept tiles."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from .. import ops
-from ..augment import Augment
-from ..checks import check_count, check_device
+from ..checks import check_count
 from ..io.bands import Band, Rows, read_bands
 from ..io.level import LevelView
+from ..renamed import renamed_attribute
+from ..specs import BatchFormat
 from .buffers import BatchBuffers, to_device
 
 
@@ -36,87 +38,90 @@ class TileBatch:
     Attributes:
         images: the tiles as ``ops.augment`` lays them out ((n, T, T, 3) uint8 by default), numpy on
             the CPU or a torch tensor on a CUDA device.
-        coords: int64 (n, 2) level-0 (x, y); level_coords: int64 (n, 2) grid-pixel (x, y).
+        coords: int64 (n, 2) level-0 (x, y); grid_coords: int64 (n, 2) grid-pixel (x, y) (0.x: ``level_coords``).
         white_ratio: float32 (n,).
         index: int64 (n,) ordinal of each tile among the kept tiles (its augmentation counter).
     """
 
     images: Any
     coords: np.ndarray
-    level_coords: np.ndarray
+    grid_coords: np.ndarray
     white_ratio: np.ndarray
     index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def level_coords(self) -> np.ndarray:
+        """Deprecated name of ``grid_coords``."""
+        return renamed_attribute(self, "level_coords", "grid_coords")
 
-def check_cut_options(
-    batch_size: int = 64, augment: Augment | None = None, epoch: int = 0, out_dtype: str = "uint8",
-    layout: str = "NHWC", mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-    device: str = "cpu",
-) -> None:
-    """Raise for a bad ``cut`` option (keyword names as ``iter_tiles`` takes them)."""
-    check_count(batch_size, "batch_size")
-    if augment is not None and not isinstance(augment, Augment):
-        raise TypeError(f"augment: expected a histofast.Augment or None, got {type(augment).__name__}")
-    check_count(epoch, "epoch", 0)
-    ops.check_batch_format(out_dtype, layout, mean, std)
-    check_device(device)
+
+TILE_FORMAT = {"augment": None, "out_dtype": "uint8", "layout": "NHWC"}  # iter_tiles' defaults: the plain tiles
+
+
+def tile_format(options: dict[str, Any]) -> tuple[BatchFormat, int]:
+    """The ``BatchFormat`` and epoch of ``iter_tiles``' (and ``TileGrid.tiles``') keywords: ``epoch`` and
+    ``BatchFormat``'s, with ``TILE_FORMAT`` as defaults; another keyword raises ``TypeError`` naming it."""
+    options = dict(options)
+    epoch = check_count(options.pop("epoch", 0), "epoch", 0)
+    unknown = set(options) - {f.name for f in dataclasses.fields(BatchFormat)}
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))} (the batch format takes "
+                        f"{', '.join(f.name for f in dataclasses.fields(BatchFormat))}, and epoch)")
+    return BatchFormat(**{**TILE_FORMAT, **options}), epoch
 
 
 def cut(
     view: LevelView,
     grid: ScoredGrid,
     score: Callable[[Band], None],
-    *,
-    batch_size: int = 64,
-    augment: Augment | None = None,
+    batch_format: BatchFormat,
     epoch: int = 0,
-    out_dtype: str = "uint8",
-    layout: str = "NHWC",
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
     device: str = "cpu",
     rows: Rows | None = None,
 ) -> Iterator[TileBatch]:
-    """Cut the kept tiles of ``grid`` band by band; ``score(band)`` fills the band's rows of the grid's
-    white ratio first (a no-op when the grid is already scored). ``rows`` decodes the view (default: the
-    slide's own decoders)."""
-    check_cut_options(batch_size, augment, epoch, out_dtype, layout, mean, std, device)
+    """Cut the kept tiles of ``grid`` band by band into batches of ``batch_format`` (``epoch``: the augmentation
+    draw); ``score(band)`` fills the band's rows of the grid's white ratio first (a no-op when the grid is
+    already scored). ``rows`` decodes the view (default: the slide's own decoders); ``device`` is resolved.
+    ``augment="preset"`` is no augmentation here (there is no preset)."""
+    f = batch_format.resolved(None)
+    augment = f.augment
     t, stride = grid.tile_size, grid.stride
     reach = augment.reach(t) if augment is not None else 0
     height = view.dimensions[1]
-    shape = (batch_size, 3, t, t) if layout == "NCHW" else (batch_size, t, t, 3)
-    buffers = BatchBuffers(shape, out_dtype, device)
+    shape = (f.batch_size, 3, t, t) if f.layout == "NCHW" else (f.batch_size, t, t, 3)
+    buffers = BatchBuffers(shape, f.out_dtype, device)
     batch, filled, done = None, 0, 0
     parts: list[tuple[np.ndarray, ...]] = []
 
     for band in read_bands(view, t, stride, reach, rows=rows):
         score(band)
         keep = grid.keep[band.rows.start : band.rows.stop]
-        rows, cols = np.nonzero(keep)
-        if len(rows) == 0:
+        tile_rows, tile_cols = np.nonzero(keep)
+        if len(tile_rows) == 0:
             continue
-        rows += band.rows.start
+        tile_rows += band.rows.start
         # The band rows this band's tiles can read; reflection only happens at the view's borders.
         top = max(0, band.rows.start * stride - reach)
         bottom = min(height, (band.rows.stop - 1) * stride + t + reach)
         region = to_device(band.pixels[top - band.y0 : bottom - band.y0], device)
-        origins = np.stack([cols * stride, rows * stride - top], 1).astype(np.int64)
-        ratio = grid.white_ratio[rows, cols]
-        level_xy = np.stack([cols, rows], 1).astype(np.int64) * stride
+        origins = np.stack([tile_cols * stride, tile_rows * stride - top], 1).astype(np.int64)
+        ratio = grid.white_ratio[tile_rows, tile_cols]
+        grid_xy = np.stack([tile_cols, tile_rows], 1).astype(np.int64) * stride
         k = 0
-        while k < len(rows):
+        while k < len(tile_rows):
             if batch is None:
                 batch, filled, parts = buffers.take(), 0, []
-            n = min(batch_size - filled, len(rows) - k)
+            n = min(f.batch_size - filled, len(tile_rows) - k)
             params = augment.draw(n, epoch=epoch, start=done) if augment is not None else {}
-            ops.augment(region, origins[k : k + n], t, **params, mean=mean, std=std, out_dtype=out_dtype,
-                        layout=layout, out=batch[filled : filled + n], threads=view.slide.workers)
-            parts.append((level_xy[k : k + n], ratio[k : k + n], np.arange(done, done + n)))
+            ops.augment(region, origins[k : k + n], t, **params, mean=f.mean, std=f.std, out_dtype=f.out_dtype,
+                        layout=f.layout, out=batch[filled : filled + n], threads=view.slide.threads)
+            parts.append((grid_xy[k : k + n], ratio[k : k + n], np.arange(done, done + n)))
             filled, done, k = filled + n, done + n, k + n
-            if filled == batch_size:
+            if filled == f.batch_size:
                 yield _batch(batch, parts, grid.downsample)
                 batch = None
     if batch is not None:
@@ -124,5 +129,5 @@ def cut(
 
 
 def _batch(images: Any, parts: list, downsample: float) -> TileBatch:
-    level_xy, ratio, index = (np.concatenate(p) for p in zip(*parts))
-    return TileBatch(images, np.floor(level_xy * downsample + 0.5).astype(np.int64), level_xy, ratio, index)
+    grid_xy, ratio, index = (np.concatenate(p) for p in zip(*parts))
+    return TileBatch(images, np.floor(grid_xy * downsample + 0.5).astype(np.int64), grid_xy, ratio, index)

@@ -1,6 +1,5 @@
 """``TileGrid``: the tiles of ``tile_size`` at ``stride`` over one slide level and which of them are
-tissue, by the paper's OpenCV HSV test; saved and read back as CSV. ``check_grid_args`` checks a grid's
-arguments before any slide is read."""
+tissue, by the paper's OpenCV HSV test; saved and read back as CSV."""
 from __future__ import annotations
 
 import csv
@@ -11,14 +10,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .. import ops
-from ..checks import check_count, check_device, check_fraction
+from ..checks import check_device, check_fraction
 from ..errors import HistofastError
 from ..io import Slide, opened
 from ..io.decode import open_rows
 from ..io.level import LevelView
+from ..renamed import renamed_attribute
 from ..utils.atomic import atomic_open
-from .cut import cut
+from .cut import cut, tile_format
 
 if TYPE_CHECKING:
     from .cut import TileBatch
@@ -39,7 +38,7 @@ class TileGrid:
             tile at grid pixels (x, y) = (j·stride, i·stride).
         keep: bool (rows, cols), ``white_ratio <= max_white``.
         coords: int64 (N, 2) level-0 (x, y) of the N kept tiles, row-major; ``len(grid) == N``.
-        level_coords: int64 (N, 2) grid-pixel (x, y) of the kept tiles.
+        grid_coords: int64 (N, 2) grid-pixel (x, y) of the kept tiles (0.x: ``level_coords``).
         downsample: level-0 pixels per grid pixel; mpp: µm per grid pixel (None when unknown).
         decoder: what decoded the pixels: the slide backend ("tiff", "openslide", "image") or
             "nvimgcodec-gpu" / "nvimgcodec-cpu" ("" for a grid read from CSV).
@@ -66,13 +65,18 @@ class TileGrid:
         return self.white_ratio <= self.max_white
 
     @property
-    def level_coords(self) -> np.ndarray:
+    def grid_coords(self) -> np.ndarray:
         rows, cols = np.nonzero(self.keep)
         return np.stack([cols, rows], 1).astype(np.int64) * self.stride
 
     @property
+    def level_coords(self) -> np.ndarray:
+        """Deprecated name of ``grid_coords`` (grid pixels, which are level pixels only without resampling)."""
+        return renamed_attribute(self, "level_coords", "grid_coords")
+
+    @property
     def coords(self) -> np.ndarray:
-        return np.floor(self.level_coords * self.downsample + 0.5).astype(np.int64)
+        return np.floor(self.grid_coords * self.downsample + 0.5).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.keep.sum())
@@ -99,13 +103,13 @@ class TileGrid:
         Yields:
             ``TileBatch``es of the kept tiles in row-major order.
         """
-        decode = options.pop("decode", "auto")
+        decode, device = options.pop("decode", "auto"), check_device(options.pop("device", "cpu"))
+        batch, epoch = tile_format(options)
         with opened(self.slide_path if slide is None else slide) as s:
             view = self.view(s)
-            options["device"] = check_device(options.get("device", "cpu"))
-            rows = open_rows(view, decode, options["device"])
+            rows = open_rows(view, decode, device)
             try:
-                yield from cut(view, self, lambda band: None, rows=rows, **options)
+                yield from cut(view, self, lambda band: None, batch, epoch, device=device, rows=rows)
             finally:
                 rows.close()
 
@@ -140,14 +144,3 @@ class TileGrid:
         return cls(first["slide"], int(first["level"]), int(first["tile_size"]), stride, ratio,
                    float(first["max_white"]), float(first["downsample"]), float(first["scale"]),
                    float(first["mpp"]) if first["mpp"] else None)
-
-
-_WHITE = np.full((1, 1, 3), 255, np.uint8)
-
-
-def check_grid_args(tile_size: Any, stride: Any, hsv_lower: Any, hsv_upper: Any, max_white: Any) -> None:
-    """Raise ``HistofastError`` naming the first bad grid argument (no slide needed)."""
-    check_count(tile_size, "tile_size", unit="pixels")
-    check_count(stride, "stride", unit="pixels")
-    ops.white_ratio(_WHITE, 1, 1, hsv_lower, hsv_upper, threads=1)  # checks the HSV bounds once, not per band
-    check_fraction(max_white, "max_white")

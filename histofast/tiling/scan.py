@@ -10,30 +10,30 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .. import ops
-from ..checks import check_device
+from ..checks import check_count, check_device
 from ..errors import SmallerThanTileError
 from ..io import Slide, opened
 from ..io.bands import Band, Rows, SlideRows, read_bands
 from ..io.decode import open_rows
 from ..io.level import LevelView, select_level
-from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER
+from ..specs import BatchFormat, GridSpec
 from .buffers import to_device
 from .counts import WhiteCounts
-from .cut import TileBatch, check_cut_options, cut
-from .grid import TileGrid, check_grid_args
+from .cut import TileBatch, cut, tile_format
+from .grid import TileGrid
 
 
 def tile_grid(
     slide: Slide | str | os.PathLike,
-    tile_size: int = 512,
-    stride: int | None = None,
+    tile_size: int = GridSpec.tile_size,
+    stride: int | None = GridSpec.stride,
     *,
-    level: int | None = None,
-    mpp: float | None = None,
-    magnification: float | None = None,
-    hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
-    hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
-    max_white: float = 0.5,
+    level: int | None = GridSpec.level,
+    mpp: float | None = GridSpec.mpp,
+    magnification: float | None = GridSpec.magnification,
+    hsv_lower: Sequence[int] = GridSpec.hsv_lower,
+    hsv_upper: Sequence[int] = GridSpec.hsv_upper,
+    max_white: float = GridSpec.max_white,
     device: str = "cpu",
     decode: str = "auto",
     progress: Any = None,
@@ -48,10 +48,9 @@ def tile_grid(
 
     Args:
         slide: an open ``Slide`` or a path.
-        tile_size, stride: grid pixels (stride defaults to tile_size); only whole tiles, origin (0, 0).
-        level / mpp / magnification: at most one; see ``histofast.io.level.select_level``. Default level 0.
-        hsv_lower, hsv_upper: OpenCV 8-bit HSV bounds of "white" (H 0–180, S and V 0–255), inclusive.
-        max_white: keep tiles whose white fraction is at most this, in [0, 1].
+        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white: the grid, as
+            ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles, origin
+            (0, 0); at most one of level / mpp / magnification, default level 0).
         device: "cpu" or "cuda[:i]": where ``white_ratio`` runs (and, decoding on the GPU, the pixels land).
         decode: "auto" (nvImageCodec on the GPU when ``device`` is CUDA, ``pip install 'histofast[gpu]'``
             is installed and it reads the level; else the CPU decoders), "cpu", "gpu" (an error when it
@@ -63,9 +62,15 @@ def tile_grid(
         SlideError: the level is smaller than one tile (``histofast tile`` reports such a slide as 0 tiles
             with a warning instead), or the slide cannot be read.
     """
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white)
+    return scan_grid(slide, spec, device=device, decode=decode, progress=progress)
+
+
+def scan_grid(slide: Slide | str | os.PathLike, grid: GridSpec, *, device: str = "cpu", decode: str = "auto",
+              progress: Any = None) -> TileGrid:
+    """``tile_grid`` for a ``GridSpec``."""
     with opened(slide) as s:
-        view, rows, score = _scorer(s, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper,
-                                    max_white, device, decode, deferred=True)
+        view, rows, score = _scorer(s, grid, device, decode, deferred=True)
         try:
             if score.counts is not None:  # on the CPU: decoded pixels are counted and dropped, no bands
                 _scan(view, score, progress)
@@ -87,7 +92,7 @@ def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
     n_rows = grid.white_ratio.shape[0]
     jobs = view.scan_jobs((n_rows - 1) * grid.stride + grid.tile_size, counts)
     slide = view.slide
-    futures = [(rows, slide.pool.submit(job)) for rows, job in jobs] if slide.workers > 1 else None
+    futures = [(rows, slide.pool.submit(job)) for rows, job in jobs] if slide.threads > 1 else None
     done = 0
     try:
         for k, (rows, job) in enumerate(jobs):
@@ -110,15 +115,15 @@ def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
 
 def iter_tiles(
     slide: Slide | str | os.PathLike,
-    tile_size: int = 512,
-    stride: int | None = None,
+    tile_size: int = GridSpec.tile_size,
+    stride: int | None = GridSpec.stride,
     *,
-    level: int | None = None,
-    mpp: float | None = None,
-    magnification: float | None = None,
-    hsv_lower: Sequence[int] = DEFAULT_HSV_LOWER,
-    hsv_upper: Sequence[int] = DEFAULT_HSV_UPPER,
-    max_white: float = 0.5,
+    level: int | None = GridSpec.level,
+    mpp: float | None = GridSpec.mpp,
+    magnification: float | None = GridSpec.magnification,
+    hsv_lower: Sequence[int] = GridSpec.hsv_lower,
+    hsv_upper: Sequence[int] = GridSpec.hsv_upper,
+    max_white: float = GridSpec.max_white,
     device: str = "cpu",
     decode: str = "auto",
     **options: Any,
@@ -131,22 +136,29 @@ def iter_tiles(
     Args:
         slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device, decode:
             as for ``tile_grid``.
-        options:
+        options: ``epoch`` (the augmentation epoch, default 0) and the batch format, as ``histofast.BatchFormat``
+            takes it, with the plain tiles as defaults (``TILE_FORMAT``: uint8 NHWC, no normalisation):
             batch_size: tiles per batch (default 64; the last batch may be smaller).
             augment: an ``Augment`` (tile k of the epoch gets draw k), or None for the plain tiles.
-            epoch: the augmentation epoch.
-            out_dtype, layout, mean, std: as for ``ops.augment`` (default uint8 NHWC, no normalisation).
+            out_dtype, layout, mean, std: as for ``ops.augment``.
     Returns:
         A ``TileIterator``: iterate it for ``TileBatch``es of the kept tiles in row-major order, on
         ``device``; its ``grid`` is complete once the batches are exhausted; its ``decoder`` says what decodes.
     Raises:
         SlideError: as ``tile_grid``, at the call (a level smaller than one tile, an unreadable slide).
     """
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white)
+    batch, epoch = tile_format(options)
+    return scan_tiles(slide, spec, batch, epoch=epoch, device=device, decode=decode)
+
+
+def scan_tiles(slide: Slide | str | os.PathLike, grid: GridSpec, batch: BatchFormat, *, epoch: int = 0,
+               device: str = "cpu", decode: str = "auto") -> "TileIterator":
+    """``iter_tiles`` for a ``GridSpec`` and a ``BatchFormat``."""
+    check_count(epoch, "epoch", 0)
     source = opened(slide)
     try:
-        check_cut_options(**options)
-        view, rows, score = _scorer(source.slide, tile_size, stride, level, mpp, magnification, hsv_lower,
-                                    hsv_upper, max_white, device, decode)
+        view, rows, score = _scorer(source.slide, grid, device, decode)
     except BaseException:
         source.__exit__()
         raise
@@ -154,7 +166,7 @@ def iter_tiles(
     def batches() -> Iterator[TileBatch]:
         with source:
             try:
-                yield from cut(view, score.grid, score, device=score.device, rows=rows, **options)  # resolved
+                yield from cut(view, score.grid, score, batch, epoch, device=score.device, rows=rows)  # resolved
             finally:
                 rows.close()
 
@@ -196,26 +208,15 @@ def _band_ratio(band: Band, tile_size: int, stride: int, lower: Any, upper: Any,
     return ratio if isinstance(ratio, np.ndarray) else ratio.cpu().numpy()
 
 
-def _setup(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any,
-           lower: Any, upper: Any, max_white: Any) -> tuple[LevelView, int, int]:
-    """Validate the grid arguments (before anything is decoded) and choose the view."""
-    stride = tile_size if stride is None else stride
-    check_grid_args(tile_size, stride, lower, upper, max_white)
-    view = select_level(slide, level, mpp, magnification)
-    width, height = view.dimensions
-    if tile_size > min(width, height):
-        raise SmallerThanTileError(slide.path, view.level, (width, height), tile_size)
-    return view, int(tile_size), int(stride)
-
-
 class _Score:
     """``score(band)`` fills the band's rows of the grid's white ratio: from white pixels counted as they were
     decoded (``counts``, on the CPU), or by ``ops.white_ratio`` over the band. ``deferred`` on a GPU, it fills a
     device copy instead and ``finish`` brings the whole grid back once (no host round trip per band)."""
 
-    def __init__(self, grid: TileGrid, lower: Any, upper: Any, device: str, deferred: bool, threads: int,
+    def __init__(self, grid: TileGrid, spec: GridSpec, device: str, deferred: bool, threads: int,
                  counts: WhiteCounts | None = None) -> None:
-        self.grid, self.ratio, self.lower, self.upper, self.device = grid, grid.white_ratio, lower, upper, device
+        self.grid, self.ratio, self.device = grid, grid.white_ratio, device
+        self.lower, self.upper = spec.hsv_lower, spec.hsv_upper
         self.tile_size, self.stride = grid.tile_size, grid.stride
         self.threads, self.counts = threads, counts
         self._on_device = None
@@ -241,23 +242,26 @@ class _Score:
             self.ratio[...] = self._on_device.cpu().numpy()
 
 
-def _scorer(slide: Slide, tile_size: Any, stride: Any, level: Any, mpp: Any, magnification: Any, lower: Any,
-            upper: Any, max_white: Any, device: Any, decode: Any,
+def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str,
             deferred: bool = False) -> tuple[LevelView, Rows, _Score]:
     """The view, what decodes its rows (close it) and the ``_Score`` of an unscored grid (white ratio 1.0);
-    arguments are checked before anything is decoded."""
-    view, tile_size, stride = _setup(slide, tile_size, stride, level, mpp, magnification, lower, upper, max_white)
+    the view's size and ``device``/``decode`` are checked before anything is decoded."""
+    view = select_level(slide, *spec.view_args())
+    width, height = view.dimensions
+    tile_size, stride = spec.tile_size, spec.stride
+    if tile_size > min(width, height):
+        raise SmallerThanTileError(slide.path, view.level, (width, height), tile_size)
     device = check_device(device)
     rows = open_rows(view, decode, device)  # checks decode= first
-    ratio = np.ones(ops.grid_shape(view.dimensions[1], view.dimensions[0], tile_size, stride), np.float32)
-    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, float(max_white), view.downsample,
+    ratio = np.ones(ops.grid_shape(height, width, tile_size, stride), np.float32)
+    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, spec.max_white, view.downsample,
                     view.scale, view.mpp, rows.name)
     counts = None
     if device == "cpu" and isinstance(rows, SlideRows) and WhiteCounts.fits(view.dimensions, tile_size, stride):
-        counts = WhiteCounts(view.dimensions, tile_size, stride, lower, upper)  # counted as decoded
+        counts = WhiteCounts(view.dimensions, tile_size, stride, spec.hsv_lower, spec.hsv_upper)  # counted as decoded
         rows.on_part = counts
     try:
-        return view, rows, _Score(grid, lower, upper, device, deferred, slide.workers, counts)
+        return view, rows, _Score(grid, spec, device, deferred, slide.threads, counts)
     except BaseException:
         rows.close()
         raise

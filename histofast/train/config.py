@@ -9,6 +9,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +17,8 @@ from typing import Any, Mapping
 from ..checks import check_count
 from ..errors import HistofastError
 from ..ops import IMAGENET_MEAN, IMAGENET_STD
+from ..renamed import renamed_keyword
+from ..specs import GridSpec
 
 OPTIMIZERS = {"adam": 1e-3, "sgd": 0.01}  # default learning rates: the two-level seed's Adam, the paper's SGD
 AMP = ("auto", "bf16", "fp16", "off")
@@ -80,15 +83,20 @@ class TrainConfig:
     sync_bn: bool = _opt("under torchrun on GPUs: BatchNorm statistics over all ranks' batches (SyncBatchNorm), as one "
                          "process with the whole batch would have them", False)
     backend: str = _opt("Pipeline backend: auto, dali or torch", "auto", choices=("auto", "dali", "torch"))
-    workers: int | None = _opt("Pipeline lanes (threads); default CPU cores, at most 4")
+    lanes: int | None = _opt("Pipeline lanes (threads; for TFRecord data DALI's reader threads); default CPU cores, "
+                             "at most 4")
     max_batches: int | None = _opt("stop each epoch after this many batches (smoke tests)")
+    workers: dataclasses.InitVar[int | None] = None  # 0.x's name of lanes: TrainConfig(workers=…) for one release
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, workers: int | None) -> None:
+        if workers is not None:
+            self.lanes = renamed_keyword({"workers": workers}, "TrainConfig", "workers", "lanes", self.lanes)
         if not self.data:
             raise HistofastError("data: required (a manifest CSV, class-folder directory or TFRecord folder)")
-        for name in ("tile_size", "batch_size", "epochs", "log_interval"):
+        self.grid  # noqa: B018 (checks the grid settings, as GridSpec does everywhere)
+        for name in ("batch_size", "epochs", "log_interval"):
             check_count(getattr(self, name), name)
-        for name in ("stride", "image_size", "input_size", "max_batches", "workers"):
+        for name in ("image_size", "input_size", "max_batches", "lanes"):
             if getattr(self, name) is not None:
                 check_count(getattr(self, name), name)
         check_count(self.seed, "seed", 0)
@@ -111,6 +119,12 @@ class TrainConfig:
             raise HistofastError(f"classes={self.classes}: need at least two distinct class names")
 
     @property
+    def grid(self) -> GridSpec:
+        """The grid of the training samples (patches, for images): this config's grid settings as a ``GridSpec``."""
+        return GridSpec(self.tile_size, self.stride, self.level, self.mpp, self.magnification,
+                        max_white=self.max_white)
+
+    @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else OPTIMIZERS[self.optimizer]
 
@@ -122,6 +136,11 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """A config from ``values``; unknown keys are an error naming ``source``."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "workers" in values:  # 0.x's name of lanes (checkpoints and config files of 0.x)
+            values = {k: v for k, v in values.items() if k != "workers"} | {"lanes": values["workers"]}
+            if not source.startswith("checkpoint"):
+                warnings.warn(f"{source}: 'workers' is renamed 'lanes'; 'workers' goes in the next release",
+                              FutureWarning, stacklevel=2)
         unknown = sorted(set(values) - names)
         if unknown:
             raise HistofastError(f"{source}: unknown keys {', '.join(unknown)}; the keys are those of "
@@ -188,6 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field (``data`` positional, optional when ``--config`` names it), plus
     ``--config FILE``."""
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file with any of these keys; flags override it")
+    parser.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # 0.x's --lanes
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, options = _parser_type(hints[f.name])
@@ -209,6 +229,9 @@ def _show(value: Any) -> str:
 def given_values(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig keys of ``--config FILE`` with the flags given on top."""
     values = read_config_file(args.config) if args.config else {}
+    if getattr(args, "workers", None) is not None:
+        warnings.warn("--workers: renamed --lanes; --workers goes in the next release", FutureWarning, stacklevel=2)
+        values["lanes"] = args.workers
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:

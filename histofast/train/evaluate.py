@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..renamed import renamed_keyword
 from ..utils.atomic import atomic_open
 from . import metrics, plots
 from .checkpoint import model_from_checkpoint, read_checkpoint
@@ -36,8 +37,8 @@ class Evaluation:
 
 
 def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str | os.PathLike | None = None,
-             device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-             progress: bool | None = None) -> Evaluation:
+             device: str = "auto", batch_size: int | None = None, lanes: int | None = None,
+             progress: bool | None = None, **deprecated: Any) -> Evaluation:
     """Score the model of ``checkpoint`` (``best.pt``/``last.pt`` of ``fit``) on ``data``.
 
     Tiles or images are cut as in training (same tile size, stride, level, white test, normalisation),
@@ -49,13 +50,16 @@ def evaluate(checkpoint: str | os.PathLike, data: Any, *, tta: int = 1, out: str
         tta: 8 averages the probabilities of the 8 dihedral views of every input.
         out: when given, writes ``metrics.json`` (with the checkpoint, the data and ``tta`` it scored),
             ``slides.csv``, and ``roc_<scope>.png``/``confusion_<scope>.png`` per patch, image, slide.
-        device, batch_size, workers: override the training run's.
+        device, batch_size, lanes: override the training run's (``workers=``: 0.x's name of ``lanes``).
 
     Inside an initialised ``torch.distributed`` process group every rank must call it: each scores its
     shard, the results are gathered (every sample once), every rank returns them, rank 0 alone writes ``out``.
     """
+    lanes = renamed_keyword(deprecated, "evaluate", "workers", "lanes", lanes)
+    if deprecated:
+        raise TypeError(f"evaluate() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     state = read_checkpoint(checkpoint)
-    overrides = {k: v for k, v in (("batch_size", batch_size), ("workers", workers)) if v is not None}
+    overrides = {k: v for k, v in (("batch_size", batch_size), ("lanes", lanes)) if v is not None}
     config = TrainConfig.from_dict({**state["config"], **overrides, "device": device, "max_batches": None},
                                    f"checkpoint {checkpoint}")
     classes = list(state["classes"])

@@ -10,6 +10,7 @@ from ..augment import Augment
 from ..data import resolve, split
 from ..data.pipeline import Pipeline
 from ..errors import HistofastError
+from ..specs import BatchFormat
 from .config import TrainConfig
 
 
@@ -30,17 +31,15 @@ def make_pipeline(config: TrainConfig, source: Any, *, train: bool, classes: lis
     pipelines shuffle and augment, evaluation pipelines do neither (``preset="eval"``). Under torch.distributed
     each rank iterates its shard (taken from the process group when iterating), ``batch_size`` per rank."""
     augment = Augment.parse(config.augment, config.seed) if train else None
-    common = dict(augment=augment, batch_size=config.batch_size, dtype="float32", mean=config.mean, std=config.std,
-                  preset="train" if train else "eval", seed=config.seed, device=device, workers=config.workers)
+    batch = BatchFormat(config.batch_size, augment, "float32", "NCHW", config.mean, config.std)
+    common = dict(batch=batch, preset="train" if train else "eval", seed=config.seed, device=device)
     if is_tfrecord(source):
         if image_size_of(config):
             raise HistofastError(f"data={os.fspath(source)}: TFRecord shards hold tiles; {config.model} with images "
                                  "needs slides or regions (a manifest or class folders)")
-        return Pipeline.from_tfrecord(source, **common)
-    size = image_size_of(config)
-    return Pipeline(source, config.tile_size, config.stride, backend=config.backend, classes=classes,
-                    mode="images" if size else "tiles", image_size=size or 2560, level=config.level, mpp=config.mpp,
-                    magnification=config.magnification, max_white=config.max_white, progress=progress, **common)
+        return Pipeline.from_tfrecord(source, threads=config.lanes, **common)
+    return Pipeline(source, grid=config.grid, backend=config.backend, classes=classes, image_size=image_size_of(config),
+                    lanes=config.lanes, progress=progress, **common)
 
 
 def _check_labelled(source: Any, name: str) -> None:

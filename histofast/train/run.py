@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .._version import __version__
-from ..data._options import default_workers
+from ..data._common import default_lanes
 from ..errors import HistofastError
 from ..models import TwoLevelCNN, build_model, check_model_name, freeze, load_pretrained, load_state
 from ..utils.atomic import atomic_open
@@ -163,8 +163,8 @@ def fit(config: TrainConfig, *, resume: str | os.PathLike | None = None, progres
     if resume is not None:
         state = read_checkpoint(resume)
         saved = TrainConfig.from_dict(state["config"], f"checkpoint {resume}")
-        if config.workers is None:
-            config = dataclasses.replace(config, workers=saved.workers)
+        if config.lanes is None:
+            config = dataclasses.replace(config, lanes=saved.lanes)
         changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESUME_MAY_CHANGE
                    and getattr(saved, f.name) != getattr(config, f.name)]
         if changed:
@@ -210,13 +210,13 @@ def _fit(config: TrainConfig, state: dict[str, Any] | None, resume: str | os.Pat
                     "--out" if held else None)
     else:
         world.agree(None)
-    if world.distributed and config.workers is None:  # the order depends on it: the same on every rank, pinned
-        config = dataclasses.replace(config, workers=world.broadcast(default_workers()))
+    if world.distributed and config.lanes is None:  # the order depends on it: the same on every rank, pinned
+        config = dataclasses.replace(config, lanes=world.broadcast(default_lanes()))
     train_pipe, val_pipe, classes = load_data(config, "cpu" if device.type == "cpu" else str(device), progress)
     if world.main:  # only once there is something to train: a run that cannot start leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
-    if config.workers is None and hasattr(train_pipe, "tile_dataset"):  # the order depends on it: pin it for resume
-        config = dataclasses.replace(config, workers=train_pipe.tile_dataset.workers)
+    if config.lanes is None and hasattr(train_pipe, "tile_dataset"):  # the order depends on it: pin it for resume
+        config = dataclasses.replace(config, lanes=train_pipe.tile_dataset.num_lanes)
     torch.manual_seed(config.seed)
     options = model_options(config)
     model = build_model(config.model, len(classes), **options)

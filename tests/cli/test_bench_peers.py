@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from histofast.benchmark import methods as m
-from histofast.benchmark.options import LABELS, PEERS
+from histofast.benchmark.flags import LABELS, PEERS
 from histofast.benchmark.report import Result, check_results
 from histofast.cli import main
 

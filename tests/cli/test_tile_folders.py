@@ -226,7 +226,7 @@ def slide(tmp_path_factory) -> Path:
         (["--mpp", "0"], "--mpp 0.0: must be a positive number"),
         (["--magnification", "-20"], "--magnification -20.0: must be a positive number"),
         (["--level", "-1"], "--level -1: must be a non-negative integer"),
-        (["--workers", "0"], "--workers 0: must be a positive integer"),
+        (["--threads", "0"], "--threads 0: must be a positive integer"),
         (["--quality", "0"], "--quality 0: must be an integer in 1..100"),
         (["--decode", "gpu"], "--decode 'gpu' decodes into GPU memory: it needs --device 'cuda'"),
     ],
@@ -237,6 +237,15 @@ def test_bad_flags_are_named_as_typed_before_anything_is_written(slide, tmp_path
     err = capsys.readouterr().err
     assert fragment in err and "_" not in err.split(":")[1].split()[0], err
     assert not out.exists()
+
+
+def test_workers_of_0x_is_still_taken_as_threads_with_a_note(slide, tmp_path, capsys):
+    """Issue 22: --threads is the decode/encode threads; 0.x's --workers still works for one release, hidden."""
+    assert main(["tile", os.fspath(slide), "--out", os.fspath(tmp_path / "out"), "--workers", "1"] + TILE) == 0
+    captured = capsys.readouterr()
+    assert "--workers is now --threads" in captured.err and "1 slides tiled" in captured.out
+    help_text = _help(capsys)
+    assert "--threads N decode/encode threads (default: all cores)" in help_text and "--workers" not in help_text
 
 
 def test_a_missing_input_stops_before_out_is_created(slide, tmp_path, capsys):

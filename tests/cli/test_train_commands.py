@@ -13,7 +13,7 @@ from histofast import synth
 from histofast.cli import main
 from histofast.train import read_checkpoint
 
-TRAIN = ["--model", "simple_cnn", "--tile-size", "64", "--batch-size", "16", "--workers", "2", "--backend", "torch",
+TRAIN = ["--model", "simple_cnn", "--tile-size", "64", "--batch-size", "16", "--lanes", "2", "--backend", "torch",
          "--device", "cpu", "--val-fraction", "0.5"]
 
 
@@ -129,7 +129,7 @@ def test_a_train_run_that_cannot_start_names_the_flags_and_leaves_nothing(region
     and no empty --out folder is left behind."""
     out = tmp_path / "run"
     argv = ["train", str(regions / "manifest.csv"), "--out", str(out), "--model", "two_level_cnn", "--tile-size", "64",
-            "--image-size", "2560", "--device", "cpu", "--workers", "1", "--backend", "torch", "--quiet"]
+            "--image-size", "2560", "--device", "cpu", "--lanes", "1", "--backend", "torch", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "smaller than one image (--image-size 2560)" in err and "image_size=" not in err

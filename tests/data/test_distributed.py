@@ -42,7 +42,7 @@ SIZES = {  # slide (width, height) per dataset; kept tiles = Σ (W // 32) · (H 
     383: [(352, 224)] * 4 + [(480, 160)],  # 4 × 77 + 75
     432: [(384, 384)] * 3,  # 3 × 144: the middle slide is truncated after scoring
 }
-OPTIONS = dict(tile_size=TILE, stride=TILE, max_white=1.0, batch_size=BATCH, workers=2)
+OPTIONS = dict(tile_size=TILE, stride=TILE, max_white=1.0, batch_size=BATCH, lanes=2)
 DEADLINE_S = 100  # a rank still running after this prints its stacks and exits
 TIMEOUT_S = 150  # then the whole process group is killed
 

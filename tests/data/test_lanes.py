@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import histofast as hf  # noqa: E402
 from histofast.data import dataset as dataset_module  # noqa: E402
 from histofast.data import lanes  # noqa: E402
-from histofast.data._options import BATCH_KEYS  # noqa: E402
+from histofast.data._common import BATCH_KEYS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def slides(make_slide):
 
 
 def _opts(**kw):
-    return {**dict(tile_size=128, stride=128, batch_size=8, workers=2, progress=False), **kw}
+    return {**dict(tile_size=128, stride=128, batch_size=8, lanes=2, progress=False), **kw}
 
 
 class _FakeCuda(torch.Tensor):
@@ -80,7 +80,7 @@ def test_each_lanes_decoder_lives_across_epochs_until_close(slides, monkeypatch)
             super().close()
 
     monkeypatch.setattr(dataset_module, "RegionReader", Counted)
-    ds = hf.TileDataset(slides, **_opts(workers=2))
+    ds = hf.TileDataset(slides, **_opts(lanes=2))
     first, second = list(ds), list(ds)
     assert len(first) == len(second) == len(ds)
     assert len(made) == 2 and closed == []  # one per lane, kept for the next epoch

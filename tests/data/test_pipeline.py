@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from common import EXACT_ATOL, augment_reference  # noqa: E402
 
 import histofast as hf  # noqa: E402
-from histofast.data import _options  # noqa: E402
+from histofast.data import _common  # noqa: E402
 from histofast.data.dataset import TileDataset  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def slides(make_slide):
 
 
 def _opts(**kw):
-    base = dict(tile_size=128, stride=96, batch_size=16, workers=2, progress=False)
+    base = dict(tile_size=128, stride=96, batch_size=16, lanes=2, progress=False)
     return {**base, **kw}
 
 
@@ -46,12 +46,13 @@ def _check_pixels(ds, batches, openslide_level, mean=(0, 0, 0), std=(1, 1, 1)):
             i = int(b["slide"][j])
             grid = s.grids[i]
             k = int(np.flatnonzero((grid.coords == (int(b["x"][j]), int(b["y"][j]))).all(1))[0])
-            params = s.augment.draw_at([s.offsets[i] + k], ds.epoch) if s.augment else \
+            params = s.batch.augment.draw_at([s.offsets[i] + k], ds.epoch) if s.batch.augment else \
                 {"rot90": [0], "flip": [False], "shift": np.zeros((1, 2), np.int64)}
-            ref = augment_reference(openslide_level(ds.slides[i], 0), grid.level_coords[k : k + 1], s.tile_size,
-                                    params["rot90"], params["flip"], params["shift"], mean, std, s.dtype, "NCHW")
+            ref = augment_reference(openslide_level(ds.slides[i], 0), grid.grid_coords[k : k + 1], s.tile_size,
+                                    params["rot90"], params["flip"], params["shift"], mean, std, s.batch.out_dtype,
+                                    "NCHW")
             np.testing.assert_allclose(b["image"][j].numpy().astype(np.float64), ref[0].astype(np.float64),
-                                       atol=EXACT_ATOL[s.dtype], rtol=0)
+                                       atol=EXACT_ATOL[s.batch.out_dtype], rtol=0)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
@@ -107,7 +108,7 @@ def test_same_seed_same_batches_new_epoch_new_draw(slides):
     a, b = TileDataset(slides, **_opts()), TileDataset(slides, **_opts())
     first, again = _epoch(a), _epoch(b)
     for x, y in zip(first, again):
-        assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS)
+        assert all(torch.equal(x[k], y[k]) for k in _common.BATCH_KEYS)
     b.set_epoch(1)
     second = _epoch(b)
     assert _keys(second) != _keys(first) and sorted(_keys(second)) == sorted(_keys(first))
@@ -116,13 +117,13 @@ def test_same_seed_same_batches_new_epoch_new_draw(slides):
 
 
 def test_unshuffled_order_is_blocks_in_slide_order(slides):
-    ds = TileDataset(slides, **_opts(shuffle=False, workers=1, augment=None))
+    ds = TileDataset(slides, **_opts(shuffle=False, lanes=1, augment=None))
     slide_of = [k[0] for k in _keys(_epoch(ds))]
     assert slide_of == sorted(slide_of)
 
 
 def test_dataloader_workers_give_the_threads_order(slides, openslide_level):
-    ds = TileDataset(slides, **_opts(workers=2, dtype="uint8"))
+    ds = TileDataset(slides, **_opts(lanes=2, dtype="uint8"))
     ds.set_epoch(2)
     threads = _epoch(ds)
     ds.set_epoch(2)  # else the loader's iteration is the next epoch
@@ -130,7 +131,7 @@ def test_dataloader_workers_give_the_threads_order(slides, openslide_level):
     workers = _epoch(loader)
     assert len(workers) == len(threads) == len(ds)
     for x, y in zip(threads, workers):
-        assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS)
+        assert all(torch.equal(x[k], y[k]) for k in _common.BATCH_KEYS)
     _check_pixels(ds, workers[:2], openslide_level)
 
 
@@ -145,7 +146,7 @@ def test_pipeline_torch_backend_matches_dataset(slides):
     pipe = hf.Pipeline(slides, backend="torch", **_opts())
     assert len(pipe) == len(ds) and "backend='torch'" in repr(pipe)
     for x, y in zip(_epoch(ds), _epoch(pipe)):
-        assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS)
+        assert all(torch.equal(x[k], y[k]) for k in _common.BATCH_KEYS)
 
 
 def test_dali_backend_matches_torch_backend(slides):
@@ -158,7 +159,7 @@ def test_dali_backend_matches_torch_backend(slides):
             out[be] = _epoch(pipe)
         assert len(out["dali"]) == len(out["torch"]) == len(pipes["dali"])
         for x, y in zip(out["dali"], out["torch"]):
-            assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS)
+            assert all(torch.equal(x[k], y[k]) for k in _common.BATCH_KEYS)
 
 
 @pytest.mark.parametrize("dtype, mode, atol", [("float32", "tiles", 1e-6), ("float16", "images", 2e-3)])
@@ -169,20 +170,20 @@ def test_dali_normalises_uint8_samples_like_the_torch_backend(slides, dtype, mod
     extra = dict(mode="images", image_size=256) if mode == "images" else {}
     options = _opts(dtype=dtype, mean=hf.ops.IMAGENET_MEAN, std=hf.ops.IMAGENET_STD, **extra)
     pipes = {be: hf.Pipeline(slides, backend=be, **options) for be in ("dali", "torch")}
-    assert pipes["dali"].tile_dataset.samples.dtype == "uint8"
+    assert pipes["dali"].tile_dataset.samples.batch.out_dtype == "uint8"
     out = {be: _epoch(pipe) for be, pipe in pipes.items()}
     assert len(out["dali"]) == len(out["torch"]) == len(pipes["torch"]) > 0
     for x, y in zip(out["dali"], out["torch"]):
         assert x["image"].dtype == y["image"].dtype == getattr(torch, dtype) and x["image"].shape == y["image"].shape
         torch.testing.assert_close(x["image"].float(), y["image"].float(), atol=atol, rtol=0)
-        assert all(torch.equal(x[k], y[k]) for k in _options.BATCH_KEYS if k != "image")
+        assert all(torch.equal(x[k], y[k]) for k in _common.BATCH_KEYS if k != "image")
 
 
 def test_images_mode_stacks_each_windows_patch_grid(make_slide, openslide_level):
     path = make_slide(1400, 1000, seed=4, tissue_fraction=0.8)
     aug = hf.Augment(max_shift=8, seed=2)
     ds = TileDataset([path], 128, 64, mode="images", image_size=320, max_white=1.0, augment=aug, batch_size=3,
-                     dtype="uint8", workers=1, progress=False)
+                     dtype="uint8", lanes=1, progress=False)
     batches = _epoch(ds)
     grid = ds.samples.grids[0]
     assert grid.tile_size == 320 and grid.stride == 320 and len(grid) == 4 * 3
@@ -192,7 +193,7 @@ def test_images_mode_stacks_each_windows_patch_grid(make_slide, openslide_level)
         for j in range(len(b["x"])):
             k = int(np.flatnonzero((grid.coords == (int(b["x"][j]), int(b["y"][j]))).all(1))[0])
             p = aug.draw_at([k], 0)
-            window = augment_reference(level, grid.level_coords[k : k + 1], 320, p["rot90"], p["flip"], p["shift"],
+            window = augment_reference(level, grid.grid_coords[k : k + 1], 320, p["rot90"], p["flip"], p["shift"],
                                        (0, 0, 0), (1, 1, 1), "uint8", "NHWC")[0]
             for n, (r, c) in enumerate(np.ndindex(4, 4)):
                 patch = window[r * 64 : r * 64 + 128, c * 64 : c * 64 + 128].transpose(2, 0, 1)
@@ -219,12 +220,12 @@ def test_tile_grids_as_source(slides):
     assert ds.num_samples == sum(len(g) for g in grids) and ds.slides == [os.fspath(p) for p in slides[:2]]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_slide_failing_mid_epoch_is_replaced_and_the_steps_stay(slides, tmp_path, caplog, workers):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_slide_failing_mid_epoch_is_replaced_and_the_steps_stay(slides, tmp_path, caplog, lanes):
     """Its samples are replaced by repeats of other slides' samples (label −100): the same batches, of the
     same sizes, as planned, so ranks under DDP stay in step."""
     paths = [os.fspath(shutil.copy(p, tmp_path / f"{k}.svs")) for k, p in enumerate(slides)]
-    ds = TileDataset(paths, labels=["a", "b", "a"], **_opts(workers=workers))
+    ds = TileDataset(paths, labels=["a", "b", "a"], **_opts(lanes=lanes))
     kept = ds.samples.counts
     planned = [min(16, int(kept.sum()) - 16 * k) for k in range(len(ds))]
     os.truncate(paths[1], 20000)  # scored fine, then damaged: its tiles can no longer be decoded
@@ -257,7 +258,7 @@ def test_a_slide_failing_while_scored_is_left_out(slides, tmp_path, caplog):
     (dict(mode="images", image_size=64), "image_size=64"),
     (dict(classes=["X"], labels=["A", "B", "A"]), r"labels \['A', 'B'\] match none of classes"),
     (dict(labels=["A"]), "1 labels for 3 slides"),
-    (dict(workers=0), "workers=0"),
+    (dict(lanes=0), "lanes=0"),
     (dict(seed=-1), "seed=-1"),
     (dict(max_white=2), "max_white=2"),
 ])
@@ -296,4 +297,4 @@ def test_cuda_pipeline_equals_cpu(slides, backend):
     gpu = _epoch(hf.Pipeline(slides, backend=backend, device="cuda", **_opts(dtype="uint8")))
     for x, y in zip(cpu, gpu):
         assert y["image"].is_cuda and y["label"].is_cuda
-        assert all(torch.equal(x[k], y[k].cpu()) for k in _options.BATCH_KEYS)
+        assert all(torch.equal(x[k], y[k].cpu()) for k in _common.BATCH_KEYS)

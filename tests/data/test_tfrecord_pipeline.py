@@ -15,7 +15,7 @@ pytest.importorskip("nvidia.dali")
 from common import augment_reference  # noqa: E402
 
 import histofast as hf  # noqa: E402
-from histofast.data._options import BATCH_KEYS  # noqa: E402
+from histofast.data._common import BATCH_KEYS  # noqa: E402
 from histofast.data.sources import NO_LABEL  # noqa: E402
 from histofast.export import ExportOptions, export_slides, slide_ids  # noqa: E402
 from histofast.export.tfrecord import TFRecordWriter, decode_example, encode_example, read_tfrecord  # noqa: E402
@@ -209,7 +209,7 @@ def test_from_tfrecord_reads_exported_tiles_back(make_slide, tmp_path, openslide
                 assert b["image"].shape[1:] == (3, 128, 128) and set(b["label"].tolist()) <= {2, -100}
                 for j in np.flatnonzero(b["label"].numpy() == 2):
                     k = int(np.flatnonzero((grid.coords == (int(b["x"][j]), int(b["y"][j]))).all(1))[0])
-                    tile = level[grid.level_coords[k, 1] :, grid.level_coords[k, 0] :][:128, :128]
+                    tile = level[grid.grid_coords[k, 1] :, grid.grid_coords[k, 0] :][:128, :128]
                     p = aug.draw_at([(done + j) * world + rank], 1)
                     errors = []
                     for turn in (0, 1):  # the tile's own draw, and the same draw turned once more
@@ -240,7 +240,7 @@ def test_epochs_advance_by_themselves_and_the_eval_preset_holds_still(export):
     pipe.set_epoch(0)
     assert _samples(pipe, _epoch(pipe)) == first
     still = _tfrecord(out, batch_size=8, preset="eval")
-    assert still.augment is None and _samples(still, _epoch(still)) == _samples(still, _epoch(still))
+    assert still.batch.augment is None and _samples(still, _epoch(still)) == _samples(still, _epoch(still))
 
 
 def test_unlabelled_records_read_as_minus_100(make_slide, tmp_path):

@@ -211,7 +211,7 @@ def test_the_cluster_path_reports_a_slide_smaller_than_a_tile_as_done(slides, tm
 
     paths = [slides / "tiny.svs", slides / "blank.svs"]
     with local_cluster(1) as client:
-        results = export_slides_distributed(paths, tmp_path, ExportOptions(TILE, format="png"), client, workers=1,
+        results = export_slides_distributed(paths, tmp_path, ExportOptions(TILE, format="png"), client, threads=1,
                                             progress=False)
     assert [(r.status, r.kept, r.error) for r in results] == [("done", 0, None)] * 2
     assert _manifest(tmp_path / "manifest.csv") == []

@@ -106,7 +106,7 @@ options = ExportOptions(int(tile), format="jpg")
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.002)
-print(json.dumps([[r.status, r.error] for r in export_slides(paths, out, options, workers=1, progress=False)]))
+print(json.dumps([[r.status, r.error] for r in export_slides(paths, out, options, threads=1, progress=False)]))
 """
 
 

@@ -46,7 +46,7 @@ def tissue(height: int, width: int, seed: int = 1) -> np.ndarray:
 
 def write_svs(path: Path) -> Path:
     """A 2-level Aperio SVS (1100×900 level 0, partial edge tiles; 275×225 level 1), JPEG tiles of 256."""
-    return histofast.synth.write_slide(path, 1100, 900, seed=3, tissue_fraction=0.6, min_level_size=200, workers=1)
+    return histofast.synth.write_slide(path, 1100, 900, seed=3, tissue_fraction=0.6, min_level_size=200, threads=1)
 
 
 def write_tiled_tiff(path: Path, compression: str | None, *, bigtiff: bool = False, byteorder: str = "<",

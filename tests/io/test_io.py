@@ -270,7 +270,7 @@ def test_read_region_takes_level0_location(fast):
 @pytest.mark.parametrize("backend", ["tiff", "openslide"])
 def test_context_manager_closes_files_and_threads(svs, backend):
     before = len(os.listdir("/proc/self/fd"))
-    with histofast.open_slide(svs, backend=backend, workers=2) as s:
+    with histofast.open_slide(svs, backend=backend, threads=2) as s:
         s.read_level_region(0, (0, 0), (1200, 900))  # starts the decode pool
         if backend == "tiff":
             assert len(os.listdir("/proc/self/fd")) > before  # its own descriptor (OpenSlide opens on demand)
@@ -278,6 +278,23 @@ def test_context_manager_closes_files_and_threads(svs, backend):
     assert len(os.listdir("/proc/self/fd")) == before
     with pytest.raises(RuntimeError):
         pool.submit(print)  # shut down
+
+
+def test_workers_of_0x_is_threads_with_a_warning(svs):
+    """Issue 22: a slide's decode threads are ``threads``; ``workers=`` and ``Slide.workers`` still work for one
+    release with a FutureWarning."""
+    with pytest.warns(FutureWarning, match=r"open_slide\(workers=…\): renamed threads="):
+        slide = histofast.open_slide(svs, workers=2)
+    with slide:
+        assert slide.threads == 2
+        with pytest.warns(FutureWarning, match="workers: renamed threads"):
+            assert slide.workers == 2
+    with pytest.warns(FutureWarning, match=r"TiffSlide\(workers=…\)"), TiffSlide(svs, workers=3) as slide:
+        assert slide.threads == 3
+    with pytest.raises(TypeError, match="workers= and threads= both given"):
+        histofast.open_slide(svs, workers=2, threads=2)
+    with pytest.raises(TypeError, match=r"open_slide\(\) got unexpected keyword arguments: wokers"):
+        histofast.open_slide(svs, wokers=2)
 
 
 def test_reading_a_closed_slide_raises_a_clear_error(svs, make_slide):
@@ -350,7 +367,7 @@ def test_resampled_view_pieces_match_one_read_and_pillow(svs, fast, openslide_le
     for y0, y1 in zip(ys, ys[1:]):
         for x0, x1 in zip(xs, xs[1:]):
             pieces[y0:y1, x0:x1] = view.read(x0, y0, x1 - x0, y1 - y0)
-    # The view resamples by exactly `scale` (so coords = level_coords·downsample hold): one Pillow resize
+    # The view resamples by exactly `scale` (so coords = grid_coords·downsample hold): one Pillow resize
     # of the whole level over the box (0, 0, W·scale, H·scale).
     level = Image.fromarray(np.ascontiguousarray(openslide_level(svs, view.level)))
     pillow = np.asarray(level.resize((W, H), Image.Resampling.BILINEAR, box=(0, 0, W * view.scale, H * view.scale)))
@@ -496,9 +513,9 @@ def test_zeros_in_entropy_data_are_refused_where_openslide_serves_garbage(svs, t
     with histofast.open_slide(path) as s:
         with pytest.raises(SlideError, match=r"level 0 tile 3 does not decode \(libjpeg: .*extraneous bytes"):
             s.read_level_region(0, (768, 0), (256, 256))
-    for workers in (1, 2):  # tile_grid's scan decodes and counts a job's tiles in one call: it names the tile too
+    for threads in (1, 2):  # tile_grid's scan decodes and counts a job's tiles in one call: it names the tile too
         with pytest.raises(SlideError, match=r"level 0 tile 3 does not decode \(libjpeg: .*extraneous bytes"):
-            with histofast.open_slide(path, workers=workers) as slide:
+            with histofast.open_slide(path, threads=threads) as slide:
                 histofast.tile_grid(slide, 256)
 
 

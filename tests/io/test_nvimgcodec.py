@@ -150,7 +150,7 @@ def test_iter_tiles_and_grid_tiles_through_it_equal_the_fast_path(make_slide):
 def test_pipeline_through_it_gives_the_same_batches(make_slide, mode):
     torch = pytest.importorskip("torch")
     paths = [make_slide(1536, 1536, seed=25 + k) for k in range(2)]
-    options = dict(backend="torch", batch_size=4, progress=False, mode=mode, image_size=512, workers=2)
+    options = dict(backend="torch", batch_size=4, progress=False, mode=mode, image_size=512, lanes=2)
     mine = histofast.Pipeline(paths, 256, 256, decode="nvimgcodec-cpu", **options)
     theirs = histofast.Pipeline(paths, 256, 256, decode="cpu", **options)
     batches = 0

@@ -91,7 +91,7 @@ def test_two_level_patches_follow_the_pipeline_order(tmp_path):
 
     root = synth.write_region_dataset(tmp_path, ("NORM", "SC"), n_per_class=1, size=200, seed=3)
     pipe = Pipeline(root / "manifest.csv", 64, 32, mode="images", image_size=192, augment=None, shuffle=False,
-                    batch_size=1, dtype="uint8", backend="torch", workers=1, progress=False)
+                    batch_size=1, dtype="uint8", backend="torch", lanes=1, progress=False)
     model = two_level_cnn(2, 64, 192, 32, **TINY)
     from PIL import Image
 

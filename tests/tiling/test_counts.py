@@ -70,13 +70,13 @@ def test_tile_grid_counts_while_decoding_and_equals_white_ratio_over_the_level(m
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
-def test_workers_1_is_one_thread_in_all(make_slide):
-    """workers=1 decodes, counts, scores and augments in the caller's thread: no decode pool, an OpenMP team of 1."""
+def test_threads_1_is_one_thread_in_all(make_slide):
+    """threads=1 decodes, counts, scores and augments in the caller's thread: no decode pool, an OpenMP team of 1."""
     path = make_slide(1500, 1100, seed=3, tissue_fraction=0.5)
     code = f"""
 import os, histofast
 before = len(os.listdir("/proc/self/task"))  # numpy's BLAS may have started its own
-with histofast.open_slide({str(path)!r}, workers=1) as slide:
+with histofast.open_slide({str(path)!r}, threads=1) as slide:
     histofast.tile_grid(slide, 256, 128)
     augment = histofast.Augment(rot90=True, flip=True, max_shift=8, max_angle=10, seed=1)
     batches = list(histofast.iter_tiles(slide, 256, 128, augment=augment, out_dtype="float32", layout="NCHW"))

@@ -147,14 +147,14 @@ def test_coordinates(slides, request_, downsample):
     keep = grid.keep
     assert len(grid) == int(keep.sum()) > 0
     rows, cols = np.nonzero(keep)  # row-major
-    np.testing.assert_array_equal(grid.level_coords, np.stack([cols, rows], 1) * 96)
-    assert grid.level_coords.dtype == grid.coords.dtype == np.int64
-    order = np.lexsort((grid.level_coords[:, 0], grid.level_coords[:, 1]))
+    np.testing.assert_array_equal(grid.grid_coords, np.stack([cols, rows], 1) * 96)
+    assert grid.grid_coords.dtype == grid.coords.dtype == np.int64
+    order = np.lexsort((grid.grid_coords[:, 0], grid.grid_coords[:, 1]))
     np.testing.assert_array_equal(order, np.arange(len(grid)))
     if downsample.is_integer():
-        np.testing.assert_array_equal(grid.coords, grid.level_coords * int(downsample))
+        np.testing.assert_array_equal(grid.coords, grid.grid_coords * int(downsample))
     else:
-        np.testing.assert_array_equal(grid.coords, np.floor(grid.level_coords * downsample + 0.5).astype(np.int64))
+        np.testing.assert_array_equal(grid.coords, np.floor(grid.grid_coords * downsample + 0.5).astype(np.int64))
     assert grid.mpp == pytest.approx(0.25 * downsample)
 
 
@@ -166,10 +166,10 @@ def _collect(batches, batch_size: int):
     assert batches, "no batch"
     assert all(len(b) == batch_size for b in batches[:-1]) and 0 < len(batches[-1]) <= batch_size
     cat = {name: np.concatenate([getattr(b, name) for b in batches])
-           for name in ("coords", "level_coords", "white_ratio", "index")}
+           for name in ("coords", "grid_coords", "white_ratio", "index")}
     cat["images"] = np.concatenate([np.asarray(b.images) for b in batches])
     for b in batches:
-        assert len(b.images) == len(b.coords) == len(b.level_coords) == len(b.white_ratio) == len(b.index)
+        assert len(b.images) == len(b.coords) == len(b.grid_coords) == len(b.white_ratio) == len(b.index)
     return batches, cat
 
 
@@ -187,7 +187,7 @@ def cut_reference(slides):
             grid = tile_grid(path, tile, stride, level=level)
             with histofast.open_slide(path) as slide:
                 region = slide.read_level_region(level, (0, 0), slide.level_dimensions[level])
-            origins = grid.level_coords
+            origins = grid.grid_coords
             if augmented:
                 options = dict(augment=AUGMENT, epoch=3, out_dtype="float32", layout="NCHW", mean=MEAN, std=STD)
                 expected = AUGMENT.apply(region, origins, tile, epoch=3, start=0, mean=MEAN, std=STD,
@@ -223,7 +223,7 @@ def test_iter_tiles_and_grid_tiles_cut_the_whole_level_read_at_once(slides, cut_
         np.testing.assert_array_equal(result["images"], expected)
         np.testing.assert_array_equal(result["index"], np.arange(n))
         np.testing.assert_array_equal(result["coords"], grid.coords)
-        np.testing.assert_array_equal(result["level_coords"], grid.level_coords)
+        np.testing.assert_array_equal(result["grid_coords"], grid.grid_coords)
         np.testing.assert_array_equal(result["white_ratio"], grid.white_ratio[grid.keep])
     assert len(batches) == math.ceil(n / batch_size) and len(batches[-1]) == n - batch_size * (len(batches) - 1)
     np.testing.assert_array_equal(stream.grid.white_ratio, grid.white_ratio)
@@ -296,7 +296,7 @@ def test_csv_round_trip(slides, tmp_path, request_):
     assert back.white_ratio.dtype == np.float32
     np.testing.assert_array_equal(back.white_ratio, grid.white_ratio)
     np.testing.assert_array_equal(back.coords, grid.coords)
-    np.testing.assert_array_equal(back.level_coords, grid.level_coords)
+    np.testing.assert_array_equal(back.grid_coords, grid.grid_coords)
 
     with open(out, newline="") as f:
         reader = csv.DictReader(f)

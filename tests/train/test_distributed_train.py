@@ -20,7 +20,7 @@ from histofast.train import read_checkpoint
 HERE = Path(__file__).parent
 TIMEOUT = 120  # seconds per torchrun launch (each takes well under 20 on a 2-core machine)
 TWO_LEVEL = ["--tile-size", "64", "--stride", "64", "--image-size", "320", "--patch-widths", "4", "8", "8", "8",
-             "--image-widths", "8", "8", "--batch-size", "2", "--log-interval", "1", "--workers", "2", "--backend",
+             "--image-widths", "8", "8", "--batch-size", "2", "--log-interval", "1", "--lanes", "2", "--backend",
              "torch", "--device", "cpu", "--quiet"]
 
 
@@ -155,7 +155,7 @@ def test_two_ranks_with_batch_b_train_as_one_rank_with_batch_2b(regions, tmp_pat
     from histofast.train import TrainConfig, fit
 
     common = dict(data=str(regions / "train3.csv"), val_data=str(regions / "val.csv"), model="plain_cnn",
-                  classes=["ADC", "NORM", "SC", "SCLC"], tile_size=64, epochs=3, workers=1, backend="torch",
+                  classes=["ADC", "NORM", "SC", "SCLC"], tile_size=64, epochs=3, lanes=1, backend="torch",
                   device="cpu", log_interval=1)
     monkeypatch.setitem(MODELS, "plain_cnn", plain_cnn)
     one = fit(TrainConfig(**common, batch_size=2 * 38, out=str(tmp_path / "one")), progress=False)
@@ -204,7 +204,7 @@ def test_a_check_only_rank_0_can_make_stops_every_rank(regions, tmp_path):
     """Rank 0 alone looks at the output folder, but every rank raises its verdict (none is left waiting);
     --sync-bn on the CPU is refused on every rank."""
     common = dict(data=str(regions / "train3.csv"), val_data=str(regions / "val.csv"), model="plain_cnn",
-                  classes=["ADC", "NORM", "SC", "SCLC"], tile_size=64, epochs=1, workers=1, backend="torch",
+                  classes=["ADC", "NORM", "SC", "SCLC"], tile_size=64, epochs=1, lanes=1, backend="torch",
                   device="cpu", batch_size=64)
     (tmp_path / "held").mkdir()
     (tmp_path / "held" / "last.pt").write_bytes(b"")
@@ -227,7 +227,7 @@ def _spawned_evaluate(rank: int, world: int, store: str, checkpoint: str, data: 
     MODELS["plain_cnn"] = plain_cnn
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        scored = evaluate(checkpoint, data, out=out, device="cpu", workers=1, progress=False)
+        scored = evaluate(checkpoint, data, out=out, device="cpu", lanes=1, progress=False)
         Path(f"{result}.{rank}").write_text(json.dumps(scored.reports["patch"].to_dict()))
     finally:
         dist.destroy_process_group()
@@ -244,10 +244,10 @@ def test_evaluate_in_a_process_group_counts_every_tile_once(regions, tmp_path, m
 
     monkeypatch.setitem(MODELS, "plain_cnn", plain_cnn)
     fit(TrainConfig(data=str(regions / "train3.csv"), val_fraction=0, model="plain_cnn", tile_size=64, epochs=1,
-                    classes=["ADC", "NORM", "SC", "SCLC"], workers=1, backend="torch", device="cpu",
+                    classes=["ADC", "NORM", "SC", "SCLC"], lanes=1, backend="torch", device="cpu",
                     batch_size=32, out=str(tmp_path / "run")), progress=False)
     checkpoint, data = str(tmp_path / "run" / "last.pt"), str(regions / "val.csv")
-    alone = evaluate(checkpoint, data, device="cpu", workers=1, progress=False).reports["patch"].to_dict()
+    alone = evaluate(checkpoint, data, device="cpu", lanes=1, progress=False).reports["patch"].to_dict()
     for got in spawn_ranks(tmp_path, _spawned_evaluate, checkpoint, data, str(tmp_path / "eval")):
         assert got["count"] == alone["count"] == 5 * 25
         assert got["accuracy"] == pytest.approx(alone["accuracy"])

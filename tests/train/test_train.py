@@ -14,7 +14,7 @@ from histofast.train import TrainingError, fit, forward, read_checkpoint
 from histofast.train.config import TrainConfig
 
 TINY = dict(tile_size=64, image_size=320, stride=64, patch_widths=[4, 8, 8, 8], image_widths=[8, 8], batch_size=4,
-            log_interval=1, workers=2, backend="torch", val_fraction=0.5, device="cpu")
+            log_interval=1, lanes=2, backend="torch", val_fraction=0.5, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def _batch(regions, image_size=320, n=4):
     from histofast import Pipeline
 
     pipe = Pipeline(regions / "manifest.csv", 64, 64, mode="images", image_size=image_size, batch_size=n,
-                    backend="torch", workers=1, progress=False, seed=1)
+                    backend="torch", lanes=1, progress=False, seed=1)
     return next(iter(pipe))
 
 
@@ -303,7 +303,7 @@ def test_train_and_evaluate_commands(regions, tmp_path, capsys):
 
     out = tmp_path / "cli"
     assert main(["train", str(regions / "manifest.csv"), "--out", str(out), "--model", "simple_cnn", "--tile-size",
-                 "64", "--epochs", "1", "--batch-size", "16", "--workers", "2", "--backend", "torch", "--device",
+                 "64", "--epochs", "1", "--batch-size", "16", "--lanes", "2", "--backend", "torch", "--device",
                  "cpu", "--val-fraction", "0.5", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 1 (train): train loss" in printed and "best: val_patch_acc" in printed
@@ -341,7 +341,7 @@ def test_fit_on_tfrecord_shards(regions, tmp_path):
                           ExportOptions(tile_size=64, stride=64, format="tfrecord", label=label), progress=False)
     cfg = TrainConfig(data=str(tmp_path / "train"), val_data=str(tmp_path / "val"), classes=["NORM", "SC"],
                       model="simple_cnn", tile_size=64, batch_size=32, epochs=1, out=str(tmp_path / "run"),
-                      device="cpu", workers=1)
+                      device="cpu", lanes=1)
     result = fit(cfg, progress=False)
     val = result.history[0]["val"]
     assert val["patch"]["count"] == 4 * 25 and val["slide"]["count"] == 4  # TFRecord batches carry a slide index
