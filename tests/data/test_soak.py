@@ -23,6 +23,7 @@ def test_memory_stays_flat_over_many_epochs(tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     rss = dict(zip(result["epochs"], result["rss_mb"]))
     assert result["tiles"] > 100 and sorted(rss) == [5, 10, 15, 20, 25, 30, 35, 40]
-    # Measured on the 2-core VM: 396 MB at epoch 5, 428 at 20, 433 at 40 (from 60 to 100: +0.3 MB).
+    # Measured on the 2-core VM: 368 to 408 MB at epoch 5 (when malloc's arenas fill varies from run to run), 414 to
+    # 427 at 10, 426 to 432 at 20, 435 to 438 at 40 (from 60 to 100: +0.3 MB).
     assert max(rss[e] for e in (25, 30, 35, 40)) - rss[20] <= 20, rss  # flat once settled
-    assert max(rss.values()) - rss[5] <= 64, rss  # within a few tens of MB of epoch 5
+    assert max(rss.values()) - rss[10] <= 64, rss  # within a few tens of MB of epoch 10
