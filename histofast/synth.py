@@ -106,9 +106,11 @@ class _Tissue:
     blob_cell: float
     threshold: float
     noise: np.ndarray
+    delta: np.ndarray  # uint8 (3, 3): what background, stroma and nucleus add to the background, modulo 256
 
     @classmethod
-    def build(cls, height: int, width: int, seed: int, tissue_fraction: float, period: int) -> _Tissue:
+    def build(cls, height: int, width: int, seed: int, tissue_fraction: float, period: int,
+              stain: float = 1.0) -> _Tissue:
         blob_key, nucleus_key, noise_key = (_key(seed, purpose) for purpose in (1, 2, 3))
         blob_cell = float(max(16, min(height, width) // 6))
         # The threshold is the tissue_fraction quantile of the blob field, read on a ≤ 512×512 sample grid
@@ -123,7 +125,9 @@ class _Tissue:
             threshold = float(np.quantile(_field(blob_key, blob_cell, ys, xs), tissue_fraction))
         gauss = np.random.default_rng(noise_key).normal(0, _NOISE_SIGMA, (period, period, 3))
         noise = (np.clip(np.rint(gauss), -_NOISE_CLIP, _NOISE_CLIP) + _BACKGROUND).astype(np.uint8)
-        return cls(blob_key, nucleus_key, blob_cell, threshold, noise)
+        colours = np.stack([_BACKGROUND, _STROMA, _NUCLEUS]).astype(np.int64)
+        delta = (np.rint(stain * (colours - _BACKGROUND.astype(np.int64))).astype(np.int64) % 256).astype(np.uint8)
+        return cls(blob_key, nucleus_key, blob_cell, threshold, noise, delta)
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """uint8 (y1-y0, x1-x0) in pixels [y0, y1) × [x0, x1): 0 background, 1 stroma, 2 nucleus."""
@@ -145,17 +149,17 @@ class _Tissue:
         off = x0 % period
         out = np.tile(rows, (1, -(-(off + w) // period), 1))[:, off:off + w]
         # uint8 arithmetic wraps, so background + (colour − background) mod 256 lands exactly on colour + noise
-        delta = np.stack([np.zeros(3, np.uint8), _STROMA - _BACKGROUND, _NUCLEUS - _BACKGROUND])
-        out += np.take(delta, labels, axis=0)
+        out += np.take(self.delta, labels, axis=0)
         return out
 
 
-def _check_fraction(tissue_fraction: float) -> None:
+def _check_fraction(tissue_fraction: float, name: str = "tissue_fraction") -> None:
     if not 0 <= tissue_fraction <= 1:
-        raise HistofastError(f"tissue_fraction={tissue_fraction}: must lie in [0, 1]")
+        raise HistofastError(f"{name}={tissue_fraction}: must lie in [0, 1]")
 
 
-def tissue_image(height: int, width: int, seed: int = 0, tissue_fraction: float = 0.5) -> np.ndarray:
+def tissue_image(height: int, width: int, seed: int = 0, tissue_fraction: float = 0.5,
+                 stain: float = 1.0) -> np.ndarray:
     """An H&E-like RGB image: tissue blobs of pink stroma with purple nuclei on a white background.
 
     It is level 0 of ``write_slide(path, width, height, seed, tissue_fraction)`` (default tile_size 256)
@@ -165,13 +169,16 @@ def tissue_image(height: int, width: int, seed: int = 0, tissue_fraction: float 
         height, width: pixels.
         seed: the same seed gives the same image.
         tissue_fraction: about this share of the area is tissue, the rest white background.
+        stain: how strongly tissue is stained, in [0, 1]: 1 the usual H&E colours, 0.2 a faint section (its
+            stroma just past OpenCV's white S bound), 0 none (tissue as white as the background).
     Returns:
         uint8 (height, width, 3) RGB.
     """
     if height < 1 or width < 1:
         raise HistofastError(f"height={height}, width={width}: must be positive")
     _check_fraction(tissue_fraction)
-    model = _Tissue.build(height, width, seed, tissue_fraction, period=256)
+    _check_fraction(stain, "stain")
+    model = _Tissue.build(height, width, seed, tissue_fraction, period=256, stain=stain)
     return model.paint(model.labels(0, height, 0, width), 0, 0)
 
 
@@ -291,6 +298,7 @@ def write_slide(
     mpp: float = 0.25,
     magnification: float = 40,
     min_level_size: int = 1024,
+    stain: float = 1.0,
     threads: int | None = None,
     **deprecated: Any,
 ) -> pathlib.Path:
@@ -316,6 +324,7 @@ def write_slide(
         mpp: µm per level-0 pixel (OpenSlide ``openslide.mpp-x``/``-y``).
         magnification: objective power (``openslide.objective-power``).
         min_level_size: pixels; no level below level 0 has a smaller side shorter than this.
+        stain: how strongly tissue is stained, as for ``tissue_image``.
         threads: JPEG encoder threads; default ``os.cpu_count()`` (``workers=``, its 0.x name, still works for
             this release with a ``FutureWarning``).
     Returns:
@@ -326,9 +335,10 @@ def write_slide(
         raise TypeError(f"write_slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
     _check_slide_args(width, height, tissue_fraction, tile_size, quality, mpp, magnification, min_level_size,
                       threads)
+    _check_fraction(stain, "stain")
     path = pathlib.Path(path)
     sizes = _level_sizes(width, height, min_level_size)
-    model = _Tissue.build(height, width, seed, tissue_fraction, period=tile_size)
+    model = _Tissue.build(height, width, seed, tissue_fraction, period=tile_size, stain=stain)
     quarter = np.empty((max(1, height // 4), max(1, width // 4), 3), np.uint8)
     description = (_description(width, height, tile_size, quality, None)
                    + f"|AppMag = {magnification:g}|MPP = {mpp:g}")

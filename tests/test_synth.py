@@ -275,3 +275,17 @@ def test_region_dataset_bad_arguments(tmp_path, kwargs, fragment):
     with pytest.raises(HistofastError, match=re.escape(fragment)):
         synth.write_region_dataset(tmp_path / "d", **(dict(size=32) | kwargs))
     assert not (tmp_path / "d").exists()
+
+
+def test_stain_pales_the_tissue_towards_the_background():
+    """stain=1 is the usual image; weaker stain moves tissue colours towards the background (a faint section),
+    0 leaves tissue as white as the glass around it."""
+    import cv2
+
+    full = synth.tissue_image(256, 256, seed=4, tissue_fraction=0.6)
+    np.testing.assert_array_equal(synth.tissue_image(256, 256, seed=4, tissue_fraction=0.6, stain=1.0), full)
+    white = [(cv2.inRange(cv2.cvtColor(synth.tissue_image(256, 256, 4, 0.6, stain=s), cv2.COLOR_RGB2HSV),
+                          (0, 0, 200), (180, 30, 255)) > 0).mean() for s in (1.0, 0.4, 0.2, 0.0)]
+    assert white == sorted(white) and white[0] < 0.6 and white[-1] == 1.0
+    with pytest.raises(HistofastError, match="stain=1.5"):
+        synth.tissue_image(8, 8, stain=1.5)
