@@ -136,6 +136,8 @@ def test_export_options_hold_a_grid_and_read_0x_settings():
     key = options.key()
     assert key["stride"] is None and key["tile_size"] == 256 and key["format"] == "png"
     assert ExportOptions.recorded({**key, "stride": 256}) == key  # 0.x wrote a given stride as a number
+    older = {k: v for k, v in key.items() if k != "skip_background"}  # before the setting existed
+    assert ExportOptions.recorded(older) == key
     with pytest.raises(TypeError, match="unexpected keyword arguments: batch_size"):
         ExportOptions(batch_size=4)
 

@@ -66,6 +66,10 @@ def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
     which.add_argument("--magnification", type=float, metavar="X", help="target magnification, e.g. 20 for 20×")
     p.add_argument("--max-white", type=float, default=grid.max_white, metavar="F",
                    help=f"keep tiles whose white fraction is at most F (default {grid.max_white})")
+    p.add_argument("--skip-background", action="store_true",
+                   help="read a low-resolution level first and decode only where it shows tissue: faster on "
+                        "mostly-glass slides, not exact (faint or sparse tissue may be left out; see 'histofast "
+                        "bench --skip-background')")
     p.add_argument("--hsv-lower", type=int, nargs=3, default=grid.hsv_lower, metavar=("H", "S", "V"),
                    help="OpenCV HSV lower bound of 'white' (default {} {} {})".format(*grid.hsv_lower))
     p.add_argument("--hsv-upper", type=int, nargs=3, default=grid.hsv_upper, metavar=("H", "S", "V"),
@@ -108,7 +112,7 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         if args.threads is not None:
             check_count(args.threads, "threads")
         grid = GridSpec(args.tile_size, args.stride, args.level, args.mpp, args.magnification, tuple(args.hsv_lower),
-                        tuple(args.hsv_upper), args.max_white)
+                        tuple(args.hsv_upper), args.max_white, args.skip_background)
         return ExportOptions(grid=grid, format=args.format, quality=args.quality, label=args.label,
                              augment=Augment.parse(args.augment, args.seed))
     except HistofastError as e:

@@ -66,8 +66,10 @@ class ExportOptions:
 
     @staticmethod
     def recorded(key: dict[str, Any]) -> dict[str, Any]:
-        """A ``settings.json`` of any release as ``key()`` writes it now: a stride equal to the tile size is null
-        (0.x wrote null for the default, and the number when given)."""
+        """A ``settings.json`` of any release as ``key()`` writes it now: a grid setting it lacks (added since) at
+        its default, and a stride equal to the tile size null (0.x wrote null for the default, and the number when
+        given)."""
+        key = {**{k: v for k, v in GridSpec().as_dict().items() if k not in ("tile_size", "stride")}, **key}
         if key.get("stride") is not None and key.get("stride") == key.get("tile_size"):
             return {**key, "stride": None}
         return key

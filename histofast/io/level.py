@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HistofastError
-from .slide import Job, OnPart, Slide
+from .slide import Job, OnPart, Skip, Slide
 
 RESAMPLE_TOLERANCE = 0.05  # within 5% of the target, a level is used as it is
 RESAMPLE_PIECE = 1024  # view pixels per resampled piece (width), one job each
@@ -23,11 +23,15 @@ class LevelView:
     A resampled view has ``(floor(w / scale), floor(h / scale))`` pixels; view pixel (x, y) is centred
     on level position ((x + ½)·scale, (y + ½)·scale) and filtered with an antialiased triangle
     (bilinear) kernel of radius ``scale``. Its weights depend only on the pixel's position, so a
-    region reads the same however the view is cut into pieces."""
+    region reads the same however the view is cut into pieces.
+
+    ``skip``, when set (``GridSpec(skip_background=True)``), says which level rectangles may stay white without
+    being decoded: every read of the view leaves those stored tiles white (``Slide.region_jobs``)."""
 
     slide: Slide
     level: int
     scale: float = 1.0
+    skip: Skip | None = None
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -54,7 +58,7 @@ class LevelView:
         """Jobs filling ``out`` uint8 (h, w, 3) with the view region at (x, y), view pixels; each calls
         ``on_part(part, x, y)`` (view pixels) with the parts it filled, as ``Slide.region_jobs`` does."""
         if self.scale == 1.0:
-            return self.slide.region_jobs(self.level, (x, y), (w, h), out, on_part)[0]
+            return self.slide.region_jobs(self.level, (x, y), (w, h), out, on_part, self.skip)[0]
         return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE],
                                 on_part) for px in range(x, x + w, RESAMPLE_PIECE)]
 
@@ -62,11 +66,13 @@ class LevelView:
         """``Slide.scan_jobs`` for the view: rows ``0 .. height`` decoded once each, every part handed to
         ``on_part(part, x, y)`` (view pixels) and not kept; ``(rows, job)`` in row order."""
         if self.scale == 1.0:
-            return self.slide.scan_jobs(self.level, height, on_part)
-        width = self.dimensions[0]
+            return self.slide.scan_jobs(self.level, height, on_part, self.skip)
+        width, s = self.dimensions[0], self.scale
         return [(min(y + RESAMPLE_PIECE, height),
                  self._scan_piece(x, y, min(RESAMPLE_PIECE, width - x), min(RESAMPLE_PIECE, height - y), on_part))
-                for y in range(0, height, RESAMPLE_PIECE) for x in range(0, width, RESAMPLE_PIECE)]
+                for y in range(0, height, RESAMPLE_PIECE) for x in range(0, width, RESAMPLE_PIECE)
+                if self.skip is None or not self.skip(int(x * s), int(y * s), math.ceil((x + RESAMPLE_PIECE) * s),
+                                                      math.ceil((y + RESAMPLE_PIECE) * s))]
 
     def _scan_piece(self, x: int, y: int, w: int, h: int, on_part: OnPart) -> Job:
         def job() -> None:
@@ -86,7 +92,8 @@ class LevelView:
             cols, wx = _taps(x, w, self.scale, lw)
             rows, wy = _taps(y, h, self.scale, lh)
             c0, r0 = cols.min(), rows.min()
-            jobs, source = self.slide.region_jobs(self.level, (c0, r0), (cols.max() + 1 - c0, rows.max() + 1 - r0))
+            jobs, source = self.slide.region_jobs(self.level, (c0, r0), (cols.max() + 1 - c0, rows.max() + 1 - r0),
+                                                  skip=self.skip)
             for part in jobs:  # already inside a pool job: run inline
                 part()
             across = np.zeros((source.shape[0], w, 3), np.float32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -22,6 +22,9 @@ Job = Callable[[], None]
 # ``white_counts_args`` attribute (histofast.tiling.counts.WhiteCounts): a reader may then count in its own
 # decoding call instead (the tiled-TIFF fast path's JPEG scan does).
 OnPart = Callable[[np.ndarray, int, int], None]
+# Whether the level rectangle [x0, x1) × [y0, y1) (level pixels) may be left white without decoding: glass, by the
+# thumbnail (histofast.tiling.background); a read honours it per stored tile.
+Skip = Callable[[int, int, int, int], bool]
 BACKGROUND = 255  # outside the slide is white, like OpenSlide's transparent pixels on white
 SCAN_PIECE_TILES = 8  # stored tiles across per scan job: few calls per megapixel, small enough to spread
 THUMBNAIL_STRIP_BYTES = 64 << 20  # decoded bytes per strip a thumbnail reads
@@ -133,12 +136,13 @@ class Slide:
 
     def region_jobs(
         self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None,
-        on_part: OnPart | None = None,
+        on_part: OnPart | None = None, skip: Skip | None = None,
     ) -> tuple[list[Job], np.ndarray]:
         """The independent jobs that fill ``out`` with a level region (see ``read_level_region``).
 
         Parts outside the slide are filled here; the jobs fill the rest, each calling ``on_part`` (if given) with
-        every part inside the level it filled (together they cover it once)."""
+        every part inside the level it filled (together they cover it once). Stored tiles that ``skip`` says may
+        be left white are filled white here, not decoded, and not handed to ``on_part``."""
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
         level = self.check_level(level)
@@ -157,8 +161,32 @@ class Slide:
             return [], out
         if (x0, y0, x1, y1) != (x, y, x + w, y + h):
             out[...] = BACKGROUND
-        inside = out[y0 - y : y1 - y, x0 - x : x1 - x]
-        return self._jobs(level, x0, y0, x1 - x0, y1 - y0, inside, on_part), out
+        if skip is None:
+            return self._jobs(level, x0, y0, x1 - x0, y1 - y0, out[y0 - y : y1 - y, x0 - x : x1 - x], on_part), out
+        jobs = []
+        for rx0, ry0, rx1, ry1, decode in self._runs(level, x0, y0, x1, y1, skip):
+            part = out[ry0 - y : ry1 - y, rx0 - x : rx1 - x]
+            if decode:
+                jobs += self._jobs(level, rx0, ry0, rx1 - rx0, ry1 - ry0, part, on_part)
+            else:
+                part[...] = BACKGROUND
+        return jobs, out
+
+    def _runs(self, level: int, x0: int, y0: int, x1: int, y1: int,
+              skip: Skip) -> Iterator[tuple[int, int, int, int, bool]]:
+        """The level rectangle [x0, x1) × [y0, y1) as runs of whole stored tiles along each stored-tile row,
+        (x0, y0, x1, y1, decode): a run to decode, or one that ``skip`` lets stay white."""
+        tw, th = self.tile_shape(level)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            ry0, ry1 = max(y0, ty * th), min(y1, (ty + 1) * th)
+            start, decode = x0, None
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                wanted = not skip(tx * tw, ty * th, (tx + 1) * tw, (ty + 1) * th)
+                if decode is not None and wanted != decode:
+                    yield start, ry0, tx * tw, ry1, decode
+                    start = tx * tw
+                decode = wanted
+            yield start, ry0, x1, ry1, bool(decode)
 
     def run(self, jobs: list[Job]) -> None:
         """Run jobs in the slide's thread pool and wait; the first failure is raised."""
@@ -207,17 +235,19 @@ class Slide:
             reduced[y // factor : (y + h) // factor] = (blocks.mean((1, 3)) + 0.5).astype(np.uint8)
         return np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BOX))
 
-    def scan_jobs(self, level: int, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
+    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None) -> list[tuple[int, Job]]:
         """Jobs that decode rows ``0 .. height`` of a level (full width) once each and hand every decoded part
         to ``on_part(part, x, y)`` (level pixels; ``part`` is valid only during the call): how a level is
         scored without being held in memory. In row order, as ``(rows, job)``: once every job up to the last
-        one with this ``rows`` is done, every row above ``rows`` has been handed over."""
+        one with this ``rows`` is done, every row above ``rows`` has been handed over. What ``skip`` lets stay
+        white is neither decoded nor handed over."""
         width = self.level_dimensions[level][0]
         tw, th = self.tile_shape(level)
         piece = tw * SCAN_PIECE_TILES
         return [(min(y + th, height), self._scan_piece(level, x, y, min(piece, width - x), min(th, height - y),
                                                        on_part))
-                for y in range(0, height, th) for x in range(0, width, piece)]
+                for y in range(0, height, th) for x in range(0, width, piece)
+                if skip is None or not skip(x, y, min(x + piece, width), min(y + th, height))]
 
     def _scan_piece(self, level: int, x: int, y: int, w: int, h: int, on_part: OnPart) -> Job:
         def job() -> None:

@@ -20,7 +20,7 @@ from ..errors import HistofastError, SlideError
 from ..renamed import renamed_keyword
 from ..utils.noise import explained
 from .openslide_slide import OpenSlideSlide
-from .slide import BACKGROUND, Job, OnPart
+from .slide import BACKGROUND, Job, OnPart, Skip
 
 # Compressions imagecodecs decodes for tifffile: none, LZW, JPEG, deflate (Adobe and old),
 # JPEG 2000 (Aperio YCbCr and RGB, generic), WebP, JPEG XL, zstd.
@@ -95,18 +95,18 @@ class TiffSlide(OpenSlideSlide):
         return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part)
                 for i in range(0, len(parts), TILES_PER_JOB)]
 
-    def scan_jobs(self, level: int, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
+    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None) -> list[tuple[int, Job]]:
         page = self._pages[level]
         if page is None:
-            return super().scan_jobs(level, height, on_part)
+            return super().scan_jobs(level, height, on_part, skip)
         tw, th = page.tilewidth, page.tilelength
         across, width = -(-page.imagewidth // tw), page.imagewidth
         jobs = []
         for y in range(0, height, th):
             row = [(y // th * across + tx, tx * tw, y, min(tw, width - tx * tw), min(th, height - y))
-                   for tx in range(across)]
+                   for tx in range(across) if skip is None or not skip(tx * tw, y, (tx + 1) * tw, y + th)]
             jobs += [(min(y + th, height), self._scanned(page, level, row[i : i + TILES_PER_JOB], on_part))
-                     for i in range(0, across, TILES_PER_JOB)]
+                     for i in range(0, len(row), TILES_PER_JOB)]
         return jobs
 
     def _scanned(self, page, level: int, tiles: list, on_part: OnPart) -> Job:

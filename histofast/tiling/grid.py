@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .cut import TileBatch
 
 CSV_FIELDS = ("slide", "level", "x", "y", "level_x", "level_y", "tile_size", "stride", "downsample", "scale",
-              "mpp", "white_ratio", "max_white", "keep")
+              "mpp", "white_ratio", "max_white", "keep", "skipped")
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +42,8 @@ class TileGrid:
         downsample: level-0 pixels per grid pixel; mpp: µm per grid pixel (None when unknown).
         decoder: what decoded the pixels: the slide backend ("tiff", "openslide", "image") or
             "nvimgcodec-gpu" / "nvimgcodec-cpu" ("" for a grid read from CSV).
+        skipped: bool (rows, cols), or None for an exact scan: the tiles ``skip_background`` decided from a
+            low-resolution level without decoding them (white ratio 1.0, not kept).
     """
 
     slide_path: str
@@ -54,6 +56,7 @@ class TileGrid:
     scale: float = 1.0
     mpp: float | None = None
     decoder: str = ""
+    skipped: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -119,6 +122,7 @@ class TileGrid:
         level_xy = np.stack([cols, rows], 1) * self.stride
         xy = np.floor(level_xy * self.downsample + 0.5).astype(np.int64)
         keep, ratio = self.keep.ravel(), self.white_ratio.ravel()
+        skipped = np.zeros(len(ratio), bool) if self.skipped is None else self.skipped.ravel()
         mpp = "" if self.mpp is None else repr(self.mpp)
         with atomic_open(path, newline="") as f:
             w = csv.writer(f)
@@ -126,14 +130,14 @@ class TileGrid:
             for k in range(len(ratio)):
                 w.writerow([self.slide_path, self.level, xy[k, 0], xy[k, 1], level_xy[k, 0], level_xy[k, 1],
                             self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp,
-                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k])])
+                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k]), int(skipped[k])])
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "TileGrid":
         """Read a grid written by ``to_csv``."""
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
-        if not records or set(CSV_FIELDS) - set(records[0]):
+        if not records or set(CSV_FIELDS) - {"skipped"} - set(records[0]):  # 0.x wrote no "skipped"
             raise HistofastError(f"{path}: not a TileGrid CSV (expected columns {', '.join(CSV_FIELDS)})")
         first = records[0]
         stride = int(first["stride"])
@@ -141,6 +145,10 @@ class TileGrid:
         shape = (level_xy[:, 1].max() + 1, level_xy[:, 0].max() + 1)
         ratio = np.empty(shape, np.float32)
         ratio[level_xy[:, 1], level_xy[:, 0]] = [float(r["white_ratio"]) for r in records]
+        skipped = None
+        if any(r.get("skipped") == "1" for r in records):
+            skipped = np.zeros(shape, bool)
+            skipped[level_xy[:, 1], level_xy[:, 0]] = [r.get("skipped") == "1" for r in records]
         return cls(first["slide"], int(first["level"]), int(first["tile_size"]), stride, ratio,
                    float(first["max_white"]), float(first["downsample"]), float(first["scale"]),
-                   float(first["mpp"]) if first["mpp"] else None)
+                   float(first["mpp"]) if first["mpp"] else None, skipped=skipped)

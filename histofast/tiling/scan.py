@@ -4,12 +4,14 @@ pixels, ``iter_tiles`` reads the level in bands (``histofast.io.bands``) and cut
 kept tiles before the next is drawn. On a GPU each band is scored by ``ops.white_ratio`` on the device."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .. import ops
+from ..augment import Augment
 from ..checks import check_count, check_device
 from ..errors import SmallerThanTileError
 from ..io import Slide, opened
@@ -17,6 +19,7 @@ from ..io.bands import Band, Rows, SlideRows, read_bands
 from ..io.decode import open_rows
 from ..io.level import LevelView, select_level
 from ..specs import BatchFormat, GridSpec
+from .background import find_background
 from .buffers import to_device
 from .counts import WhiteCounts
 from .cut import TileBatch, cut, tile_format
@@ -34,6 +37,7 @@ def tile_grid(
     hsv_lower: Sequence[int] = GridSpec.hsv_lower,
     hsv_upper: Sequence[int] = GridSpec.hsv_upper,
     max_white: float = GridSpec.max_white,
+    skip_background: bool = GridSpec.skip_background,
     device: str = "cpu",
     decode: str = "auto",
     progress: Any = None,
@@ -48,9 +52,10 @@ def tile_grid(
 
     Args:
         slide: an open ``Slide`` or a path.
-        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white: the grid, as
-            ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles, origin
-            (0, 0); at most one of level / mpp / magnification, default level 0).
+        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background: the grid,
+            as ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles,
+            origin (0, 0); at most one of level / mpp / magnification, default level 0; ``skip_background``:
+            decode only what a low-resolution level says may be tissue, not exact, see ``GridSpec``).
         device: "cpu" or "cuda[:i]": where ``white_ratio`` runs (and, decoding on the GPU, the pixels land).
         decode: "auto" (nvImageCodec on the GPU when ``device`` is CUDA, ``pip install 'histofast[gpu]'``
             is installed and it reads the level; else the CPU decoders), "cpu", "gpu" (an error when it
@@ -62,7 +67,7 @@ def tile_grid(
         SlideError: the level is smaller than one tile (``histofast tile`` reports such a slide as 0 tiles
             with a warning instead), or the slide cannot be read.
     """
-    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white)
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background)
     return scan_grid(slide, spec, device=device, decode=decode, progress=progress)
 
 
@@ -108,6 +113,10 @@ def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
                 if progress is not None:
                     progress.update(ready - done)
                 done = ready
+        if done < n_rows:  # rows below the last decoded ones (glass left white by skip_background)
+            grid.white_ratio[done:] = counts.ratio(range(done, n_rows))
+            if progress is not None:
+                progress.update(n_rows - done)
     finally:
         for _, future in futures or ():  # a failure stops what has not started
             future.cancel()
@@ -124,6 +133,7 @@ def iter_tiles(
     hsv_lower: Sequence[int] = GridSpec.hsv_lower,
     hsv_upper: Sequence[int] = GridSpec.hsv_upper,
     max_white: float = GridSpec.max_white,
+    skip_background: bool = GridSpec.skip_background,
     device: str = "cpu",
     decode: str = "auto",
     **options: Any,
@@ -134,8 +144,8 @@ def iter_tiles(
     Arguments are checked (and a path opened) at the call, before anything is decoded.
 
     Args:
-        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, device, decode:
-            as for ``tile_grid``.
+        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, device,
+            decode: as for ``tile_grid``.
         options: ``epoch`` (the augmentation epoch, default 0) and the batch format, as ``histofast.BatchFormat``
             takes it, with the plain tiles as defaults (``TILE_FORMAT``: uint8 NHWC, no normalisation):
             batch_size: tiles per batch (default 64; the last batch may be smaller).
@@ -147,7 +157,7 @@ def iter_tiles(
     Raises:
         SlideError: as ``tile_grid``, at the call (a level smaller than one tile, an unreadable slide).
     """
-    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white)
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background)
     batch, epoch = tile_format(options)
     return scan_tiles(slide, spec, batch, epoch=epoch, device=device, decode=decode)
 
@@ -158,7 +168,8 @@ def scan_tiles(slide: Slide | str | os.PathLike, grid: GridSpec, batch: BatchFor
     check_count(epoch, "epoch", 0)
     source = opened(slide)
     try:
-        view, rows, score = _scorer(source.slide, grid, device, decode)
+        reach = batch.augment.reach(grid.tile_size) if isinstance(batch.augment, Augment) else 0
+        view, rows, score = _scorer(source.slide, grid, device, decode, margin=reach)
     except BaseException:
         source.__exit__()
         raise
@@ -216,6 +227,7 @@ class _Score:
     def __init__(self, grid: TileGrid, spec: GridSpec, device: str, deferred: bool, threads: int,
                  counts: WhiteCounts | None = None) -> None:
         self.grid, self.ratio, self.device = grid, grid.white_ratio, device
+        self.skipped = grid.skipped  # decided by the thumbnail: white, whatever was decoded around them
         self.lower, self.upper = spec.hsv_lower, spec.hsv_upper
         self.tile_size, self.stride = grid.tile_size, grid.stride
         self.threads, self.counts = threads, counts
@@ -235,27 +247,40 @@ class _Score:
         else:
             ops.white_ratio(_band_region(band, self.tile_size, self.stride, self.device), self.tile_size,
                             self.stride, self.lower, self.upper, out=self._on_device[rows])
+            return  # finish() marks the skipped tiles white once the grid is back
+        if self.skipped is not None:
+            self.ratio[rows][self.skipped[rows]] = 1.0
 
     def finish(self) -> None:
         """Every band is scored: bring a deferred grid's ratios back to the host."""
         if self._on_device is not None:
             self.ratio[...] = self._on_device.cpu().numpy()
+        if self.skipped is not None:
+            self.ratio[self.skipped] = 1.0
 
 
-def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str,
-            deferred: bool = False) -> tuple[LevelView, Rows, _Score]:
+def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str, deferred: bool = False,
+            margin: int = 0) -> tuple[LevelView, Rows, _Score]:
     """The view, what decodes its rows (close it) and the ``_Score`` of an unscored grid (white ratio 1.0);
-    the view's size and ``device``/``decode`` are checked before anything is decoded."""
+    the view's size and ``device``/``decode`` are checked before anything is decoded. With
+    ``spec.skip_background`` the view leaves the stored tiles of no candidate white (``margin``: view pixels
+    beyond a tile that its cut reads)."""
     view = select_level(slide, *spec.view_args())
     width, height = view.dimensions
     tile_size, stride = spec.tile_size, spec.stride
     if tile_size > min(width, height):
         raise SmallerThanTileError(slide.path, view.level, (width, height), tile_size)
     device = check_device(device)
+    shape = ops.grid_shape(height, width, tile_size, stride)
+    skipped = None
+    if spec.skip_background:
+        background = find_background(view, spec, shape, margin)
+        skipped = np.zeros(shape, bool) if background is None else ~background.candidates
+        if background is not None:
+            view = dataclasses.replace(view, skip=background.skip)
     rows = open_rows(view, decode, device)  # checks decode= first
-    ratio = np.ones(ops.grid_shape(height, width, tile_size, stride), np.float32)
-    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, ratio, spec.max_white, view.downsample,
-                    view.scale, view.mpp, rows.name)
+    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, np.ones(shape, np.float32), spec.max_white,
+                    view.downsample, view.scale, view.mpp, rows.name, skipped)
     counts = None
     if device == "cpu" and isinstance(rows, SlideRows) and WhiteCounts.fits(view.dimensions, tile_size, stride):
         counts = WhiteCounts(view.dimensions, tile_size, stride, spec.hsv_lower, spec.hsv_upper)  # counted as decoded

@@ -58,6 +58,8 @@ class TrainConfig:
     mpp: float | None = _opt("read at this resolution, µm per pixel")
     magnification: float | None = _opt("read at this objective magnification")
     max_white: float = _opt("keep tiles whose HSV white fraction is at most this", 0.5)
+    skip_background: bool = _opt("score only where a low-resolution level shows tissue (faster on mostly-glass "
+                                 "slides, not exact: see GridSpec)", False)
     augment: str = _opt("training augmentation: rot90, flip, shift=PIXELS, angle=DEGREES; '' for none",
                         "rot90,flip,shift=16")
     mean: list[float] = _opt("per-channel mean, pixel/255", list(IMAGENET_MEAN))
@@ -122,7 +124,7 @@ class TrainConfig:
     def grid(self) -> GridSpec:
         """The grid of the training samples (patches, for images): this config's grid settings as a ``GridSpec``."""
         return GridSpec(self.tile_size, self.stride, self.level, self.mpp, self.magnification,
-                        max_white=self.max_white)
+                        max_white=self.max_white, skip_background=self.skip_background)
 
     @property
     def learning_rate(self) -> float:
