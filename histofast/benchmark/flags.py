@@ -17,6 +17,9 @@ End-to-end tiles per second on one slide, every method in one process:
   (b) decode     the limit: every stored tile of level 0 read with os.pread and decoded with
                  imagecodecs.jpeg8_decode in --threads threads, nothing else
   (c) tile_grid  histofast.tile_grid over the whole level
+  (c') skip_background  tile_grid(skip_background=True): a low-resolution level read first, glass not decoded;
+                 its keep decisions are compared with (c)'s tile by tile (agreement, and how far the differing
+                 tiles' white ratio lies from max_white)
   (d) iter_tiles histofast.iter_tiles with rot90/flip/shift 16 augmentation, float32 NCHW, normalised, batches of 64
   (d') two_pass  tile_grid, then grid.tiles with the same options (the kept tiles decoded a second time)
 With --peers, where installed (else reported as skipped), on the recipe's rows with --threads workers:
@@ -24,7 +27,8 @@ With --peers, where installed (else reported as skipped), on the recipe's rows w
   (f) tiffslide  tiffslide.TiffSlide.read_region per tile, one grid row per thread, scored as in (a)
 MP/s is level-0 area per second: a method scoring k of the grid's R rows is credited with k/R of the level's
 W*H pixels, whole-level methods with W*H, so at one stride the MP/s ratio equals the tiles/s ratio.
-Default slide: histofast.synth.write_slide(SIZE x SIZE, seed=0, tissue_fraction=0.5), cached in --cache-dir.
+Default slide: histofast.synth.write_slide(SIZE x SIZE, seed=0, tissue_fraction=1 - GLASS), cached in --cache-dir;
+the glass fraction reported is measured: the share of tile_grid's tiles not kept.
 The table goes to stdout, progress to stderr, everything (with machine and build) to --json."""
 
 TILE_SIZE = 512
@@ -32,9 +36,11 @@ DEFAULT_SIZE, QUICK_SIZE = 16384, 4096
 DEFAULT_RECIPE_TILES, QUICK_RECIPE_TILES = 1024, 32  # ~10-20 s at the recipe's ~60-100 tiles/s on one core
 DEFAULT_REPEATS = 3
 DEFAULT_JSON = Path(".benchmarks") / "tiles_per_second.json"  # .benchmarks/ is git-ignored (pytest-benchmark's)
-METHODS = ("recipe", "decode", "tile_grid", "iter_tiles", "two_pass")
+METHODS = ("recipe", "decode", "tile_grid", "skip_background", "iter_tiles", "two_pass")
+DEFAULT_GLASS = 0.5  # share of the generated slide's area that is glass (background)
 PEERS = ("cucim", "tiffslide")  # other readers, timed with --peers (or named in --methods)
 LABELS = {"recipe": "(a) recipe", "decode": "(b) decode", "tile_grid": "(c) tile_grid",
+          "skip_background": "(c') skip bg",
           "iter_tiles": "(d) iter_tiles", "two_pass": "(d') two_pass", "cucim": "(e) cuCIM",
           "tiffslide": "(f) tiffslide"}
 
@@ -49,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="where generated slides are kept between runs (default $XDG_CACHE_HOME/histofast/bench "
                           "or ~/.cache/histofast/bench; the system temp dir if that is not writable)")
     src.add_argument("--regenerate", action="store_true", help="write the generated slide again even if cached")
+    src.add_argument("--glass", type=_fraction, default=DEFAULT_GLASS, metavar="F",
+                     help=f"share of the generated slide that is glass, in [0, 1) (default {DEFAULT_GLASS}; e.g. 0.7 "
+                          "for a typical 40× scan, where skip_background pays)"),
     how = parser.add_argument_group("measurement")
     how.add_argument("--strides", type=_positive_int, nargs="+", default=[512, 256], metavar="PIXELS",
                      help="grid strides, level-0 pixels (default: 512 256)")
@@ -96,6 +105,16 @@ def _positive_int(text: str) -> int:
         return check_count(int(text), "value")
     except ValueError:  # not an integer, or not positive (a HistofastError is a ValueError)
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1)")
+    return value
 
 
 def _tiles(text: str) -> int | str:

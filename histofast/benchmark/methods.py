@@ -145,6 +145,17 @@ def scan_grid(path: Path, tile: int, stride: int, threads: int, area: int) -> Ca
     return run
 
 
+def skip_background(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
+    """tile_grid reading a low-resolution level first and decoding only where it may hold a kept tile."""
+    def run() -> Work:
+        with open_slide(path, threads=threads) as slide:
+            grid = tile_grid(slide, tile, stride, max_white=MAX_WHITE, skip_background=True)
+        return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio,
+                                                             "skipped": float(grid.skipped.mean())})
+
+    return run
+
+
 def scan_and_cut(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
     def run() -> Work:
         with open_slide(path, threads=threads) as slide:

@@ -17,7 +17,11 @@ TARGETS = (
     ("tile_grid >= 10x recipe at stride 256", "tile_grid", "recipe", 10.0, 256),
     ("tile_grid >= 0.85x decode limit", "tile_grid", "decode", 0.85, None),
     ("iter_tiles >= 0.7x decode limit", "iter_tiles", "decode", 0.7, None),
+    ("skip_background >= 2.5x tile_grid (70% glass)", "skip_background", "tile_grid", 2.5, None),
 )
+TARGET_GLASS = 0.7  # the skip_background target is for slides this much glass (measured), give or take 0.02
+SKIP_AGREEMENT = 0.999  # skip_background: share of keep decisions equal to tile_grid's, at least
+SKIP_NEAR = 0.05  # and every differing tile's white ratio this close to max_white
 
 
 @dataclass
@@ -80,6 +84,8 @@ def _references(result: Result, results: list[Result]) -> tuple[Result | None, R
 def result_json(r: Result, results: list[Result]) -> dict[str, Any]:
     recipe, decode, grid = _references(r, results)
     extra = {k: v for k, v in r.work.extra.items() if k != "white_ratio"}
+    if r.method == "tile_grid":
+        extra["glass"] = 1 - r.work.kept / r.work.tiles  # measured: the share of the grid's tiles not kept
     return {
         "method": r.method, "label": LABELS[r.method], "stride": r.stride,
         "wall_s": r.wall, "cpu_s": r.cpu, "others_cpu_s": r.others, "median_s": r.median, "min_s": min(r.wall),
@@ -102,8 +108,10 @@ def check_targets(results: list[Result], strides: list[int]) -> list[dict[str, A
     for name, method, reference, minimum, at in TARGETS:
         for stride in ([at] if at is not None else strides):
             r = find(results, method, stride)
-            ref = find(results, reference, stride if reference == "recipe" else None)
+            ref = find(results, reference, None if reference == "decode" else stride)
             measured = r is not None and ref is not None
+            if measured and method == "skip_background":  # a target for mostly-glass slides only
+                measured = abs(1 - ref.work.kept / ref.work.tiles - TARGET_GLASS) <= 0.02
             ratio = _ratio(r, ref) if measured else None
             best = _ratio(r, ref, best=True) if measured else None
             out.append({"target": name, "method": method, "reference": reference, "stride": stride,
@@ -142,7 +150,25 @@ def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> d
             if grid is not None and grid.work.kept != r.work.kept:
                 checks["problems"].append(f"stride {r.stride}: {r.method} delivered {r.work.kept} tiles, "
                                           f"tile_grid keeps {grid.work.kept}")
+        if r.method == "skip_background" and find(results, "tile_grid", r.stride) is not None:
+            checks[f"skip_background_stride{r.stride}"] = agreement = skip_agreement(
+                r, find(results, "tile_grid", r.stride))
+            if agreement["agreement"] < SKIP_AGREEMENT or agreement["max_distance_to_threshold"] > SKIP_NEAR:
+                checks["problems"].append(
+                    f"stride {r.stride}: skip_background agrees with tile_grid on {agreement['agreement']:.4%} of "
+                    f"tiles (at least {SKIP_AGREEMENT:.1%} wanted), differing tiles up to "
+                    f"{agreement['max_distance_to_threshold']:.3f} from max_white (at most {SKIP_NEAR} wanted)")
     return checks
+
+
+def skip_agreement(r: Result, exact: Result) -> dict[str, Any]:
+    """How ``skip_background``'s keep decisions compare with the exact scan's, tile by tile: the share that agree,
+    the tiles that differ, and how far the exact white ratio of those lies from ``max_white``."""
+    fast, ratio = r.work.extra["white_ratio"], exact.work.extra["white_ratio"]
+    differ = (fast <= MAX_WHITE) != (ratio <= MAX_WHITE)
+    return {"tiles": int(ratio.size), "differ": int(differ.sum()), "agreement": 1 - float(differ.mean()),
+            "max_distance_to_threshold": float(np.abs(ratio[differ] - MAX_WHITE).max()) if differ.any() else 0.0,
+            "skipped": r.work.extra["skipped"], "glass": 1 - exact.work.kept / exact.work.tiles}
 
 
 def _compare(checks: dict[str, Any], key: str, result: Result, reference: np.ndarray) -> int:
@@ -195,6 +221,12 @@ def print_table(results: list[Result], targets: list[dict], slide: dict, threads
         if r.method in ("iter_tiles", "two_pass"):
             print(f"{LABELS[r.method]} at stride {r.stride} delivers {r.work.kept} kept tiles in "
                   f"{r.work.extra['batches']} batches")
+        if r.method == "skip_background" and find(results, "tile_grid", r.stride) is not None:
+            a = skip_agreement(r, find(results, "tile_grid", r.stride))
+            print(f"{LABELS[r.method]} at stride {r.stride}: {_ratio(r, find(results, 'tile_grid', r.stride)):.2f}× "
+                  f"tile_grid on a slide {a['glass']:.0%} glass (tiles not kept), {a['skipped']:.0%} of the tiles "
+                  f"left undecoded; agrees on {a['agreement']:.4%} of {a['tiles']} keep decisions ({a['differ']} "
+                  f"differ, at most {a['max_distance_to_threshold']:.3f} from max_white)")
     print("\ntargets (ratio of medians; of the fastest runs in brackets):")
     for t in targets:
         verdict = "not measured" if t["passed"] is None else ("PASS" if t["passed"] else "FAIL")

@@ -12,14 +12,17 @@ from .. import synth
 from ..io import open_slide
 from ..utils.paths import cache_dirs
 
-SYNTH_SEED, SYNTH_TISSUE = 0, 0.5
+SYNTH_SEED = 0
 
 
-def synthetic_slide(size: int, cache_dir: str | None, regenerate: bool, log: Callable[..., None]) -> Path:
-    """The generated benchmark slide, written once per (size, synth source) and reused."""
+def synthetic_slide(size: int, cache_dir: str | None, regenerate: bool, log: Callable[..., None],
+                    glass: float = 0.5) -> Path:
+    """The generated benchmark slide, ``glass`` of its area background, written once per (size, glass, synth
+    source) and reused."""
+    tissue = round(1 - glass, 6)
     # The synth module's source is part of the key: a changed generator never reuses an old file.
     key = hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:12]
-    name = f"synth-{size}x{size}-seed{SYNTH_SEED}-tissue{SYNTH_TISSUE:g}-{key}.svs"
+    name = f"synth-{size}x{size}-seed{SYNTH_SEED}-tissue{tissue:g}-{key}.svs"
     for directory in ([Path(cache_dir)] if cache_dir is not None else cache_dirs("bench")):
         path = directory / name
         if path.is_file() and not regenerate:
@@ -34,7 +37,7 @@ def synthetic_slide(size: int, cache_dir: str | None, regenerate: bool, log: Cal
             continue
         log(f"writing a {size}×{size} synthetic slide to {path} (once; later runs reuse it)")
         start = time.perf_counter()
-        synth.write_slide(path, size, size, seed=SYNTH_SEED, tissue_fraction=SYNTH_TISSUE)
+        synth.write_slide(path, size, size, seed=SYNTH_SEED, tissue_fraction=tissue)
         log(f"slide written in {time.perf_counter() - start:.1f} s")
         return path
     tried = ", ".join(map(str, ([Path(cache_dir)] if cache_dir is not None else cache_dirs("bench"))))

@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace, log: "_Log") -> int:
         if not path.is_file():
             raise SlideError(path, "no such file" if not path.exists() else "not a regular file")
     else:
-        path = synthetic_slide(size, args.cache_dir, args.regenerate, log)
+        path = synthetic_slide(size, args.cache_dir, args.regenerate, log, args.glass)
 
     slide_info, page = describe_slide(path, threads)
     try:
@@ -119,7 +119,8 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
         if "recipe" in methods:
             jobs.append((Result("recipe", stride), m.recipe(path, tile, stride, chosen, cols, credited),
                          m.recipe(path, tile, stride, chosen[:1], cols, 0)))
-        for method, make in (("tile_grid", m.scan_grid), ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
+        for method, make in (("tile_grid", m.scan_grid), ("skip_background", m.skip_background),
+                             ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
             if method in methods:
                 fn = make(path, tile, stride, threads, area)
                 jobs.append((Result(method, stride), fn, fn))
@@ -166,7 +167,8 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine_info": {"histofast": machine_info(), "load_average": {"before": load_before, "after": load_after}},
         "slide": slide_info,
-        "config": {"tile_size": tile, "strides": strides, "repeats": repeats, "warmups": 1, "threads": threads,
+        "config": {"tile_size": tile, "strides": strides, "glass": None if args.slide else args.glass,
+                   "repeats": repeats, "warmups": 1, "threads": threads,
                    "wait_idle_s": args.wait_idle,
                    "recipe_tiles": recipe_tiles, "recipe_rows": {str(k): v for k, v in recipe_rows.items()},
                    "peers": {p: {"version": m.peer_version(p), "workers": threads} for p in peers},

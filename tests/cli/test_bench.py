@@ -19,3 +19,18 @@ def test_bench_smoke(tmp_path, capsys):
     assert "tile_grid >= 10x recipe at stride 256" in {t["target"] for t in data["targets"]}
     assert not data["checks"]["problems"]  # the recipe and histofast chose the same tiles
     assert data["machine_info"]["histofast"]["cores"] >= 1
+
+
+def test_bench_compares_skip_background_with_the_exact_scan_on_a_glassy_slide(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--size", "4096", "--glass", "0.7", "--repeats", "1", "--strides", "512", "-q",
+            "--methods", "tile_grid,skip_background", "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(c') skip bg" in out and "agrees on" in out
+    data = json.loads(report.read_text())
+    agreement = data["checks"]["skip_background_stride512"]
+    assert agreement["agreement"] >= 0.999 and agreement["skipped"] > 0.4 and 0.6 < agreement["glass"] < 0.8
+    assert data["config"]["glass"] == 0.7 and not data["checks"]["problems"]
+    skip = next(r for r in data["results"] if r["method"] == "skip_background")
+    assert skip["ratio_vs_tile_grid"] is not None and skip["skipped"] == agreement["skipped"]
