@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ..errors import HistofastError
+from ..export.settings import EXPORT_FORMATS
 from ..io.decode import DECODES
 from ..specs import GridSpec
 
@@ -74,8 +75,10 @@ def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
                    help="OpenCV HSV lower bound of 'white' (default {} {} {})".format(*grid.hsv_lower))
     p.add_argument("--hsv-upper", type=int, nargs=3, default=grid.hsv_upper, metavar=("H", "S", "V"),
                    help="OpenCV HSV upper bound of 'white' (default {} {} {})".format(*grid.hsv_upper))
-    p.add_argument("--format", choices=("jpg", "png", "tfrecord", "none"), default=fmt,
-                   help=f"how to write kept tiles (default {fmt}); tfrecord writes shards + DALI index files")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=fmt,
+                   help=f"how to write kept tiles (default {fmt}); tfrecord writes shards + DALI index files; h5 the "
+                        "kept tiles' coordinates as CLAM's (OUT/patches/SLIDE.h5) and TRIDENT's "
+                        "(OUT/<mag>x_<size>px_<overlap>px_overlap/patches/SLIDE_patches.h5) patch files")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
     p.add_argument("--label", type=int, default=-100, help="class label stored in TFRecords (default -100: none)")
     p.add_argument("--augment", metavar="SPEC",

@@ -12,7 +12,7 @@ from ..data.sources import NO_LABEL
 from ..errors import HistofastError
 from ..specs import GridSpec, from_keywords
 
-EXPORT_FORMATS = ("jpg", "png", "tfrecord", "none")
+EXPORT_FORMATS = ("jpg", "png", "tfrecord", "h5", "none")
 SHARD_TILES = 1024  # tiles per TFRecord shard
 
 
@@ -24,7 +24,8 @@ class ExportOptions:
         grid: the tiles (``histofast.GridSpec``: tile size, stride, view, white test). A level beyond a slide's
             levels, or a slide without µm/pixel metadata for ``mpp=``, fails that slide only. The flat grid keywords
             of 0.x (``ExportOptions(512, 256, max_white=0.3)``) still work for one release.
-        format: "jpg", "png", "tfrecord" or "none" (manifest and grid only).
+        format: "jpg", "png", "tfrecord", "h5" (the kept tiles' coordinates as CLAM's and TRIDENT's HDF5 patch
+            files, ``histofast.export.h5``) or "none" (manifest and grid only).
         quality: JPEG quality, 1..100.
         label: class index stored in TFRecords; ``NO_LABEL`` (−100): unlabelled.
         augment: an ``Augment`` applied to the exported tiles, or None.

@@ -29,6 +29,7 @@ from ..renamed import renamed_keyword
 from ..tiling import TileGrid, scan_tiles
 from ..tiling.cut import tile_format
 from ..utils.atomic import atomic_open, atomic_write, remove_stale_temporary_files
+from .h5 import write_coords_h5
 from .lock import LOCK_NAME, FolderLocked, folder_lock
 from .qc import write_qc
 from .settings import ExportOptions
@@ -201,6 +202,8 @@ def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: Expo
         grid.to_csv(directory / "grid.csv")
         if qc:
             write_qc(slide, grid, directory / "qc.png")
+        if options.format == "h5":  # CLAM's and TRIDENT's patch files, before the manifest that says "done"
+            write_coords_h5(out_dir, slide_id, grid, slide)
     with atomic_open(directory / "manifest.csv", newline="") as f:
         w = csv.DictWriter(f, TILE_MANIFEST_FIELDS)
         w.writeheader()

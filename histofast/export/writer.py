@@ -36,7 +36,7 @@ class TileWriter:
                    "level_y": ly, "tile_size": self.options.grid.tile_size,
                    "white_ratio": f"{float(batch.white_ratio[k]):.9g}", "file": "", "record": ""}
             self.rows.append(row)
-            if fmt == "none":
+            if fmt in ("none", "h5"):  # no pixels written (h5: the coordinates, once the slide is done)
                 continue
             if fmt == "tfrecord":
                 shard = (len(self.rows) - 1) // self.options.shard_tiles
