@@ -172,9 +172,12 @@ def export(args: argparse.Namespace, paths: Sequence[str], not_slides: Sequence[
                   f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)
     print_skipped(not_slides)
     kept, total = sum(r.kept for r in done), sum(r.total for r in done)
+    undecoded = sum(r.undecoded for r in done)
     decoders = sorted({r.decoder for r in done})
     print(f"{len(done)} slides tiled, {len(skipped)} already done, {len(failed)} failed; "
-          f"tiles kept {kept}/{total}; {seconds:.1f} s{where}; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
+          f"tiles kept {kept}/{total}"
+          + (f" ({undecoded} left undecoded as glass by --skip-background, grid.csv 'skipped')" if undecoded else "")
+          + f"; {seconds:.1f} s{where}; {total / max(seconds, 1e-9):,.0f} tiles/s scored, "
           f"{kept / max(seconds, 1e-9):,.0f} kept tiles/s written"
           + (f"; decoded by {', '.join(decoders)}" if decoders else "")
           + f"; manifest {Path(args.out) / 'manifest.csv'}"

@@ -59,6 +59,7 @@ class SlideResult:
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     decoder: str = ""  # what decoded the slide ("tiff", "openslide", "nvimgcodec-gpu", …; "" unless done)
     warning: str | None = None  # why a done slide has 0 tiles when it is not the tissue test (smaller than a tile)
+    undecoded: int = 0  # tiles skip_background decided from the thumbnail, not decoded (grid.csv's "skipped")
 
 
 def export_slide(
@@ -209,7 +210,8 @@ def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: Expo
         w.writeheader()
         w.writerows(rows)
     return SlideResult(os.fspath(path), "done", len(grid), grid.white_ratio.size, directory=os.fspath(directory),
-                       rows=rows, decoder=grid.decoder, warning=warning)
+                       rows=rows, decoder=grid.decoder, warning=warning,
+                       undecoded=0 if grid.skipped is None else int(grid.skipped.sum()))
 
 
 def _read_manifest(path: Path) -> list[dict[str, Any]]:

@@ -121,7 +121,7 @@ def test_the_option_is_checked_and_offered_by_every_entry_point():
     assert TrainConfig(data="x.csv", skip_background=True).grid.skip_background is True
 
 
-def test_histofast_tile_skip_background_writes_the_exact_tiles_and_marks_the_rest(glassy, tmp_path):
+def test_histofast_tile_skip_background_writes_the_exact_tiles_and_marks_the_rest(glassy, tmp_path, capsys):
     import csv
 
     from histofast.cli import main
@@ -140,3 +140,4 @@ def test_histofast_tile_skip_background_writes_the_exact_tiles_and_marks_the_res
     skipped = [r["skipped"] for r in rows("fast", "grid.csv")]
     assert "1" in skipped and set(r["skipped"] for r in rows("exact", "grid.csv")) == {"0"}
     assert (folder["fast"] / "qc.png").is_file()
+    assert f"({skipped.count('1')} left undecoded as glass by --skip-background" in capsys.readouterr().out
