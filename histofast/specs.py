@@ -162,12 +162,11 @@ def from_keywords(owner: str, grid: GridSpec | None, batch: BatchFormat | None, 
         raise TypeError(f"{owner}() takes at most 2 positional arguments after the source (tile_size, stride), "
                         f"got {len(positional)}")
     flat = dict(flat)
-    if "dtype" in flat and batch is not False:
+    takes_grid, takes_batch = grid is not False, batch is not False
+    if "dtype" in flat and takes_batch:
         flat["out_dtype"] = flat.pop("dtype")
-    takes_grid = grid is not False
     grid_kw = {**dict(zip(("tile_size", "stride"), positional)),
                **{k: flat.pop(k) for k in GRID_FIELDS if k in flat and takes_grid}}
-    takes_batch = batch is not False
     batch_kw = {k: flat.pop(k) for k in BATCH_FIELDS if k in flat and takes_batch}
     for kind, spec, given in (("grid", grid, grid_kw), ("batch", batch, batch_kw)):
         if spec is not None and given:

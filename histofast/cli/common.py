@@ -69,8 +69,8 @@ def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
                    help=f"keep tiles whose white fraction is at most F (default {grid.max_white})")
     p.add_argument("--skip-background", action="store_true",
                    help="read a low-resolution level first and decode only where it shows tissue: faster on "
-                        "mostly-glass slides, not exact (faint or sparse tissue may be left out; see 'histofast "
-                        "bench --skip-background')")
+                        "mostly-glass slides, not exact (faint or sparse tissue may be left out; 'histofast "
+                        "bench --glass 0.7' measures both)")
     p.add_argument("--hsv-lower", type=int, nargs=3, default=grid.hsv_lower, metavar=("H", "S", "V"),
                    help="OpenCV HSV lower bound of 'white' (default {} {} {})".format(*grid.hsv_lower))
     p.add_argument("--hsv-upper", type=int, nargs=3, default=grid.hsv_upper, metavar=("H", "S", "V"),

@@ -3,11 +3,11 @@ grid tiles cannot be kept, and their stored tiles are never decoded.
 
 A low-resolution pixel is *glass* when its HSV lies well inside the white range (``GLASS_MARGIN`` inside each
 bound that is not the channel's end). A grid tile stays a *candidate* (decoded, and decided by the paper's HSV
-rule as always) when any low-resolution pixel of its footprint, grown by one such pixel on every side, is not
-glass; the other tiles are decided without decoding: white ratio 1.0, not kept (``TileGrid.skipped``). A tile
-skipped wrongly would need at least ``1 - max_white`` of its level pixels non-white while every thumbnail pixel
-over it averages to clear glass: faint or very sparse tissue. ``histofast bench`` measures how often that happens
-(``tile_grid`` with and without the option, decision by decision)."""
+rule as always) when at least ``SAFETY · (1 - max_white)`` of its footprint there, grown by one pixel on every
+side, is not glass (a quarter, at max_white 0.5); the other tiles are decided without decoding: white ratio 1.0,
+not kept (``TileGrid.skipped``). A tile skipped wrongly would need at least ``1 - max_white`` of its level pixels
+non-white while most thumbnail pixels over it average to clear glass: faint or very sparse tissue. ``histofast
+bench`` measures how often that happens (``tile_grid`` with and without the option, decision by decision)."""
 from __future__ import annotations
 
 import math
@@ -76,7 +76,7 @@ def find_background(view: LevelView, spec: GridSpec, shape: tuple[int, int], mar
     tx0, tx1 = _span(x0 * f, (x0 + spec.tile_size) * f, w)
     count = (table[ty1][:, tx1] - table[ty0][:, tx1] - table[ty1][:, tx0] + table[ty0][:, tx0])
     area = (ty1 - ty0)[:, None] * (tx1 - tx0)[None, :]
-    candidates = count > 0 if SAFETY == 0 else count >= SAFETY * (1 - spec.max_white) * area
+    candidates = count >= SAFETY * (1 - spec.max_white) * area
     resampling = 0 if view.scale == 1.0 else 2  # a resampled view pixel reads level pixels up to one view pixel out
     return Background(candidates, level, _needed(candidates, spec, view.dimensions, margin + resampling),
                       view.scale)

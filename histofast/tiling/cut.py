@@ -70,7 +70,7 @@ def tile_format(options: dict[str, Any]) -> tuple[BatchFormat, int]:
     if unknown:
         raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))} (the batch format takes "
                         f"{', '.join(f.name for f in dataclasses.fields(BatchFormat))}, and epoch)")
-    return BatchFormat(**{**TILE_FORMAT, **options}), epoch
+    return BatchFormat(**{**TILE_FORMAT, **options}).resolved(None), epoch
 
 
 def cut(
@@ -85,10 +85,9 @@ def cut(
 ) -> Iterator[TileBatch]:
     """Cut the kept tiles of ``grid`` band by band into batches of ``batch_format`` (``epoch``: the augmentation
     draw); ``score(band)`` fills the band's rows of the grid's white ratio first (a no-op when the grid is
-    already scored). ``rows`` decodes the view (default: the slide's own decoders); ``device`` is resolved.
-    ``augment="preset"`` is no augmentation here (there is no preset)."""
-    f = batch_format.resolved(None)
-    augment = f.augment
+    already scored). ``rows`` decodes the view (default: the slide's own decoders); ``device`` and the format's
+    augmentation are resolved."""
+    f, augment = batch_format, batch_format.augment
     t, stride = grid.tile_size, grid.stride
     reach = augment.reach(t) if augment is not None else 0
     height = view.dimensions[1]

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .. import ops
-from ..augment import Augment
 from ..checks import check_count, check_device
 from ..errors import SmallerThanTileError
 from ..io import Slide, opened
@@ -109,12 +108,12 @@ def _scan(view: LevelView, score: "_Score", progress: Any) -> None:
                 continue  # other jobs of these rows are still running
             ready = min(n_rows, max(0, (rows - grid.tile_size) // grid.stride + 1))  # tile rows wholly above
             if ready > done:
-                grid.white_ratio[done:ready] = counts.ratio(range(done, ready))
+                score.fill(slice(done, ready), counts.ratio(range(done, ready)))
                 if progress is not None:
                     progress.update(ready - done)
                 done = ready
         if done < n_rows:  # rows below the last decoded ones (glass left white by skip_background)
-            grid.white_ratio[done:] = counts.ratio(range(done, n_rows))
+            score.fill(slice(done, n_rows), counts.ratio(range(done, n_rows)))
             if progress is not None:
                 progress.update(n_rows - done)
     finally:
@@ -164,11 +163,12 @@ def iter_tiles(
 
 def scan_tiles(slide: Slide | str | os.PathLike, grid: GridSpec, batch: BatchFormat, *, epoch: int = 0,
                device: str = "cpu", decode: str = "auto") -> "TileIterator":
-    """``iter_tiles`` for a ``GridSpec`` and a ``BatchFormat``."""
+    """``iter_tiles`` for a ``GridSpec`` and a ``BatchFormat`` (``augment="preset"``: none, there is no preset)."""
     check_count(epoch, "epoch", 0)
+    batch = batch.resolved(None)
     source = opened(slide)
     try:
-        reach = batch.augment.reach(grid.tile_size) if isinstance(batch.augment, Augment) else 0
+        reach = batch.augment.reach(grid.tile_size) if batch.augment is not None else 0
         view, rows, score = _scorer(source.slide, grid, device, decode, margin=reach)
     except BaseException:
         source.__exit__()
@@ -227,7 +227,7 @@ class _Score:
     def __init__(self, grid: TileGrid, spec: GridSpec, device: str, deferred: bool, threads: int,
                  counts: WhiteCounts | None = None) -> None:
         self.grid, self.ratio, self.device = grid, grid.white_ratio, device
-        self.skipped = grid.skipped  # decided by the thumbnail: white, whatever was decoded around them
+        self.skipped = grid.skipped  # decided by the thumbnail (skip_background), or None
         self.lower, self.upper = spec.hsv_lower, spec.hsv_upper
         self.tile_size, self.stride = grid.tile_size, grid.stride
         self.threads, self.counts = threads, counts
@@ -240,23 +240,25 @@ class _Score:
     def __call__(self, band: Band) -> None:
         rows = slice(band.rows.start, band.rows.stop)
         if self.counts is not None:
-            self.ratio[rows] = self.counts.ratio(band.rows)
+            self.fill(rows, self.counts.ratio(band.rows))
         elif self._on_device is None:
-            self.ratio[rows] = _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device,
-                                           self.threads)
-        else:
+            self.fill(rows, _band_ratio(band, self.tile_size, self.stride, self.lower, self.upper, self.device,
+                                        self.threads))
+        else:  # finish() brings these rows back
             ops.white_ratio(_band_region(band, self.tile_size, self.stride, self.device), self.tile_size,
                             self.stride, self.lower, self.upper, out=self._on_device[rows])
-            return  # finish() marks the skipped tiles white once the grid is back
+
+    def fill(self, rows: slice, ratio: np.ndarray) -> None:
+        """Set tile rows ``rows`` of the grid's white ratio; the tiles the thumbnail decided stay white (1.0),
+        whatever was decoded around them."""
+        self.ratio[rows] = ratio
         if self.skipped is not None:
             self.ratio[rows][self.skipped[rows]] = 1.0
 
     def finish(self) -> None:
         """Every band is scored: bring a deferred grid's ratios back to the host."""
         if self._on_device is not None:
-            self.ratio[...] = self._on_device.cpu().numpy()
-        if self.skipped is not None:
-            self.ratio[self.skipped] = 1.0
+            self.fill(slice(None), self._on_device.cpu().numpy())
 
 
 def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str, deferred: bool = False,
