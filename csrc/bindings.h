@@ -21,6 +21,7 @@ namespace hf {
 void bind_rgb_to_hsv(pybind11::module_& m);
 void bind_white_ratio(pybind11::module_& m);  // white_ratio, white_counts, white_ratio_from_counts, grid_shape
 void bind_augment(pybind11::module_& m);
+void bind_resample(pybind11::module_& m);
 #ifdef HISTOFAST_WITH_JPEG  // built only where CMake found the libjpeg headers
 void bind_jpeg_decode(pybind11::module_& m);                   // host only: strict libjpeg-turbo into a band
 void bind_decode_jpegs_counting_white(pybind11::module_& m);  // host only: decode + white_counts per tile

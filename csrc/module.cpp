@@ -28,6 +28,7 @@ PYBIND11_MODULE(_C, m) {
   hf::bind_rgb_to_hsv(m);
   hf::bind_white_ratio(m);
   hf::bind_augment(m);
+  hf::bind_resample(m);
 #ifdef HISTOFAST_WITH_JPEG  // CMake found the libjpeg headers: without them ops.py decodes through imagecodecs
   hf::bind_jpeg_decode(m);
   hf::bind_decode_jpegs_counting_white(m);

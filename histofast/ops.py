@@ -39,12 +39,12 @@ from .errors import HistofastError
 __all__ = [
     # constants
     "DEFAULT_HSV_LOWER", "DEFAULT_HSV_UPPER", "IMAGENET_MEAN", "IMAGENET_STD", "OUT_DTYPES", "LAYOUTS", "HSV_TOP",
-    "STRICT_JPEG",
+    "STRICT_JPEG", "RESAMPLE_ONE",
     # validators
     "check_hsv_bounds", "check_batch_format",
     # ops
     "rgb_to_hsv", "grid_shape", "white_ratio", "white_counts", "white_ratio_from_counts", "augment",
-    "decode_jpeg", "decode_jpegs_counting_white",
+    "Taps", "triangle_taps", "resample", "decode_jpeg", "decode_jpegs_counting_white",
 ]
 
 DEFAULT_HSV_LOWER = (0, 0, 200)
@@ -378,6 +378,152 @@ def augment(
         for_c(region), for_c(out), tile_size, origins, rot90, flip, shift, angle,
         mean, std, layout == "NCHW", kind.stream(), thread_count(threads),
     )
+    return out
+
+
+RESAMPLE_ONE = 1 << 14  # the fixed-point 1.0 of resample's weights (resample.h's kWeightOne)
+
+
+class Taps:
+    """One axis of ``resample``'s filter: output pixel i reads input pixels ``first[i] .. first[i] + taps − 1``
+    with integer ``weights[i]``, checked once, here (non-decreasing ``first``; each row of weights
+    non-negative, summing to ``RESAMPLE_ONE``): a slice or a shift of checked taps is not checked again.
+
+    Args:
+        first: int (n,), input pixels.
+        weights: int (n, taps).
+
+    Examples:
+        >>> from histofast import ops
+        >>> taps = ops.Taps([0, 2], [[8192, 8192], [8192, 8192]])  # 2× down by pairs
+        >>> len(taps), taps[1:].first.tolist(), taps.shifted(-3).first.tolist()
+        (2, [2], [3, 5])
+    """
+
+    __slots__ = ("first", "weights")
+
+    def __init__(self, first: Any, weights: Any) -> None:
+        tail = tuple(int(d) for d in (weights.shape if hasattr(weights, "shape") else np.shape(weights))[1:])
+        first, weights = host(first, "taps first", np.int64), host(weights, "taps weights", np.int64, tail)
+        if weights.ndim != 2 or len(weights) != len(first) or not len(first) or not weights.shape[1]:
+            raise HistofastError(f"taps: weights must be (n, taps) for first (n,), n and taps >= 1; got first "
+                                 f"{first.shape}, weights {weights.shape}")
+        if (np.diff(first) < 0).any():
+            raise HistofastError("taps: first must never decrease")
+        if (weights < 0).any() or (weights.sum(1) != RESAMPLE_ONE).any():
+            raise HistofastError(f"taps: each row of weights must be non-negative and sum to {RESAMPLE_ONE} "
+                                 "(ops.RESAMPLE_ONE)")
+        self.first, self.weights = first, weights.astype(np.int32)
+
+    @classmethod
+    def _checked(cls, first: np.ndarray, weights: np.ndarray) -> "Taps":
+        taps = object.__new__(cls)
+        taps.first, taps.weights = first, weights
+        return taps
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __getitem__(self, outputs: slice) -> "Taps":
+        """The taps of a run of output pixels (a slice of step 1)."""
+        if not isinstance(outputs, slice) or outputs.step not in (None, 1):
+            raise HistofastError(f"taps[{outputs!r}]: only slices of step 1")
+        return Taps._checked(self.first[outputs], self.weights[outputs])
+
+    def shifted(self, by: int) -> "Taps":
+        """The same taps for an input that starts ``by`` pixels later (``first − by``)."""
+        return Taps._checked(self.first - integer(by, "by"), self.weights)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The input pixels the taps read: ``(first[0], first[-1] + taps)``."""
+        return int(self.first[0]), int(self.first[-1]) + self.weights.shape[1]
+
+
+def triangle_taps(start: int, count: int, scale: float, size: int) -> Taps:
+    """The taps of an antialiased triangle filter along one axis, for ``resample``.
+
+    Output pixel i (``start`` ≤ i < ``start + count``) is centred on input position (i + ½)·``scale`` and
+    weighs input pixel j by ``max(0, 1 − |j + ½ − centre| / r)``, r = max(``scale``, 1) (bilinear when
+    enlarging); taps outside the ``size`` input pixels get weight 0 and the rest are renormalised, then
+    rounded to integers summing to ``RESAMPLE_ONE`` (the largest absorbs the rounding). The taps depend only
+    on i, so a region's taps are a slice of the whole axis's, shifted by where the region starts.
+
+    Args:
+        start, count: the output pixels, output pixels.
+        scale: input pixels per output pixel, > 0.
+        size: input pixels along the axis.
+    Returns:
+        ``Taps``: ``first`` int64 (count,), the first input pixel of each output pixel, ``weights`` int32
+        (count, taps).
+
+    Examples:
+        >>> from histofast import ops
+        >>> taps = ops.triangle_taps(0, 3, 2.0, 6)
+        >>> taps.first.tolist(), taps.weights.tolist()
+        ([0, 1, 2], [[7021, 7022, 2341, 0], [2048, 6144, 6144, 2048], [0, 2341, 7021, 7022]])
+    """
+    start, count, size = integer(start, "start"), integer(count, "count"), integer(size, "size")
+    if not (isinstance(scale, (int, float, np.number)) and math.isfinite(scale) and scale > 0):
+        raise HistofastError(f"scale={scale!r}: must be a positive number (input pixels per output pixel)")
+    if count < 1 or size < 1 or start < 0:
+        raise HistofastError(f"start={start}, count={count}, size={size}: need start >= 0, count >= 1 and size >= 1")
+    radius = max(float(scale), 1.0)
+    centre = (np.arange(start, start + count) + 0.5) * scale
+    lo = np.floor(centre - radius).astype(np.int64)
+    index = lo[:, None] + np.arange(math.ceil(2 * radius) + 2)
+    weight = np.clip(1 - np.abs(index + 0.5 - centre[:, None]) / radius, 0, None)
+    weight[(index < 0) | (index >= size)] = 0
+    total = weight.sum(1)
+    if not total.all():
+        raise HistofastError(f"start={start}, count={count}: output pixels past the input's {size} pixels")
+    weight /= total[:, None]
+    nonzero = weight > 0
+    head, tail = nonzero.argmax(1), weight.shape[1] - 1 - nonzero[:, ::-1].argmax(1)
+    taps = min(int((tail - head).max()) + 1, size)
+    first = np.minimum(lo + head, size - taps)
+    columns = (first - lo)[:, None] + np.arange(taps)  # the kept taps' columns of ``weight`` (past its end: 0)
+    weight = np.pad(weight, ((0, 0), (0, taps)))
+    kept = np.floor(np.take_along_axis(weight, columns, 1) * RESAMPLE_ONE + 0.5).astype(np.int32)
+    kept[np.arange(count), kept.argmax(1)] += RESAMPLE_ONE - kept.sum(1).astype(np.int32)
+    return Taps._checked(first, kept)
+
+
+def resample(region: Any, x_taps: Taps, y_taps: Taps, *, out: Any = None, threads: int | None = None) -> Any:
+    """Resample an image by a separable filter in fixed point: the same integers on the CPU and the GPU.
+
+    ``across(r, u) = (Σ_k wx[u, k]·region[r, x_first[u] + k] + 2⁵) >> 6`` (8 fraction bits kept), then
+    ``out(v, u) = (Σ_k wy[v, k]·across(y_first[v] + k, u) + 2²¹) >> 22``, per channel, in integers: no
+    rounding depends on the order of the sums, so any cut of a region into pieces reads the same.
+
+    Args:
+        region: uint8 (H, W, 3) RGB.
+        x_taps, y_taps: the ``Taps`` along x and y (e.g. ``triangle_taps``), every tap inside the region.
+        out: optional C-contiguous uint8 (len(y_first), len(x_first), 3), same kind and device as region.
+        threads: CPU threads (OpenMP) for this call; None: OpenMP's default.
+    Returns:
+        uint8 (len(y_first), len(x_first), 3), the same kind of array as ``region`` on its device.
+
+    Examples:
+        >>> import numpy as np
+        >>> from histofast import ops
+        >>> region = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        >>> half = ops.resample(region, ops.triangle_taps(0, 4, 2.0, 8), ops.triangle_taps(0, 4, 2.0, 8))
+        >>> half.shape, int(ops.resample(np.full((8, 8, 3), 77, np.uint8), ops.triangle_taps(0, 3, 2.5, 8),
+        ...                              ops.triangle_taps(0, 3, 2.5, 8)).max())
+        ((4, 4, 3), 77)
+    """
+    region, kind = as_input(region, "region")
+    image_shape(region, "region")
+    for taps, name in ((x_taps, "x_taps"), (y_taps, "y_taps")):
+        if not isinstance(taps, Taps):
+            raise TypeError(f"{name}: expected ops.Taps (e.g. ops.triangle_taps(...)), got {type(taps).__name__}")
+    if out is None:
+        out = kind.empty((len(y_taps), len(x_taps), 3), "uint8")
+    else:
+        check_out(out, kind)
+    _C.resample(for_c(region), for_c(out), x_taps.first, x_taps.weights, y_taps.first, y_taps.weights,
+                kind.stream(), thread_count(threads))
     return out
 
 

@@ -103,3 +103,28 @@ def rotated_reference(region, origin, shift, tile, angle) -> np.ndarray:
     top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
     bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
     return top * (1 - wy) + bottom * wy
+
+
+def resample_reference(region: np.ndarray, x_taps, y_taps) -> np.ndarray:
+    """ops.resample's formula in int64 numpy: the taps summed down (+2^5 >> 6), then across (+2^21 >> 22)."""
+    pixels = region.astype(np.int64)
+    down = sum(y_taps.weights[:, k, None, None].astype(np.int64) * pixels[y_taps.first + k]
+               for k in range(y_taps.weights.shape[1]))
+    down = (down + 32) >> 6
+    across = sum(x_taps.weights[None, :, k, None].astype(np.int64) * down[:, x_taps.first + k]
+                 for k in range(x_taps.weights.shape[1]))
+    return ((across + 2**21) >> 22).astype(np.uint8)
+
+
+def triangle_reference(region: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:
+    """The view's antialiased triangle filter in float64, no rounding until the end: pixel (x, y) centred on
+    ((x + ½)·scale, (y + ½)·scale), weights max(0, 1 − |d| / max(scale, 1)), taps outside renormalised."""
+    def matrix(n: int, size: int) -> np.ndarray:
+        r = max(scale, 1.0)
+        d = np.arange(size)[None, :] + 0.5 - (np.arange(n)[:, None] + 0.5) * scale
+        m = np.clip(1 - np.abs(d) / r, 0, None)
+        return m / m.sum(1, keepdims=True)
+
+    rows, cols = matrix(height, region.shape[0]), matrix(width, region.shape[1])
+    out = np.einsum("vy,yxc,ux->vuc", rows, region.astype(np.float64), cols, optimize=True)
+    return np.floor(out + 0.5).astype(np.uint8)

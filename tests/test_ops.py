@@ -13,9 +13,11 @@ from common import (
     augment_reference,
     cpu_and_cuda,
     near_white_image,
+    resample_reference,
     rotated_reference,
     to_device,
     to_numpy,
+    triangle_reference,
     white_ratio_reference,
 )
 
@@ -557,3 +559,63 @@ def test_check_batch_format_is_the_one_check_of_mean_and_std(mean, std, message)
     with pytest.raises(HistofastError) as info:  # augment checks them with it, before reading a pixel
         ops.augment(REGION, [[0, 0]], 8, mean=mean, std=std)
     assert str(info.value) == message
+
+
+# ---------------------------------------------------------------- triangle_taps, resample
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("scale", [2.0, 4.0, 1.3, 3.7, 1.06, 0.7])
+def test_resample_equals_its_integer_formula_and_the_float_filter(device, scale):
+    rng = np.random.default_rng(int(scale * 100))
+    region = rng.integers(0, 256, (301, 357, 3), dtype=np.uint8)
+    width, height = (int(357 / scale), int(301 / scale)) if scale > 1 else (400, 350)
+    x_taps, y_taps = ops.triangle_taps(0, width, scale, 357), ops.triangle_taps(0, height, scale, 301)
+    got = to_numpy(ops.resample(to_device(region, device), x_taps, y_taps))
+    np.testing.assert_array_equal(got, resample_reference(region, x_taps, y_taps))  # bit for bit, either device
+    # the fixed-point weights and the 8 fraction bits kept between the passes: within one level of float64
+    assert np.abs(got.astype(int) - triangle_reference(region, scale, width, height)).max() <= 1
+
+
+@pytest.mark.parametrize("scale", [2.0, 2.5, 3.3])
+def test_triangle_taps_are_slices_of_the_whole_axis_and_keep_flat_colours(scale):
+    whole = ops.triangle_taps(0, int(1000 / scale), scale, 1000)
+    assert (whole.weights >= 0).all() and (whole.weights.sum(1) == ops.RESAMPLE_ONE).all()
+    assert (np.diff(whole.first) >= 0).all() and whole.span[0] >= 0 and whole.span[1] <= 1000
+    part = ops.triangle_taps(17, 40, scale, 1000)
+    np.testing.assert_array_equal(part.first, whole[17:57].first)
+    np.testing.assert_array_equal(part.weights[:, : whole.weights.shape[1]], whole[17:57].weights)
+    flat = np.full((60, 1000, 3), (13, 200, 255), np.uint8)
+    out = ops.resample(flat, whole, ops.triangle_taps(0, int(60 / scale), scale, 60))
+    assert (out == (13, 200, 255)).all()
+
+
+def test_resample_pieces_equal_one_call():
+    region = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    x_taps, y_taps = ops.triangle_taps(0, 120, 2.5, 300), ops.triangle_taps(0, 80, 2.5, 200)
+    whole = ops.resample(region, x_taps, y_taps)
+    for (u0, u1), (v0, v1) in [((0, 7), (0, 80)), ((7, 120), (33, 34)), ((50, 90), (10, 70))]:
+        (x0, x1), (y0, y1) = x_taps[u0:u1].span, y_taps[v0:v1].span
+        piece = ops.resample(region[y0:y1, x0:x1], x_taps[u0:u1].shifted(x0), y_taps[v0:v1].shifted(y0))
+        np.testing.assert_array_equal(piece, whole[v0:v1, u0:u1])
+
+
+def test_resample_bad_arguments():
+    region = np.zeros((10, 10, 3), np.uint8)
+    good = ops.triangle_taps(0, 5, 2.0, 10)
+    with pytest.raises(HistofastError, match="sum to 16384"):
+        ops.Taps([0, 2], [[8192, 8191], [8192, 8192]])
+    with pytest.raises(HistofastError, match="never decrease"):
+        ops.Taps([2, 0], [[16384], [16384]])
+    with pytest.raises(HistofastError, match="weights must be"):
+        ops.Taps([0, 1], [[16384]])
+    with pytest.raises(TypeError, match="x_taps: expected ops.Taps"):
+        ops.resample(region, (good.first, good.weights), good)
+    with pytest.raises(HistofastError, match="y_taps: first.*inside the image"):
+        ops.resample(region, good, ops.triangle_taps(0, 5, 2.0, 10).shifted(-1))
+    with pytest.raises(HistofastError, match="out: expected shape"):
+        ops.resample(region, good, good, out=np.empty((5, 4, 3), np.uint8))
+    with pytest.raises(HistofastError, match="scale=0"):
+        ops.triangle_taps(0, 5, 0, 10)
+    with pytest.raises(HistofastError, match="past the input"):
+        ops.triangle_taps(0, 8, 2.0, 10)

@@ -15,10 +15,12 @@ import numpy as np
 
 from ..augment import Augment
 from ..io import open_slide
+from ..io.level import select_level
 from ..io.tiff import TILES_PER_JOB
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER, IMAGENET_MEAN, IMAGENET_STD
 from ..tiling import iter_tiles, tile_grid
 
+RESAMPLED_MPP = 2  # the resampled method tiles at this many times level 0's µm per pixel (0.5 on a 40× scan)
 MAX_WHITE = 0.5
 HSV_LOWER, HSV_UPPER = DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER  # the paper's bounds, as tile_grid's defaults
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
@@ -154,6 +156,28 @@ def skip_background(path: Path, tile: int, stride: int, threads: int, area: int)
                                                              "skipped": float(grid.skipped.mean())})
 
     return run
+
+
+def resampled(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
+    """tile_grid at twice level 0's µm per pixel: level 0 decoded and resampled (``mpp=``), the grid in view pixels.
+    Credited with level 0's area, the pixels it decodes."""
+    def run() -> Work:
+        with open_slide(path, threads=threads) as slide:
+            grid = tile_grid(slide, tile, stride, mpp=RESAMPLED_MPP * slide.mpp, max_white=MAX_WHITE)
+        return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio})
+
+    return run
+
+
+def resampled_unavailable(path: Path) -> str | None:
+    """Why the slide cannot be tiled at ``RESAMPLED_MPP`` × level 0's µm per pixel from a resampled level 0, if so."""
+    with open_slide(path) as slide:
+        if slide.mpp is None:
+            return "the slide has no µm-per-pixel metadata"
+        view = select_level(slide, mpp=RESAMPLED_MPP * slide.mpp)
+        if view.level != 0 or view.scale == 1.0:
+            return f"level {view.level} stores {RESAMPLED_MPP}× level 0's µm per pixel: nothing to resample"
+    return None
 
 
 def scan_and_cut(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:

@@ -18,6 +18,7 @@ TARGETS = (
     ("tile_grid >= 0.85x decode limit", "tile_grid", "decode", 0.85, None),
     ("iter_tiles >= 0.7x decode limit", "iter_tiles", "decode", 0.7, None),
     ("skip_background >= 2.5x tile_grid (70% glass)", "skip_background", "tile_grid", 2.5, None),
+    ("tile_grid at mpp x2 (resampled) >= 0.85x tile_grid", "resampled", "tile_grid", 0.85, None),
 )
 TARGET_GLASS = 0.7  # the skip_background target is for slides this much glass (measured), give or take 0.02
 SKIP_AGREEMENT = 0.999  # skip_background: share of keep decisions equal to tile_grid's, at least

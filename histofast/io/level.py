@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ..errors import HistofastError
+from .resampled import ResampledReads
 from .slide import Job, OnPart, Skip, Slide
 
 RESAMPLE_TOLERANCE = 0.05  # within 5% of the target, a level is used as it is
-RESAMPLE_PIECE = 1024  # view pixels per resampled piece (width), one job each
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,9 @@ class LevelView:
 
     A resampled view has ``(floor(w / scale), floor(h / scale))`` pixels; view pixel (x, y) is centred
     on level position ((x + ½)·scale, (y + ½)·scale) and filtered with an antialiased triangle
-    (bilinear) kernel of radius ``scale``. Its weights depend only on the pixel's position, so a
-    region reads the same however the view is cut into pieces.
+    (bilinear) kernel of radius ``scale``, in fixed point (``ops.triangle_taps``, ``ops.resample``: the
+    same integers on any device). Its weights depend only on the pixel's position, so a region reads the
+    same however the view is cut into pieces (``histofast.io.resampled``).
 
     ``skip``, when set (``GridSpec(skip_background=True)``), says which level rectangles may stay white without
     being decoded: every read of the view leaves those stored tiles white (``Slide.region_jobs``)."""
@@ -59,26 +61,14 @@ class LevelView:
         ``on_part(part, x, y)`` (view pixels) with the parts it filled, as ``Slide.region_jobs`` does."""
         if self.scale == 1.0:
             return self.slide.region_jobs(self.level, (x, y), (w, h), out, on_part, self.skip)[0]
-        return [self._resampled(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE],
-                                on_part) for px in range(x, x + w, RESAMPLE_PIECE)]
+        return self._resampled.region_jobs(x, y, w, h, out, on_part)
 
     def scan_jobs(self, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
         """``Slide.scan_jobs`` for the view: rows ``0 .. height`` decoded once each, every part handed to
         ``on_part(part, x, y)`` (view pixels) and not kept; ``(rows, job)`` in row order."""
         if self.scale == 1.0:
             return self.slide.scan_jobs(self.level, height, on_part, self.skip)
-        width, s = self.dimensions[0], self.scale
-        return [(min(y + RESAMPLE_PIECE, height),
-                 self._scan_piece(x, y, min(RESAMPLE_PIECE, width - x), min(RESAMPLE_PIECE, height - y), on_part))
-                for y in range(0, height, RESAMPLE_PIECE) for x in range(0, width, RESAMPLE_PIECE)
-                if self.skip is None or not self.skip(int(x * s), int(y * s), math.ceil((x + RESAMPLE_PIECE) * s),
-                                                      math.ceil((y + RESAMPLE_PIECE) * s))]
-
-    def _scan_piece(self, x: int, y: int, w: int, h: int, on_part: OnPart) -> Job:
-        def job() -> None:
-            self._resampled(x, y, w, h, np.empty((h, w, 3), np.uint8), on_part)()
-
-        return job
+        return self._resampled.scan_jobs(height, on_part)
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The view region at (x, y) of size (w, h), view pixels: uint8 (h, w, 3)."""
@@ -86,39 +76,9 @@ class LevelView:
         self.slide.run(self.jobs(x, y, w, h, out))
         return out
 
-    def _resampled(self, x: int, y: int, w: int, h: int, out: np.ndarray, on_part: OnPart | None = None) -> Job:
-        def job() -> None:
-            lw, lh = self.slide.level_dimensions[self.level]
-            cols, wx = _taps(x, w, self.scale, lw)
-            rows, wy = _taps(y, h, self.scale, lh)
-            c0, r0 = cols.min(), rows.min()
-            jobs, source = self.slide.region_jobs(self.level, (c0, r0), (cols.max() + 1 - c0, rows.max() + 1 - r0),
-                                                  skip=self.skip)
-            for part in jobs:  # already inside a pool job: run inline
-                part()
-            across = np.zeros((source.shape[0], w, 3), np.float32)
-            for k in range(cols.shape[1]):  # the same terms in the same order for every piece
-                across += wx[:, k, None] * source[:, cols[:, k] - c0]
-            down = np.zeros((h, w, 3), np.float32)
-            for k in range(rows.shape[1]):
-                down += wy[:, k, None, None] * across[rows[:, k] - r0]
-            out[...] = np.floor(down + 0.5).clip(0, 255)
-            if on_part is not None:
-                on_part(out, x, y)
-
-        return job
-
-
-def _taps(start: int, n: int, scale: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices and weights of view pixels start..start+n−1 along an axis of ``size`` level pixels:
-    int64 and float32 (n, taps); taps outside the level get weight 0 (the rest renormalised)."""
-    centre = (np.arange(start, start + n) + 0.5) * scale
-    taps = math.ceil(2 * scale) + 2
-    index = np.floor(centre - scale).astype(np.int64)[:, None] + np.arange(taps)
-    weight = np.clip(1 - np.abs((index + 0.5 - centre[:, None]) / scale), 0, None)
-    weight[(index < 0) | (index >= size)] = 0
-    weight /= weight.sum(1, keepdims=True)
-    return index.clip(0, size - 1), weight.astype(np.float32)
+    @cached_property
+    def _resampled(self) -> ResampledReads:
+        return ResampledReads(self)
 
 
 def select_level(

@@ -1,0 +1,53 @@
+"""A resampled view's scan (histofast.io.resampled): every view pixel handed over once, equal to one read of the
+whole view, however the level is cut into strips, column groups and chunks and in whatever order the jobs run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histofast import ops, tile_grid
+from histofast.io import open_slide, resampled
+from histofast.io.level import select_level
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.3, 0.93])  # scale 2, 1.2 and 3.72 of level 0
+@pytest.mark.parametrize("small", [False, True], ids=["default", "small-groups-and-chunks"])
+def test_scan_hands_over_the_view_once_whatever_the_order(make_slide, monkeypatch, mpp, small):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=128)
+    if small:  # column groups of two stored tiles, chunks of one
+        monkeypatch.setattr(resampled, "STRIP_BYTES", 3 * 2 * 256 * 256)
+        monkeypatch.setattr(resampled, "CHUNK_BYTES", 1)
+    with open_slide(path, threads=1) as slide:
+        view = select_level(slide, mpp=mpp)
+        width, height = view.dimensions
+        whole = view.read(0, 0, width, height)
+        got, times = np.zeros_like(whole), np.zeros((height, width), np.int64)
+
+        def on_part(part, x, y):
+            h, w = part.shape[:2]
+            got[y : y + h, x : x + w] = part
+            times[y : y + h, x : x + w] += 1
+
+        jobs = view.scan_jobs(height, on_part)
+        if small:
+            assert len({rows for rows, _ in jobs}) < len(jobs)  # several column groups per strip
+        for _, job in jobs[::-1]:  # the later strip ends first: its edges wait for the earlier one
+            job()
+        assert (times == 1).all()
+        np.testing.assert_array_equal(got, whole)
+        times[...] = 0
+        for k, (rows, job) in enumerate(jobs):  # in order: every row above `rows` is done when its jobs are
+            job()
+            if k + 1 == len(jobs) or jobs[k + 1][0] != rows:
+                assert (times[:rows] == 1).all()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_tile_grid_at_a_resampled_view_equals_white_ratio_of_the_view(make_slide, monkeypatch, threads):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=128)
+    monkeypatch.setattr(resampled, "CHUNK_BYTES", 1)
+    with open_slide(path, threads=threads) as slide:
+        view = select_level(slide, mpp=0.5)
+        pixels = view.read(0, 0, *view.dimensions)
+        grid = tile_grid(slide, 128, 96, mpp=0.5)
+    np.testing.assert_array_equal(grid.white_ratio, ops.white_ratio(pixels, 128, 96))
