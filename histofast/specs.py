@@ -1,7 +1,8 @@
 """The settings of a tiling run as two small frozen values, each checked once, here, and then passed as is
 through the layers (tiling, data, export, train):
 
-- ``GridSpec``: which tiles, of which view of a slide, and which of them are tissue (the paper's HSV test);
+- ``GridSpec``: which tiles, of which view of a slide, and which of them are tissue (the paper's HSV test, or CLAM's
+  segmentation);
 - ``BatchFormat``: how the kept tiles are handed over (batch size, augmentation, dtype, layout, normalisation).
 
 Every default of these settings lives here. ``tile_grid``, ``iter_tiles``, ``histofast tile`` and the training
@@ -27,6 +28,8 @@ from .errors import HistofastError
 from .io.level import check_view_args
 
 PRESET = "preset"  # BatchFormat's default augment: the consumer's preset decides
+# GridSpec.tissue: which rule keeps a tile ("hsv": the paper's white ratio; "otsu": CLAM's segmentation).
+TISSUE_RULES = ("hsv", "otsu")
 # The grid and batch keywords of 0.x that from_keywords still takes flat, for one release.
 GRID_FIELDS = ("tile_size", "stride", "level", "mpp", "magnification", "hsv_lower", "hsv_upper", "max_white")
 BATCH_FIELDS = ("batch_size", "augment", "out_dtype", "layout", "mean", "std")
@@ -34,7 +37,7 @@ BATCH_FIELDS = ("batch_size", "augment", "out_dtype", "layout", "mean", "std")
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A grid of whole tiles over one view of a slide, and the white test that keeps its tissue tiles.
+    """A grid of whole tiles over one view of a slide, and the rule that keeps its tissue tiles.
 
     Args:
         tile_size: tile side, pixels of the view (grid pixels).
@@ -49,6 +52,11 @@ class GridSpec:
             kept there (``histofast.tiling.background``); the others are reported white (ratio 1.0, not kept, in
             ``TileGrid.skipped``). Faster on slides that are mostly glass; not exact: a tile of faint or very sparse
             tissue may be left out (``histofast bench`` measures how many). Default False: every tile decoded.
+        tissue: which rule keeps a tile: "hsv" (the default: the paper's, white fraction at most ``max_white``) or
+            "otsu" (CLAM's tissue segmentation, ``histofast.tiling.tissue``: Otsu's threshold of the median-blurred
+            saturation of a low-resolution level, contours filtered by area, and CLAM's four-point test per tile;
+            white ratios are still measured and reported, but ``max_white`` plays no part). With
+            ``skip_background`` and "otsu", only the tiles the segmentation keeps are decoded.
     Raises:
         HistofastError: naming the first bad setting (no slide is needed to check them).
 
@@ -67,6 +75,7 @@ class GridSpec:
     hsv_upper: tuple[int, int, int] = ops.DEFAULT_HSV_UPPER
     max_white: float = 0.5
     skip_background: bool = False
+    tissue: str = "hsv"
 
     def __post_init__(self) -> None:
         tile_size = check_count(self.tile_size, "tile_size", unit="pixels")
@@ -77,6 +86,9 @@ class GridSpec:
         level = None if self.level is None else check_count(self.level, "level", minimum=0)
         if not isinstance(self.skip_background, (bool, np.bool_)):
             raise HistofastError(f"skip_background={self.skip_background!r}: must be True or False")
+        if not isinstance(self.tissue, str) or self.tissue not in TISSUE_RULES:
+            raise HistofastError(f"tissue={self.tissue!r}: expected 'hsv' (the paper's white-ratio rule) or 'otsu' "
+                                 "(CLAM's tissue segmentation)")
         for name, value in (("tile_size", tile_size), ("stride", stride), ("hsv_lower", lower),
                             ("hsv_upper", upper), ("max_white", max_white), ("level", level),
                             ("skip_background", bool(self.skip_background))):

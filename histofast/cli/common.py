@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from ..errors import HistofastError
 from ..export.settings import EXPORT_FORMATS
 from ..io.decode import DECODES
-from ..specs import GridSpec
+from ..specs import TISSUE_RULES, GridSpec
 
 if TYPE_CHECKING:
     from ..export import ExportOptions
 
 # The Python parameters of the tiling options named in histofast's messages; each flag is --name-with-dashes.
-TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "quality", "label", "threads",
-                     "device", "decode", "format", "processes", "retries")
+TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "tissue", "quality", "label",
+                     "threads", "device", "decode", "format", "processes", "retries")
 _HSV_BOUND = re.compile(r"(?<![\w.-])(lower|upper)\[([012])\]=")
 
 
@@ -67,6 +67,10 @@ def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
     which.add_argument("--magnification", type=float, metavar="X", help="target magnification, e.g. 20 for 20×")
     p.add_argument("--max-white", type=float, default=grid.max_white, metavar="F",
                    help=f"keep tiles whose white fraction is at most F (default {grid.max_white})")
+    p.add_argument("--tissue", choices=TISSUE_RULES, default=grid.tissue,
+                   help="which rule keeps a tile: hsv, the paper's (white fraction at most --max-white), or otsu, "
+                        "CLAM's tissue segmentation (Otsu on a low-resolution level's saturation, contours, "
+                        f"its four-point test per tile; white ratios still reported) (default {grid.tissue})")
     p.add_argument("--skip-background", action="store_true",
                    help="read a low-resolution level first and decode only where it shows tissue: faster on "
                         "mostly-glass slides, not exact (faint or sparse tissue may be left out; 'histofast "
@@ -115,7 +119,7 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         if args.threads is not None:
             check_count(args.threads, "threads")
         grid = GridSpec(args.tile_size, args.stride, args.level, args.mpp, args.magnification, tuple(args.hsv_lower),
-                        tuple(args.hsv_upper), args.max_white, args.skip_background)
+                        tuple(args.hsv_upper), args.max_white, args.skip_background, args.tissue)
         return ExportOptions(grid=grid, format=args.format, quality=args.quality, label=args.label,
                              augment=Augment.parse(args.augment, args.seed))
     except HistofastError as e:
@@ -167,6 +171,9 @@ def export(args: argparse.Namespace, paths: Sequence[str], not_slides: Sequence[
     for r in done + skipped:
         if r.kept == 0 and r.warning:
             print(f"warning: {r.slide}: no tiles: {flag_message(r.warning)}", file=sys.stderr)
+        elif r.kept == 0 and args.tissue == "otsu":
+            print(f"warning: {r.slide}: no tissue tiles (CLAM's segmentation, --tissue otsu, found no tissue contour "
+                  f"that keeps one of the {r.total} tiles)", file=sys.stderr)
         elif r.kept == 0:
             print(f"warning: {r.slide}: no tissue tiles (all {r.total} tiles are more than "
                   f"{args.max_white:g} white); try a higher --max-white", file=sys.stderr)

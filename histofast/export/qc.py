@@ -1,5 +1,5 @@
-"""The QC image of an export: the slide's thumbnail with the kept tiles outlined, the rest of the grid tinted, and the
-tiles ``skip_background`` decided without decoding tinted apart."""
+"""The QC image of an export: the slide's thumbnail with the kept tiles outlined, the rest of the grid tinted, the
+tiles ``skip_background`` decided without decoding tinted apart, and CLAM's tissue contours (``tissue="otsu"``)."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,15 @@ import numpy as np
 from ..tiling import TileGrid
 from ..utils.atomic import atomic_path
 
+CONTOUR_COLOUR = (255, 170, 0)  # CLAM's tissue contours (tissue="otsu"), drawn over the rest
+HOLE_COLOUR = (150, 0, 200)  # and their holes
+
 
 def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int = 2048) -> None:
     """A PNG of the slide's thumbnail (at most ``max_size`` pixels a side) with the grid's decisions
     over it: the area kept tiles cover outlined green, the rest of the grid tinted red, except the tiles that
-    ``skip_background`` left undecoded (``grid.skipped``), tinted blue. Atomic."""
+    ``skip_background`` left undecoded (``grid.skipped``), tinted blue; the contours of CLAM's segmentation, when it
+    kept the tiles (``grid.segmentation``), in orange, their holes in purple. Atomic."""
     from PIL import Image
 
     thumb = slide.thumbnail((max_size, max_size))
@@ -41,6 +45,21 @@ def write_qc(slide: Any, grid: TileGrid, path: str | os.PathLike, max_size: int 
     inner[w:-w, w:-w] = (kept[w:-w, w:-w] & kept[:-2 * w, w:-w] & kept[2 * w:, w:-w] & kept[w:-w, :-2 * w]
                          & kept[w:-w, 2 * w:])
     out[kept & ~inner] = (20, 170, 60)
+    if grid.segmentation is not None:
+        out = _draw_contours(out.round().astype(np.uint8), grid.segmentation, scale, max(1, max_size // 1024))
     with atomic_path(path) as tmp:
         Image.fromarray(out.round().astype(np.uint8)).save(tmp, format="PNG")
 
+
+def _draw_contours(image: np.ndarray, segmentation: Any, scale: float, thickness: int) -> np.ndarray:
+    """``image`` with the segmentation's contours (level-0 pixels, ``scale`` image pixels per level-0 pixel) drawn."""
+    import cv2
+
+    def scaled(contours: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.round(c * scale).astype(np.int32) for c in contours]
+
+    image = np.ascontiguousarray(image)
+    cv2.drawContours(image, scaled(segmentation.contours), -1, CONTOUR_COLOUR, thickness, cv2.LINE_8)
+    cv2.drawContours(image, scaled([h for holes in segmentation.holes for h in holes]), -1, HOLE_COLOUR, thickness,
+                     cv2.LINE_8)
+    return image

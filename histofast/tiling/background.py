@@ -7,7 +7,10 @@ rule as always) when at least ``SAFETY · (1 - max_white)`` of its footprint the
 side, is not glass (a quarter, at max_white 0.5); the other tiles are decided without decoding: white ratio 1.0,
 not kept (``TileGrid.skipped``). A tile skipped wrongly would need at least ``1 - max_white`` of its level pixels
 non-white while most thumbnail pixels over it average to clear glass: faint or very sparse tissue. ``histofast
-bench`` measures how often that happens (``tile_grid`` with and without the option, decision by decision)."""
+bench`` measures how often that happens (``tile_grid`` with and without the option, decision by decision).
+
+With CLAM's segmentation (``GridSpec(tissue="otsu")``) the tiles it keeps are the candidates, and only they are
+decoded: every other tile is decided already."""
 from __future__ import annotations
 
 import math
@@ -35,7 +38,7 @@ class Background:
 
     Attributes:
         candidates: bool (rows, cols) of the grid: True where a tile may be kept (it is decoded and scored).
-        level: the slide level read as the thumbnail.
+        level: the slide level read as the thumbnail (the view's own when the candidates were given).
     """
 
     candidates: np.ndarray
@@ -51,12 +54,18 @@ class Background:
         return n[cy1, cx1] - n[cy0, cx1] - n[cy1, cx0] + n[cy0, cx0] == 0
 
 
-def find_background(view: LevelView, spec: GridSpec, shape: tuple[int, int], margin: int = 0) -> Background | None:
+def find_background(view: LevelView, spec: GridSpec, shape: tuple[int, int], margin: int = 0,
+                    candidates: np.ndarray | None = None) -> Background | None:
     """The candidates of a grid of ``shape`` (rows, cols) over ``view``, from the coarsest level with at least
     ``MIN_THUMB_PIXELS`` pixels per tile side; ``margin``: view pixels beyond each tile that a candidate's reads
     reach (an augmentation's shift). None when the slide has no such level ``MIN_THUMB_RATIO`` times coarser than
-    the one the view decodes, or every tile is kept anyway (``max_white`` 1)."""
+    the one the view decodes, or every tile is kept anyway (``max_white`` 1). ``candidates``: bool ``shape``, the
+    tiles kept already (by CLAM's segmentation): they are the candidates, and no thumbnail is read."""
     slide = view.slide
+    resampling = 0 if view.scale == 1.0 else 2  # a resampled view pixel reads level pixels up to one view pixel out
+    if candidates is not None:
+        return Background(candidates, view.level, _needed(candidates, spec, view.dimensions, margin + resampling),
+                          view.scale)
     if spec.max_white >= 1:  # every tile is kept, glass too: nothing to skip
         return None
     tile0 = spec.tile_size * view.downsample  # a tile's side in level-0 pixels
@@ -77,7 +86,6 @@ def find_background(view: LevelView, spec: GridSpec, shape: tuple[int, int], mar
     count = (table[ty1][:, tx1] - table[ty0][:, tx1] - table[ty1][:, tx0] + table[ty0][:, tx0])
     area = (ty1 - ty0)[:, None] * (tx1 - tx0)[None, :]
     candidates = count >= SAFETY * (1 - spec.max_white) * area
-    resampling = 0 if view.scale == 1.0 else 2  # a resampled view pixel reads level pixels up to one view pixel out
     return Background(candidates, level, _needed(candidates, spec, view.dimensions, margin + resampling),
                       view.scale)
 

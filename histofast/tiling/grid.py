@@ -1,5 +1,5 @@
 """``TileGrid``: the tiles of ``tile_size`` at ``stride`` over one slide level and which of them are
-tissue, by the paper's OpenCV HSV test; saved and read back as CSV."""
+tissue, by the paper's OpenCV HSV test (or CLAM's segmentation); saved and read back as CSV."""
 from __future__ import annotations
 
 import csv
@@ -21,9 +21,10 @@ from .cut import cut, tile_format
 
 if TYPE_CHECKING:
     from .cut import TileBatch
+    from .tissue import Segmentation
 
 CSV_FIELDS = ("slide", "level", "x", "y", "level_x", "level_y", "tile_size", "stride", "downsample", "scale",
-              "mpp", "white_ratio", "max_white", "keep", "skipped")
+              "mpp", "white_ratio", "max_white", "keep", "skipped", "tissue")
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +37,7 @@ class TileGrid:
     Attributes:
         white_ratio: float32 (rows, cols), white fraction of every grid tile; entry [i, j] is the
             tile at grid pixels (x, y) = (j·stride, i·stride).
-        keep: bool (rows, cols), ``white_ratio <= max_white``.
+        keep: bool (rows, cols), ``white_ratio <= max_white``; with CLAM's segmentation, ``segmented``.
         coords: int64 (N, 2) level-0 (x, y) of the N kept tiles, row-major; ``len(grid) == N``.
         grid_coords: int64 (N, 2) grid-pixel (x, y) of the kept tiles (0.x: ``level_coords``).
         downsample: level-0 pixels per grid pixel; mpp: µm per grid pixel (None when unknown).
@@ -44,6 +45,10 @@ class TileGrid:
             "nvimgcodec-gpu" / "nvimgcodec-cpu" ("" for a grid read from CSV).
         skipped: bool (rows, cols), or None for an exact scan: the tiles ``skip_background`` decided from a
             low-resolution level without decoding them (white ratio 1.0, not kept).
+        segmented: bool (rows, cols), or None for the paper's rule: the tiles CLAM's tissue segmentation keeps
+            (``GridSpec(tissue="otsu")``, ``histofast.tiling.tissue``); ``keep`` is then this, whatever the white
+            ratios (``with_max_white`` changes nothing).
+        segmentation: that segmentation's contours (level-0 pixels, for drawing), or None (a grid read from CSV).
     """
 
     slide_path: str
@@ -57,6 +62,8 @@ class TileGrid:
     mpp: float | None = None
     decoder: str = ""
     skipped: np.ndarray | None = None
+    segmented: np.ndarray | None = None
+    segmentation: Segmentation | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,7 +72,12 @@ class TileGrid:
 
     @property
     def keep(self) -> np.ndarray:
-        return self.white_ratio <= self.max_white
+        return self.white_ratio <= self.max_white if self.segmented is None else self.segmented
+
+    @property
+    def tissue(self) -> str:
+        """The rule that kept the tiles: "hsv" (the paper's white ratio) or "otsu" (CLAM's segmentation)."""
+        return "hsv" if self.segmented is None else "otsu"
 
     @property
     def grid_coords(self) -> np.ndarray:
@@ -89,7 +101,8 @@ class TileGrid:
                 f"stride={self.stride}, kept {len(self)} of {self.white_ratio.size})")
 
     def with_max_white(self, max_white: float) -> "TileGrid":
-        """The same grid with another threshold (no pixels are read again)."""
+        """The same grid with another threshold (no pixels are read again; a grid CLAM's segmentation kept is
+        kept as it was)."""
         return replace(self, max_white=check_fraction(max_white, "max_white"))
 
     def view(self, slide: Slide) -> LevelView:
@@ -124,20 +137,21 @@ class TileGrid:
         keep, ratio = self.keep.ravel(), self.white_ratio.ravel()
         skipped = np.zeros(len(ratio), bool) if self.skipped is None else self.skipped.ravel()
         mpp = "" if self.mpp is None else repr(self.mpp)
+        tissue = self.tissue
         with atomic_open(path, newline="") as f:
             w = csv.writer(f)
             w.writerow(CSV_FIELDS)
             for k in range(len(ratio)):
                 w.writerow([self.slide_path, self.level, xy[k, 0], xy[k, 1], level_xy[k, 0], level_xy[k, 1],
                             self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp,
-                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k]), int(skipped[k])])
+                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k]), int(skipped[k]), tissue])
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "TileGrid":
         """Read a grid written by ``to_csv``."""
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
-        if not records or set(CSV_FIELDS) - {"skipped"} - set(records[0]):  # 0.x wrote no "skipped"
+        if not records or set(CSV_FIELDS) - {"skipped", "tissue"} - set(records[0]):  # older: no skipped, tissue
             raise HistofastError(f"{path}: not a TileGrid CSV (expected columns {', '.join(CSV_FIELDS)})")
         first = records[0]
         stride = int(first["stride"])
@@ -149,6 +163,10 @@ class TileGrid:
         if any(r.get("skipped") == "1" for r in records):
             skipped = np.zeros(shape, bool)
             skipped[level_xy[:, 1], level_xy[:, 0]] = [r.get("skipped") == "1" for r in records]
+        segmented = None
+        if first.get("tissue", "hsv") != "hsv":  # kept by CLAM's segmentation: the keep column says which
+            segmented = np.zeros(shape, bool)
+            segmented[level_xy[:, 1], level_xy[:, 0]] = [r["keep"] == "1" for r in records]
         return cls(first["slide"], int(first["level"]), int(first["tile_size"]), stride, ratio,
                    float(first["max_white"]), float(first["downsample"]), float(first["scale"]),
-                   float(first["mpp"]) if first["mpp"] else None, skipped=skipped)
+                   float(first["mpp"]) if first["mpp"] else None, skipped=skipped, segmented=segmented)

@@ -1,7 +1,9 @@
 """``tile_grid`` and ``iter_tiles``: one scan of a slide level. On the CPU white pixels are counted as they
 are decoded (``histofast.tiling.counts``: the paper's OpenCV HSV test, exactly); ``tile_grid`` keeps no
 pixels, ``iter_tiles`` reads the level in bands (``histofast.io.bands``) and cuts and augments each band's
-kept tiles before the next is drawn. On a GPU each band is scored by ``ops.white_ratio`` on the device."""
+kept tiles before the next is drawn. On a GPU each band is scored by ``ops.white_ratio`` on the device.
+With ``tissue="otsu"`` CLAM's segmentation (``histofast.tiling.tissue``) decides which tiles are kept before the
+scan, which still measures every white ratio."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +17,7 @@ from ..checks import check_count, check_device
 from ..errors import SmallerThanTileError
 from ..io import Slide, opened
 from ..io.bands import Band, Rows, SlideRows, read_bands
-from ..io.decode import open_rows
+from ..io.decode import check_decode, open_rows
 from ..io.level import LevelView, select_level
 from ..specs import BatchFormat, GridSpec
 from .background import find_background
@@ -23,6 +25,7 @@ from .buffers import to_device
 from .counts import WhiteCounts
 from .cut import TileBatch, cut, tile_format
 from .grid import TileGrid
+from .tissue import segment_tissue
 
 
 def tile_grid(
@@ -37,6 +40,7 @@ def tile_grid(
     hsv_upper: Sequence[int] = GridSpec.hsv_upper,
     max_white: float = GridSpec.max_white,
     skip_background: bool = GridSpec.skip_background,
+    tissue: str = GridSpec.tissue,
     device: str = "cpu",
     decode: str = "auto",
     progress: Any = None,
@@ -44,17 +48,19 @@ def tile_grid(
     """Score every tile of a grid over one slide level by its white (background) fraction.
 
     For each tile the keep decision equals the paper's recipe on that tile read with OpenSlide:
-    ``(cv2.inRange(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), hsv_lower, hsv_upper) > 0).mean() <= max_white``.
+    ``(cv2.inRange(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), hsv_lower, hsv_upper) > 0).mean() <= max_white``;
+    with ``tissue="otsu"``, CLAM's (``histofast.tiling.tissue``), the white fractions measured all the same.
     Each pixel of the level is decoded once whatever the overlap: on the CPU tile by tile, its white pixels
     counted in the decoding thread and the pixels dropped (memory: one stored tile per worker); on a GPU in
     bands scored on the device.
 
     Args:
         slide: an open ``Slide`` or a path.
-        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background: the grid,
-            as ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles,
+        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, tissue: the
+            grid, as ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles,
             origin (0, 0); at most one of level / mpp / magnification, default level 0; ``skip_background``:
-            decode only what a low-resolution level says may be tissue, not exact, see ``GridSpec``).
+            decode only what a low-resolution level says may be tissue, not exact, see ``GridSpec``; ``tissue``:
+            "hsv", the paper's rule, or "otsu", CLAM's segmentation).
         device: "cpu" or "cuda[:i]": where ``white_ratio`` runs (and, decoding on the GPU, the pixels land).
         decode: "auto" (nvImageCodec on the GPU when ``device`` is CUDA, ``pip install 'histofast[gpu]'``
             is installed and it reads the level; else the CPU decoders), "cpu", "gpu" (an error when it
@@ -66,7 +72,8 @@ def tile_grid(
         SlideError: the level is smaller than one tile (``histofast tile`` reports such a slide as 0 tiles
             with a warning instead), or the slide cannot be read.
     """
-    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background)
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background,
+                    tissue)
     return scan_grid(slide, spec, device=device, decode=decode, progress=progress)
 
 
@@ -133,6 +140,7 @@ def iter_tiles(
     hsv_upper: Sequence[int] = GridSpec.hsv_upper,
     max_white: float = GridSpec.max_white,
     skip_background: bool = GridSpec.skip_background,
+    tissue: str = GridSpec.tissue,
     device: str = "cpu",
     decode: str = "auto",
     **options: Any,
@@ -143,8 +151,8 @@ def iter_tiles(
     Arguments are checked (and a path opened) at the call, before anything is decoded.
 
     Args:
-        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, device,
-            decode: as for ``tile_grid``.
+        slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, tissue,
+            device, decode: as for ``tile_grid``.
         options: ``epoch`` (the augmentation epoch, default 0) and the batch format, as ``histofast.BatchFormat``
             takes it, with the plain tiles as defaults (``TILE_FORMAT``: uint8 NHWC, no normalisation):
             batch_size: tiles per batch (default 64; the last batch may be smaller).
@@ -156,7 +164,8 @@ def iter_tiles(
     Raises:
         SlideError: as ``tile_grid``, at the call (a level smaller than one tile, an unreadable slide).
     """
-    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background)
+    spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background,
+                    tissue)
     batch, epoch = tile_format(options)
     return scan_tiles(slide, spec, batch, epoch=epoch, device=device, decode=decode)
 
@@ -266,23 +275,30 @@ def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str, deferred: bo
     """The view, what decodes its rows (close it) and the ``_Score`` of an unscored grid (white ratio 1.0);
     the view's size and ``device``/``decode`` are checked before anything is decoded. With
     ``spec.skip_background`` the view leaves the stored tiles of no candidate white (``margin``: view pixels
-    beyond a tile that its cut reads)."""
+    beyond a tile that its cut reads); with ``spec.tissue == "otsu"`` the grid's keep is CLAM's segmentation's,
+    decided here (and the candidates are the tiles it keeps)."""
     view = select_level(slide, *spec.view_args())
     width, height = view.dimensions
     tile_size, stride = spec.tile_size, spec.stride
     if tile_size > min(width, height):
         raise SmallerThanTileError(slide.path, view.level, (width, height), tile_size)
     device = check_device(device)
+    check_decode(decode, device)  # before a thumbnail or segmentation level is read
     shape = ops.grid_shape(height, width, tile_size, stride)
-    skipped = None
+    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, np.ones(shape, np.float32), spec.max_white,
+                    view.downsample, view.scale, view.mpp)
+    segmentation = segmented = skipped = None
+    if spec.tissue == "otsu":
+        segmentation = segment_tissue(slide)
+        segmented = segmentation.keep_grid(grid)
     if spec.skip_background:
-        background = find_background(view, spec, shape, margin)
+        background = find_background(view, spec, shape, margin, candidates=segmented)
         skipped = np.zeros(shape, bool) if background is None else ~background.candidates
         if background is not None:
             view = dataclasses.replace(view, skip=background.skip)
     rows = open_rows(view, decode, device)  # checks decode= first
-    grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, np.ones(shape, np.float32), spec.max_white,
-                    view.downsample, view.scale, view.mpp, rows.name, skipped)
+    grid = dataclasses.replace(grid, decoder=rows.name, skipped=skipped, segmented=segmented,
+                               segmentation=segmentation)
     counts = None
     if device == "cpu" and isinstance(rows, SlideRows) and WhiteCounts.fits(view.dimensions, tile_size, stride):
         counts = WhiteCounts(view.dimensions, tile_size, stride, spec.hsv_lower, spec.hsv_upper)  # counted as decoded

@@ -18,7 +18,7 @@ from ..checks import check_count
 from ..errors import HistofastError
 from ..ops import IMAGENET_MEAN, IMAGENET_STD
 from ..renamed import renamed_keyword
-from ..specs import GridSpec
+from ..specs import TISSUE_RULES, GridSpec
 
 OPTIMIZERS = {"adam": 1e-3, "sgd": 0.01}  # default learning rates: the two-level seed's Adam, the paper's SGD
 AMP = ("auto", "bf16", "fp16", "off")
@@ -60,6 +60,8 @@ class TrainConfig:
     max_white: float = _opt("keep tiles whose HSV white fraction is at most this", 0.5)
     skip_background: bool = _opt("score only where a low-resolution level shows tissue (faster on mostly-glass "
                                  "slides, not exact: see GridSpec)", False)
+    tissue: str = _opt("which rule keeps a tile: hsv (the white fraction, --max-white) or otsu (CLAM's tissue "
+                       "segmentation)", GridSpec.tissue, choices=TISSUE_RULES)
     augment: str = _opt("training augmentation: rot90, flip, shift=PIXELS, angle=DEGREES; '' for none",
                         "rot90,flip,shift=16")
     mean: list[float] = _opt("per-channel mean, pixel/255", list(IMAGENET_MEAN))
@@ -124,7 +126,7 @@ class TrainConfig:
     def grid(self) -> GridSpec:
         """The grid of the training samples (patches, for images): this config's grid settings as a ``GridSpec``."""
         return GridSpec(self.tile_size, self.stride, self.level, self.mpp, self.magnification,
-                        max_white=self.max_white, skip_background=self.skip_background)
+                        max_white=self.max_white, skip_background=self.skip_background, tissue=self.tissue)
 
     @property
     def learning_rate(self) -> float:
