@@ -2,7 +2,7 @@
 // (byte offsets per output row and column) through a per-channel lookup table; rotated tiles sample
 // bilinearly per pixel. Output columns go in blocks so the transposing rotations stay in cache.
 #include "augment.h"
-#include "threads.h"
+#include "cpu.h"
 
 #include <vector>
 

@@ -1,4 +1,4 @@
-// resample_cuda.cu — CUDA twin of resample: one thread per element of the rows summed down (uint16),
+// resample_cuda.cu — CUDA twin of resample: one thread per element of the rows summed down (int16),
 // then one thread per output pixel sums its taps across; the same integer formulas as the CPU twin
 // (resample.h), so the results are identical.
 #include "cuda_check.cuh"
@@ -7,7 +7,7 @@
 namespace hf {
 namespace {
 
-__global__ void down_kernel(Pixels<const uint8_t> in, Taps y, int64_t col0, int64_t width, uint16_t* down) {
+__global__ void down_kernel(Pixels<const uint8_t> in, Taps y, int64_t col0, int64_t width, int16_t* down) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // element of the row
   const int64_t v = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
   if (i >= width || v >= y.n) return;
@@ -18,12 +18,12 @@ __global__ void down_kernel(Pixels<const uint8_t> in, Taps y, int64_t col0, int6
   down[v * width + i] = down_value(acc);
 }
 
-__global__ void across_kernel(const uint16_t* down, Taps x, Taps y, int64_t col0, int64_t width, Pixels<uint8_t> out) {
+__global__ void across_kernel(const int16_t* down, Taps x, Taps y, int64_t col0, int64_t width, Pixels<uint8_t> out) {
   const int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t v = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
   if (u >= x.n || v >= y.n) return;
   const int32_t* w = x.weights + u * x.taps;
-  const uint16_t* p = down + v * width + 3 * (x.first[u] - col0);
+  const int16_t* p = down + v * width + 3 * (x.first[u] - col0);
   for (int ch = 0; ch < 3; ++ch) {
     int32_t acc = 0;
     for (int64_t k = 0; k < x.taps; ++k) acc += w[k] * p[3 * k + ch];
@@ -57,7 +57,7 @@ void resample_cuda(const ResampleArgs& a, StreamHandle stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   const int64_t col0 = a.col0(), width = 3 * a.cols();
   const DeviceTaps x(a.x, stream), y(a.y, stream);
-  DeviceBuffer<uint16_t> down(static_cast<size_t>(a.y.n * width), stream);
+  DeviceBuffer<int16_t> down(static_cast<size_t>(a.y.n * width), stream);
   const dim3 block(32, 8);
   for (int64_t v = 0; v < a.y.n; v += kMaxGridYZ * block.y) {  // grid.y is at most kMaxGridYZ blocks
     const int64_t n = hf_min(kMaxGridYZ * block.y, a.y.n - v);

@@ -2,16 +2,11 @@
 // the hue bounds are open, exact scalar HSV otherwise), per-cell counts in parallel strips of rows,
 // then each tile in O(1) from the prefix sums of the cells.
 #include "white_ratio.h"
-#include "threads.h"
+#include "cpu.h"
 
 #include <algorithm>
 #include <memory>
 #include <vector>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HF_HAVE_AVX2_PATH 1
-#include <immintrin.h>
-#endif
 
 namespace hf {
 namespace {
@@ -66,11 +61,6 @@ SvTables make_sv_tables(const HsvRange& r) {
     t.d_hi[v] = static_cast<uint8_t>(hi);
   }
   return t;
-}
-
-bool cpu_has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
 }
 
 // pshufb masks that gather channel ch of 16 interleaved pixels from the 3 × 16 bytes that hold them.

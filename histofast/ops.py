@@ -492,8 +492,8 @@ def triangle_taps(start: int, count: int, scale: float, size: int) -> Taps:
 def resample(region: Any, x_taps: Taps, y_taps: Taps, *, out: Any = None, threads: int | None = None) -> Any:
     """Resample an image by a separable filter in fixed point: the same integers on the CPU and the GPU.
 
-    ``across(r, u) = (Σ_k wx[u, k]·region[r, x_first[u] + k] + 2⁵) >> 6`` (8 fraction bits kept), then
-    ``out(v, u) = (Σ_k wy[v, k]·across(y_first[v] + k, u) + 2²¹) >> 22``, per channel, in integers: no
+    ``down(v, x) = (Σ_k wy[v, k]·region[y_first[v] + k, x] + 2⁶) >> 7`` (7 fraction bits kept), then
+    ``out(v, u) = (Σ_k wx[u, k]·down(v, x_first[u] + k) + 2²⁰) >> 21``, per channel, in integers: no
     rounding depends on the order of the sums, so any cut of a region into pieces reads the same.
 
     Args:

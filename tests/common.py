@@ -106,14 +106,14 @@ def rotated_reference(region, origin, shift, tile, angle) -> np.ndarray:
 
 
 def resample_reference(region: np.ndarray, x_taps, y_taps) -> np.ndarray:
-    """ops.resample's formula in int64 numpy: the taps summed down (+2^5 >> 6), then across (+2^21 >> 22)."""
+    """ops.resample's formula in int64 numpy: the taps summed down (+2^6 >> 7), then across (+2^20 >> 21)."""
     pixels = region.astype(np.int64)
     down = sum(y_taps.weights[:, k, None, None].astype(np.int64) * pixels[y_taps.first + k]
                for k in range(y_taps.weights.shape[1]))
-    down = (down + 32) >> 6
+    down = (down + 64) >> 7
     across = sum(x_taps.weights[None, :, k, None].astype(np.int64) * down[:, x_taps.first + k]
                  for k in range(x_taps.weights.shape[1]))
-    return ((across + 2**21) >> 22).astype(np.uint8)
+    return ((across + 2**20) >> 21).astype(np.uint8)
 
 
 def triangle_reference(region: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:

@@ -4,12 +4,13 @@ Every view pixel is ``ops.resample`` of the level with the whole view's taps (``
 triangle filter of radius ``scale``), which are integers; a piece of the view uses the slice of them that
 covers it, so any piece reads the same pixels as one read of the whole view.
 
-- ``region_jobs``: a view region, in pieces ``RESAMPLE_PIECE`` view pixels wide, each decoding the level
-  pixels under its taps (stored tiles under two pieces' taps are decoded by both).
-- ``scan_jobs``: the whole view for a scan, each stored tile decoded once. A job decodes a strip of whole
-  stored-tile rows (for a wide level, a group of whole tile columns of it) and resamples the view rows whose
-  taps lie in it; a view row whose taps straddle two strips is resampled by whichever of the two jobs ends
-  last, from the level rows each keeps of its edge (``_Edges``)."""
+- ``scan_jobs``, and ``region_jobs`` of whole view rows (a band): each stored tile under the rows decoded once
+  (a band's first and last stored-tile rows also by the bands beside it). A job decodes a strip of stored-tile
+  rows (for a wide level, a group of whole tile columns of it), a cache-sized chunk at a time, and resamples
+  the view rows whose taps lie in it; a view row whose taps straddle two strips is resampled by whichever of the
+  two jobs ends last, from the level rows each keeps of its edge (``_Edges``).
+- ``region_jobs`` of any other region: pieces ``RESAMPLE_PIECE`` view pixels wide, each decoding the level
+  pixels under its taps (stored tiles under two pieces' taps are decoded by both)."""
 from __future__ import annotations
 
 import math
@@ -43,8 +44,17 @@ class ResampledReads:
         return ops.triangle_taps(0, w, self.view.scale, lw), ops.triangle_taps(0, h, self.view.scale, lh)
 
     def region_jobs(self, x: int, y: int, w: int, h: int, out: np.ndarray, on_part: OnPart | None) -> list[Job]:
-        """Jobs filling ``out`` (h, w, 3) with the view region at (x, y), view pixels inside the view, one per
-        piece of ``RESAMPLE_PIECE`` columns; each calls ``on_part(part, x, y)`` with the piece it filled."""
+        """Jobs filling ``out`` (h, w, 3) with the view region at (x, y), view pixels inside the view; each calls
+        ``on_part(part, x, y)`` with the part it filled. Whole rows (a band) are read as a scan reads them; other
+        regions in pieces of ``RESAMPLE_PIECE`` columns."""
+        if x == 0 and w == self.view.dimensions[0]:
+            def into_out(part: np.ndarray, px: int, py: int) -> None:
+                place = out[py - y : py - y + part.shape[0], px : px + part.shape[1]]
+                place[...] = part
+                if on_part is not None:
+                    on_part(place, px, py)
+
+            return [job for _, job in self._strips(range(y, y + h), into_out)]
         return [self._piece(px, y, min(RESAMPLE_PIECE, x + w - px), h, out[:, px - x : px - x + RESAMPLE_PIECE],
                             on_part) for px in range(x, x + w, RESAMPLE_PIECE)]
 
@@ -77,23 +87,31 @@ class ResampledReads:
     def scan_jobs(self, height: int, on_part: OnPart) -> list[tuple[int, Job]]:
         """``LevelView.scan_jobs`` for the view: view rows ``0 .. height`` handed to ``on_part(part, x, y)``,
         each stored tile under them decoded once; ``(rows, job)`` in row order (see ``Slide.scan_jobs``)."""
-        view, (xf, xw), (yf, yw) = self.view, (self.taps[0].first, self.taps[0].weights), \
-            (self.taps[1].first[:height], self.taps[1].weights[:height])
-        tw, th = view.slide.tile_shape(view.level)
+        return self._strips(range(height), on_part)
+
+    def _strips(self, rows: range, on_part: OnPart) -> list[tuple[int, Job]]:
+        """Jobs handing the view's rows ``rows`` (full width) to ``on_part``: the level rows under them in strips of
+        whole stored-tile rows, each strip in column groups; ``(rows done, job)`` in row order."""
+        (xf, xw), (yf, yw) = (self.taps[0].first, self.taps[0].weights), (self.taps[1].first, self.taps[1].weights)
+        tw, th = self.view.slide.tile_shape(self.view.level)
         strip = th * math.ceil(yw.shape[1] / th)  # a view row's taps span two strips at most
-        end = int(yf[-1]) + yw.shape[1]  # level rows read
+        start, end = int(yf[rows.start]), int(yf[rows.stop - 1]) + yw.shape[1]  # level rows read
         # View columns by the column group of their last tap; a group decodes from its first column's first tap.
         group = max(tw, STRIP_BYTES // (3 * strip) // tw * tw)
         last = xf + xw.shape[1]
         splits = [0, *np.searchsorted(last, range(group, int(last[-1]), group), "right").tolist(), len(xf)]
         groups = [range(a, b) for a, b in zip(splits, splits[1:]) if b > a]
-        edges = _Edges(self, on_part)
-        jobs = []
-        for top in range(0, end, strip):
-            bottom = min(top + strip, end)
-            inside = range(int(np.searchsorted(yf, top)), int(np.searchsorted(yf + yw.shape[1], bottom, "right")))
-            above = range(int(np.searchsorted(yf + yw.shape[1], top, "right")), inside.start)  # straddle `top`
-            below = range(inside.stop, int(np.searchsorted(yf, bottom)))  # straddle `bottom`
+        first, stop = yf[rows.start : rows.stop], yf[rows.start : rows.stop] + yw.shape[1]
+
+        def index(values: np.ndarray, level_row: int, side: str = "left") -> int:
+            return rows.start + int(np.searchsorted(values, level_row, side))
+
+        edges, jobs = _Edges(self, on_part), []
+        for top in range(start - start % strip, end, strip):
+            top, bottom = max(top, start), min(top + strip, end)
+            inside = range(index(first, top), index(stop, bottom, "right"))
+            above = range(index(stop, top, "right"), inside.start)  # view rows straddling `top`
+            below = range(inside.stop, index(first, bottom))  # and `bottom`
             jobs += [(inside.stop, self._strip(top, bottom, cols, inside, above, below, on_part, edges))
                      for cols in groups]
         return jobs

@@ -51,3 +51,23 @@ def test_tile_grid_at_a_resampled_view_equals_white_ratio_of_the_view(make_slide
         pixels = view.read(0, 0, *view.dimensions)
         grid = tile_grid(slide, 128, 96, mpp=0.5)
     np.testing.assert_array_equal(grid.white_ratio, ops.white_ratio(pixels, 128, 96))
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.93])
+def test_bands_of_a_resampled_view_equal_one_read(make_slide, monkeypatch, mpp):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=128)
+    monkeypatch.setattr(resampled, "CHUNK_BYTES", 1)
+    with open_slide(path, threads=3) as slide:
+        view = select_level(slide, mpp=mpp)
+        width, height = view.dimensions
+        whole = view.read(0, 0, width, height)
+        for y, h in [(0, 1), (0, 300), (137, 333), (height - 50, 50)]:  # bands start anywhere in a stored tile
+            seen = np.zeros((h, width), np.int64)
+
+            def on_part(part, x, py):
+                seen[py - y : py - y + part.shape[0], x : x + part.shape[1]] += 1
+
+            band = np.empty((h, width, 3), np.uint8)
+            slide.run(view.jobs(0, y, width, h, band, on_part))
+            np.testing.assert_array_equal(band, whole[y : y + h])
+            assert (seen == 1).all()
