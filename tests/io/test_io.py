@@ -674,8 +674,8 @@ def test_decode_jpeg_scale_is_checked_and_named(monkeypatch):
         with pytest.raises(HistofastError, match=f"scale={bad}: expected 1, 2, 4 or 8"):
             histofast.ops.decode_jpeg(data, out, scale=bad)
         with pytest.raises(HistofastError, match=f"scale={bad}: expected 1, 2, 4 or 8"):
-            histofast.ops.decode_jpegs_counting_white([data], out, np.zeros((1, 4), np.int64), np.zeros((1, 1), np.int64),
-                                                      16, histofast.ops.DEFAULT_HSV_LOWER,
+            histofast.ops.decode_jpegs_counting_white([data], out, np.zeros((1, 4), np.int64),
+                                                      np.zeros((1, 1), np.int64), 16, histofast.ops.DEFAULT_HSV_LOWER,
                                                       histofast.ops.DEFAULT_HSV_UPPER, scale=bad)
     for bad in (2.0, True, "2"):
         with pytest.raises(TypeError, match="scale="):
