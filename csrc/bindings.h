@@ -42,12 +42,14 @@ WhiteCountsArgs white_counts_args(const View& part, pybind11::array counts, int6
                                   const std::array<int, 3>& lower, const std::array<int, 3>& upper);
 
 #ifdef HISTOFAST_WITH_JPEG
-// The JPEGTables stream and colour source both JPEG bindings take (jpeg_decode_py.cpp): tables is empty for None.
+// The JPEGTables stream, colour source and DCT scale both JPEG bindings take (jpeg_decode_py.cpp): tables is
+// empty for None.
 struct JpegInput {
   pybind11::buffer_info tables;
   JpegSource source;
+  int scale;
 
-  JpegInput(const pybind11::object& tables_obj, int source_value);
+  JpegInput(const pybind11::object& tables_obj, int source_value, int scale_value);
   JpegDecodeArgs args(const pybind11::buffer_info& data, Pixels<uint8_t> out, int64_t x, int64_t y) const;
 };
 #endif

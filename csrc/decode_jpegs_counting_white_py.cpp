@@ -14,8 +14,8 @@ namespace {
 // places: int64 (n, 4) of the tiles' (x, y, w, h), view pixels; (w, h) of the scratch tile are decoded and counted.
 void decode_jpegs_counting_white(py::list datas, py::object tables, int source, py::object scratch_obj,
                                  HostArray<int64_t> places, py::array counts, int64_t cell, std::array<int, 3> lower,
-                                 std::array<int, 3> upper) {
-  const JpegInput input(tables, source);
+                                 std::array<int, 3> upper, int scale) {
+  const JpegInput input(tables, source, scale);
   const int64_t n = static_cast<int64_t>(datas.size());
   require_shape(places, "places", {n, 4});
   const View scratch_view = view_of(scratch_obj, "scratch", true);
@@ -45,9 +45,10 @@ void decode_jpegs_counting_white(py::list datas, py::object tables, int source, 
 void bind_decode_jpegs_counting_white(py::module_& m) {
   using namespace pybind11::literals;
   m.def("decode_jpegs_counting_white", &decode_jpegs_counting_white, "datas"_a, "tables"_a, "source"_a, "scratch"_a,
-        "places"_a, "counts"_a, "cell"_a, "lower"_a, "upper"_a,
-        "Decode each JPEG of `datas` strictly into `scratch` and add its white pixels, at places[i] = (x, y, w, h)\n"
-        "of the view, to the int64 cell `counts` (as white_counts); one call, the GIL released throughout.");
+        "places"_a, "counts"_a, "cell"_a, "lower"_a, "upper"_a, "scale"_a = 1,
+        "Decode each JPEG of `datas` strictly (at 1/scale, as jpeg_decode) into `scratch` and add its white pixels,\n"
+        "at places[i] = (x, y, w, h) of the view, to the int64 cell `counts` (as white_counts); one call, the GIL\n"
+        "released throughout.");
 }
 
 }  // namespace hf

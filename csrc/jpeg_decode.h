@@ -1,5 +1,8 @@
 // jpeg_decode.h — strict baseline/progressive JPEG decoding (libjpeg-turbo) of one stored slide tile
-// straight into a part of a larger image with its own row pitch (a band of the level).
+// straight into a part of a larger image with its own row pitch (a band of the level), at full size or at
+// 1/2, 1/4 or 1/8 by libjpeg's DCT scaling (scale_num / scale_denom: a reduced inverse DCT per 8×8 block; every
+// coefficient is still Huffman-decoded, so it saves the inverse DCT, upsampling and colour conversion only:
+// 1.1–1.8× a full decode, about 10× a full decode and histofast's resampling; benchmarks/dct_scaled.py).
 //
 // Strict as OpenSlide's decoder (openslide-decode-jpeg.c): every libjpeg warning ("Corrupt JPEG data:
 // premature end of data segment", a bad Huffman code, ...) is an error. Stricter in one place: the data
@@ -29,10 +32,12 @@ struct JpegDecodeArgs {
   JpegSource source;
   Pixels<uint8_t> out;  // written: out.height × out.width RGB pixels
   int64_t x, y;         // ... taken from the decoded tile from pixel (x, y)
+  int scale;            // decoded at 1/scale (1, 2, 4 or 8): a W × H tile gives ceil(W/scale) × ceil(H/scale)
+                        // pixels (jpeg_calc_output_dimensions); out, x and y are in those pixels
 };
 
 // Raises ArgumentError naming libjpeg's message when the data are corrupt or not an 8-bit
-// 3-component JPEG at least (y + out.height) × (x + out.width) pixels large.
+// 3-component JPEG at least (y + out.height) × (x + out.width) pixels large once decoded at 1/scale.
 void jpeg_decode_cpu(const JpegDecodeArgs& args);
 
 // The libjpeg this was compiled against, e.g. "libjpeg-turbo 2.1.5" (for build_info()).

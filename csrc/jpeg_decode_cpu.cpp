@@ -53,12 +53,16 @@ bool decode(const JpegDecodeArgs& a, jpeg_decompress_struct* cinfo, StrictErrors
   }
   if (a.source == JpegSource::Rgb) cinfo->jpeg_color_space = JCS_RGB;
   cinfo->out_color_space = JCS_RGB;
+  cinfo->scale_num = 1;  // 1/1 (libjpeg's default) or the reduced inverse DCT of 1/2, 1/4, 1/8
+  cinfo->scale_denom = static_cast<unsigned int>(a.scale);
   jpeg_start_decompress(cinfo);
   const int64_t width = cinfo->output_width, height = cinfo->output_height;
   if (cinfo->output_components != 3 || a.x + a.out.width > width || a.y + a.out.height > height) {
+    char at[32] = "";
+    if (a.scale != 1) std::snprintf(at, sizeof at, " at 1/%d", a.scale);
     std::snprintf(errors->message, sizeof errors->message,
-                  "decoded %lld×%lld pixels, the tile needs %lld×%lld", static_cast<long long>(width),
-                  static_cast<long long>(height), static_cast<long long>(a.x + a.out.width),
+                  "decoded %lld×%lld pixels%s, the tile needs %lld×%lld", static_cast<long long>(width),
+                  static_cast<long long>(height), at, static_cast<long long>(a.x + a.out.width),
                   static_cast<long long>(a.y + a.out.height));
     jpeg_abort_decompress(cinfo);
     return false;

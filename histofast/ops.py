@@ -528,12 +528,20 @@ def resample(region: Any, x_taps: Taps, y_taps: Taps, *, out: Any = None, thread
 
 
 def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables: bytes | None = None,
-                rgb: bool = False) -> np.ndarray:
+                rgb: bool = False, scale: int = 1) -> np.ndarray:
     """Decode one JPEG strictly into ``out``: pixels ``[y, y + H) × [x, x + W)`` of the decoded image.
 
     libjpeg-turbo, as OpenSlide uses it: any warning (corrupt or truncated entropy data, a missing marker)
     raises instead of returning repaired pixels. Host memory only. In a build without the libjpeg headers
-    (``STRICT_JPEG`` false) imagecodecs decodes instead: the same pixels, but only libjpeg's errors raise.
+    (``STRICT_JPEG`` false) imagecodecs decodes instead: the same pixels, but only libjpeg's errors raise, and
+    ``scale`` must be 1.
+
+    ``scale`` 2, 4 or 8 decodes the image at 1/scale by libjpeg's DCT scaling (``scale_denom``: a reduced inverse
+    DCT of each 8×8 block; Pillow's ``Image.draft`` gives the same pixels): a W × H image decodes to ``ceil(W /
+    scale) × ceil(H / scale)`` pixels, each close to the mean of its scale × scale block (within 4 levels, 0.2 on
+    average, on generated slides); ``out``, ``x`` and ``y`` are then in those pixels. Every coefficient is still
+    Huffman-decoded, so it is only 1.1–1.8× as fast as a full decode, but about 10× a full decode followed by
+    ``LevelView``'s resampling (``benchmarks/dct_scaled.py``).
 
     Args:
         data: the JPEG bytes (a stored tile of a TIFF page).
@@ -542,10 +550,12 @@ def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables:
         tables: the page's JPEGTables stream for abbreviated tile streams, or None.
         rgb: the samples are RGB stored without a colour transform (Aperio's RGB JPEG tiles); else the
             markers decide (3 components default to YCbCr).
+        scale: 1 (full size), 2, 4 or 8: the image decoded at 1/scale of its size.
     Returns:
         ``out``.
     Raises:
-        HistofastError: corrupt data (libjpeg's message), not 3 components, or smaller than ``out`` + (x, y).
+        HistofastError: corrupt data (libjpeg's message), not 3 components, smaller than ``out`` + (x, y) once
+            decoded at 1/scale, or a scale other than 1, 2, 4 and 8.
 
     Examples:
         >>> import imagecodecs
@@ -557,27 +567,30 @@ def decode_jpeg(data: bytes, out: np.ndarray, *, x: int = 0, y: int = 0, tables:
         >>> part = ops.decode_jpeg(data, band[2:10, 5:25], x=4, y=8)  # tile pixels [8, 16) × [4, 24)
         >>> np.array_equal(part, imagecodecs.jpeg8_decode(data)[8:16, 4:24]), int(band[:2].max())
         (True, 0)
+        >>> ops.decode_jpeg(data, np.empty((4, 6, 3), np.uint8), scale=4).shape  # 16×24 at 1/4 (needs STRICT_JPEG)
+        (4, 6, 3)
     """
+    scale = _jpeg_scale(scale)
     if not STRICT_JPEG:
         _imagecodecs_decode(data, out, integer(x, "x"), integer(y, "y"), tables, rgb)
         return out
-    _C.jpeg_decode(data, tables, 2 if rgb else 0, out, integer(x, "x"), integer(y, "y"))
+    _C.jpeg_decode(data, tables, 2 if rgb else 0, out, integer(x, "x"), integer(y, "y"), scale)
     return out
 
 
 def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places: np.ndarray, counts: np.ndarray,
                                 cell: int, hsv_lower: Sequence[int], hsv_upper: Sequence[int], *,
-                                tables: bytes | None = None, rgb: bool = False) -> None:
+                                tables: bytes | None = None, rgb: bool = False, scale: int = 1) -> None:
     """``decode_jpeg`` then ``white_counts`` for each of a list of tiles, in one call without the GIL: each
     decoded into ``scratch`` and counted while in cache (the CPU scan's loop; the pixels are not kept). Without
     the strict decoder (``STRICT_JPEG`` false) a loop here, imagecodecs releasing the GIL while it decodes.
 
     Args:
         datas: the tiles' JPEG bytes.
-        scratch: uint8 (tile height, tile width, 3), overwritten by each tile in turn.
+        scratch: uint8 (tile height, tile width, 3), overwritten by each tile in turn (decoded at 1/scale).
         places: int (len(datas), 4): each tile's (x, y, w, h) in the view, pixels; (w, h) of it are counted.
         counts, cell, hsv_lower, hsv_upper: as for ``white_counts``.
-        tables, rgb: as for ``decode_jpeg``.
+        tables, rgb, scale: as for ``decode_jpeg`` (every tile decoded at 1/scale; places in those pixels).
     Raises:
         HistofastError: a tile does not decode (which one is not said: decode them one by one to find it).
 
@@ -595,6 +608,7 @@ def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places:
         [[0, 0, 0, 0], [256, 0, 0, 256]]
     """
     lower, upper = check_hsv_bounds(hsv_lower, hsv_upper)
+    scale = _jpeg_scale(scale)
     if not STRICT_JPEG:  # the same loop in Python: imagecodecs releases the GIL while it decodes
         places, cell = host(places, "places", np.int64, (4,)), integer(cell, "cell")
         if len(places) != len(datas):
@@ -606,7 +620,20 @@ def decode_jpegs_counting_white(datas: list[bytes], scratch: np.ndarray, places:
             _C.white_counts(part, counts, x, y, cell, lower, upper)
         return
     _C.decode_jpegs_counting_white(datas, tables, 2 if rgb else 0, scratch, places, counts, integer(cell, "cell"),
-                                   lower, upper)
+                                   lower, upper, scale)
+
+
+def _jpeg_scale(scale: int) -> int:
+    """The JPEG decoders' ``scale``, checked: 1, 2, 4 or 8 (libjpeg's DCT scalings), and 1 without the strict
+    decoder."""
+    scale = integer(scale, "scale")
+    if scale not in (1, 2, 4, 8):
+        raise HistofastError(f"scale={scale}: expected 1, 2, 4 or 8 (the image decoded at 1/scale by libjpeg's "
+                             "DCT scaling)")
+    if scale != 1 and not STRICT_JPEG:  # imagecodecs' jpeg8_decode has no DCT scaling (its shape= does not scale)
+        raise HistofastError(f"scale={scale}: DCT-scaled decoding needs the strict JPEG decoder, and this build "
+                             f"decodes JPEG through {_C.build_info()['jpeg']}; scale=1 decodes at full size")
+    return scale
 
 
 def _imagecodecs_decode(data: bytes, out: Any, x: int, y: int, tables: bytes | None, rgb: bool) -> np.ndarray:

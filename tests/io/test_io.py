@@ -578,6 +578,135 @@ def test_decode_jpeg_is_libjpeg_turbo_exactly_and_strict():
             histofast.ops.decode_jpeg(data, np.empty((256, 256, 3), np.uint8), x=1)
 
 
+def split_jpeg_tables(data: bytes) -> tuple[bytes, bytes]:
+    """A complete JPEG as a TIFF page stores it: (JPEGTables: SOI + its DQT/DHT segments + EOI, the abbreviated
+    stream without them)."""
+    tables, rest, i = [b"\xff\xd8"], [b"\xff\xd8"], 2
+    while data[i + 1] != 0xDA:  # up to the scan header
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        (tables if data[i + 1] in (0xDB, 0xC4) else rest).append(data[i:end])
+        i = end
+    return b"".join(tables) + b"\xff\xd9", b"".join(rest) + data[i:]
+
+
+def without_adobe_marker(data: bytes) -> bytes:
+    """The JPEG without its APP14 'Adobe' segment: RGB-coded samples that only the reader's ``rgb`` flag tells apart
+    (as in Aperio's RGB JPEG tiles)."""
+    i = 2
+    while data[i + 1] != 0xEE:
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return data[:i] + data[i + 2 + int.from_bytes(data[i + 2 : i + 4], "big"):]
+
+
+def pillow_draft(data: bytes, scale: int) -> np.ndarray:
+    """The reference for a DCT-scaled decode: Pillow's draft mode, which asks its own libjpeg-turbo for
+    scale_denom = scale (default IDCT, fancy upsampling) when the requested size is 1/scale."""
+    import io
+
+    image = Image.open(io.BytesIO(data))
+    w, h = image.size
+    image.draft("RGB", (w // scale, h // scale))
+    assert image.size == (-(-w // scale), -(-h // scale)), (image.size, w, h, scale)  # the draft took effect
+    return np.asarray(image.convert("RGB"))
+
+
+@needs_strict_jpeg
+@pytest.mark.parametrize("coding", ["444", "422", "420", "rgb"])
+def test_decode_jpeg_scaled_equals_pillows_draft_mode(coding):
+    """Issue 23: decode_jpeg(scale=s) is libjpeg's DCT scaling: the pixels of Pillow's draft mode (its own
+    libjpeg-turbo build) exactly, for s = 2, 4, 8, on random and tissue content, on sizes that are not multiples of
+    8·s (ceil(W/s) × ceil(H/s) pixels), into a strided part of a band from an offset, from abbreviated streams with
+    JPEGTables, and RGB-coded samples read as RGB by the markers or by ``rgb=True`` alone."""
+    import imagecodecs
+
+    rng = np.random.default_rng(23)
+    for h, w in ((256, 256), (250, 198), (77, 101), (13, 200), (9, 9)):
+        for content in (rng.integers(0, 256, (h, w, 3), dtype=np.uint8), histofast.synth.tissue_image(h, w, seed=5)):
+            if coding == "rgb":  # stored RGB, no colour transform; the Adobe marker says so
+                data = imagecodecs.jpeg8_encode(content, level=85, colorspace="RGB", outcolorspace="RGB")
+            else:
+                data = imagecodecs.jpeg8_encode(content, level=85, subsampling=coding)
+            tables, abbreviated = split_jpeg_tables(data)
+            np.testing.assert_array_equal(histofast.ops.decode_jpeg(data, np.empty((h, w, 3), np.uint8)),
+                                          imagecodecs.jpeg8_decode(data))  # scale 1: today's decoder
+            for scale in (2, 4, 8):
+                expected = pillow_draft(data, scale)
+                sh, sw = -(-h // scale), -(-w // scale)
+                assert expected.shape == (sh, sw, 3)
+                whole = histofast.ops.decode_jpeg(data, np.empty((sh, sw, 3), np.uint8), scale=scale)
+                np.testing.assert_array_equal(whole, expected, err_msg=f"{h}×{w} scale {scale}")
+                np.testing.assert_array_equal(
+                    histofast.ops.decode_jpeg(abbreviated, np.empty((sh, sw, 3), np.uint8), tables=tables, scale=scale),
+                    expected)
+                if coding == "rgb":
+                    np.testing.assert_array_equal(histofast.ops.decode_jpeg(
+                        without_adobe_marker(data), np.empty((sh, sw, 3), np.uint8), rgb=True, scale=scale), expected)
+                x, y = sw // 3, sh // 2
+                band = np.zeros((sh + 7, sw + 20, 3), np.uint8)
+                part = histofast.ops.decode_jpeg(data, band[3 : 3 + sh - y, 11 : 11 + sw - x], x=x, y=y, scale=scale)
+                np.testing.assert_array_equal(part, expected[y:, x:])
+                band[3 : 3 + sh - y, 11 : 11 + sw - x] = 0
+                assert not band.any()  # nothing written outside the part
+
+
+@needs_strict_jpeg
+def test_decode_jpeg_scaled_is_strict_and_checks_its_size_in_scaled_pixels():
+    import imagecodecs
+
+    data = imagecodecs.jpeg8_encode(histofast.synth.tissue_image(80, 100, seed=6), level=80, subsampling="420")
+    for scale in (2, 8):
+        with pytest.raises(HistofastError, match="libjpeg: Premature end of JPEG file"):
+            histofast.ops.decode_jpeg(data[: len(data) * 3 // 4], np.empty((80 // scale, 100 // scale, 3), np.uint8),
+                                      scale=scale)
+    with pytest.raises(HistofastError, match="decoded 13×10 pixels at 1/8, the tile needs 13×11"):
+        histofast.ops.decode_jpeg(data, np.empty((11, 13, 3), np.uint8), scale=8)
+    with pytest.raises(HistofastError, match="decoded 50×40 pixels at 1/2, the tile needs 51×40"):
+        histofast.ops.decode_jpeg(data, np.empty((40, 50, 3), np.uint8), x=1, scale=2)
+
+
+def test_decode_jpeg_scale_is_checked_and_named(monkeypatch):
+    """scale: 1, 2, 4 or 8, an integer; without the strict decoder only 1 (imagecodecs cannot DCT-scale)."""
+    import imagecodecs
+
+    data = imagecodecs.jpeg8_encode(histofast.synth.tissue_image(16, 16, seed=7), level=80)
+    out = np.empty((16, 16, 3), np.uint8)
+    for bad in (0, 3, 16, -2):
+        with pytest.raises(HistofastError, match=f"scale={bad}: expected 1, 2, 4 or 8"):
+            histofast.ops.decode_jpeg(data, out, scale=bad)
+        with pytest.raises(HistofastError, match=f"scale={bad}: expected 1, 2, 4 or 8"):
+            histofast.ops.decode_jpegs_counting_white([data], out, np.zeros((1, 4), np.int64),
+                                                      np.zeros((1, 1), np.int64), 16, histofast.ops.DEFAULT_HSV_LOWER,
+                                                      histofast.ops.DEFAULT_HSV_UPPER, scale=bad)
+    for bad in (2.0, True, "2"):
+        with pytest.raises(TypeError, match="scale="):
+            histofast.ops.decode_jpeg(data, out, scale=bad)
+    monkeypatch.setattr(histofast.ops, "STRICT_JPEG", False)
+    np.testing.assert_array_equal(histofast.ops.decode_jpeg(data, out), imagecodecs.jpeg8_decode(data))
+    with pytest.raises(HistofastError, match="scale=2: DCT-scaled decoding needs the strict JPEG decoder"):
+        histofast.ops.decode_jpeg(data, out[:8, :8], scale=2)
+
+
+@needs_strict_jpeg
+def test_decode_jpegs_counting_white_scaled_counts_the_scaled_pixels():
+    """decode_jpegs_counting_white(scale=s) counts what decode_jpeg(scale=s) decodes, at the places given in scaled
+    pixels (tiles of 64 at 1/4: 16×16 parts of a 32×48 view)."""
+    import imagecodecs
+
+    tiles = [histofast.synth.tissue_image(64, 64, seed=seed, tissue_fraction=0.5) for seed in range(6)]
+    datas = [imagecodecs.jpeg8_encode(t, level=90, colorspace="RGB", outcolorspace="RGB") for t in tiles]
+    places = np.array([[16 * (k % 3), 16 * (k // 3), 16, 16] for k in range(6)], np.int64)
+    lower, upper = histofast.ops.DEFAULT_HSV_LOWER, histofast.ops.DEFAULT_HSV_UPPER
+    counts = np.zeros((4, 6), np.int64)
+    histofast.ops.decode_jpegs_counting_white(datas, np.empty((16, 16, 3), np.uint8), places, counts, 8, lower, upper,
+                                              rgb=True, scale=4)
+    expected = np.zeros_like(counts)
+    for data, (x, y, w, h) in zip(datas, places.tolist()):
+        part = histofast.ops.decode_jpeg(data, np.empty((h, w, 3), np.uint8), rgb=True, scale=4)
+        histofast.ops.white_counts(part, expected, x, y, 8, lower, upper)
+    np.testing.assert_array_equal(counts, expected)
+    assert 0 < counts.sum() < 6 * 256  # some white, some tissue
+
+
 def test_a_tiled_rgba_tiff_composites_on_white_as_openslide_does(tmp_path, openslide_level):
     """Transparent black background must read white, not black tissue: RGBA pages go to OpenSlide (issue 15,
     item 2: the fast path once read the RGB under alpha 0, and 13 of 16 tiles were kept where OpenSlide keeps 5)."""
