@@ -57,6 +57,11 @@ class GridSpec:
             saturation of a low-resolution level, contours filtered by area, and CLAM's four-point test per tile;
             white ratios are still measured and reported, but ``max_white`` plays no part). With
             ``skip_background`` and "otsu", only the tiles the segmentation keeps are decoded.
+        resample: how ``mpp``/``magnification`` between levels are made: "triangle" (the default: the antialiased
+            triangle filter, ``ops.resample``, exact to its integer formula) or "dct" (a JPEG level decoded at 1/2,
+            1/4 or 1/8 by libjpeg's DCT scaling when the factor is within 5% of one of those; faster, and close to
+            the block mean rather than to the triangle filter: ``benchmarks/dct_scaled.py`` measures both; where DCT
+            scaling cannot serve, the triangle filter does, with a warning, and ``TileGrid.resample`` says which).
     Raises:
         HistofastError: naming the first bad setting (no slide is needed to check them).
 
@@ -76,13 +81,14 @@ class GridSpec:
     max_white: float = 0.5
     skip_background: bool = False
     tissue: str = "hsv"
+    resample: str = "triangle"
 
     def __post_init__(self) -> None:
         tile_size = check_count(self.tile_size, "tile_size", unit="pixels")
         stride = tile_size if self.stride is None else check_count(self.stride, "stride", unit="pixels")
         lower, upper = ops.check_hsv_bounds(self.hsv_lower, self.hsv_upper)
         max_white = check_fraction(self.max_white, "max_white")
-        check_view_args(self.level, self.mpp, self.magnification)
+        check_view_args(self.level, self.mpp, self.magnification, self.resample)
         level = None if self.level is None else check_count(self.level, "level", minimum=0)
         if not isinstance(self.skip_background, (bool, np.bool_)):
             raise HistofastError(f"skip_background={self.skip_background!r}: must be True or False")
@@ -94,9 +100,9 @@ class GridSpec:
                             ("skip_background", bool(self.skip_background))):
             object.__setattr__(self, name, value)  # normalised: plain ints, int triples, a float
 
-    def view_args(self) -> tuple[int | None, float | None, float | None]:
-        """(level, mpp, magnification), as ``select_level`` takes them."""
-        return self.level, self.mpp, self.magnification
+    def view_args(self) -> tuple[int | None, float | None, float | None, str]:
+        """(level, mpp, magnification, resample), as ``select_level`` takes them."""
+        return self.level, self.mpp, self.magnification, self.resample
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as JSON-able values (HSV bounds as lists)."""

@@ -22,6 +22,8 @@ End-to-end tiles per second on one slide, every method in one process:
                  tiles' white ratio lies from max_white)
   (c'') resampled  tile_grid(mpp=2 × level 0's): level 0 decoded and resampled to half its resolution (a 20× grid
                  on a 40× slide whose next level is 4× down), timed against (c) on the same level-0 pixels
+  (c''') dct     (c'') with resample="dct": level 0 decoded at 1/2 by libjpeg's DCT scaling; its keep decisions and
+                 white ratios compared with (c'')'s tile by tile
   (d) iter_tiles histofast.iter_tiles with rot90/flip/shift 16 augmentation, float32 NCHW, normalised, batches of 64
   (d') two_pass  tile_grid, then grid.tiles with the same options (the kept tiles decoded a second time)
 With --peers, where installed (else reported as skipped), on the recipe's rows with --threads workers:
@@ -38,11 +40,12 @@ DEFAULT_SIZE, QUICK_SIZE = 16384, 4096
 DEFAULT_RECIPE_TILES, QUICK_RECIPE_TILES = 1024, 32  # ~10-20 s at the recipe's ~60-100 tiles/s on one core
 DEFAULT_REPEATS = 3
 DEFAULT_JSON = Path(".benchmarks") / "tiles_per_second.json"  # .benchmarks/ is git-ignored (pytest-benchmark's)
-METHODS = ("recipe", "decode", "tile_grid", "skip_background", "resampled", "iter_tiles", "two_pass")
+METHODS = ("recipe", "decode", "tile_grid", "skip_background", "resampled", "dct", "iter_tiles", "two_pass")
 DEFAULT_GLASS = 0.5  # share of the generated slide's area that is glass (background)
 PEERS = ("cucim", "tiffslide")  # other readers, timed with --peers (or named in --methods)
 LABELS = {"recipe": "(a) recipe", "decode": "(b) decode", "tile_grid": "(c) tile_grid",
           "skip_background": "(c') skip bg", "resampled": "(c'') mpp x2",
+          "dct": "(c''') dct x2",
           "iter_tiles": "(d) iter_tiles", "two_pass": "(d') two_pass", "cucim": "(e) cuCIM",
           "tiffslide": "(f) tiffslide"}
 

@@ -158,25 +158,36 @@ def skip_background(path: Path, tile: int, stride: int, threads: int, area: int)
     return run
 
 
-def resampled(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
-    """tile_grid at twice level 0's µm per pixel: level 0 decoded and resampled (``mpp=``), the grid in view pixels.
-    Credited with level 0's area, the pixels it decodes."""
+def resampled(path: Path, tile: int, stride: int, threads: int, area: int,
+              resample: str = "triangle") -> Callable[[], Work]:
+    """tile_grid at twice level 0's µm per pixel: level 0 decoded and resampled (``mpp=``; by ``resample``), the grid
+    in view pixels. Credited with level 0's area, the pixels it decodes."""
     def run() -> Work:
         with open_slide(path, threads=threads) as slide:
-            grid = tile_grid(slide, tile, stride, mpp=RESAMPLED_MPP * slide.mpp, max_white=MAX_WHITE)
-        return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio})
+            grid = tile_grid(slide, tile, stride, mpp=RESAMPLED_MPP * slide.mpp, max_white=MAX_WHITE,
+                             resample=resample)
+        return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio,
+                                                             "resample": grid.resample})
 
     return run
 
 
-def resampled_unavailable(path: Path) -> str | None:
-    """Why the slide cannot be tiled at ``RESAMPLED_MPP`` × level 0's µm per pixel from a resampled level 0, if so."""
+def dct(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
+    """``resampled`` with ``resample="dct"``: level 0 decoded at 1/2 by libjpeg's DCT scaling."""
+    return resampled(path, tile, stride, threads, area, "dct")
+
+
+def resampled_unavailable(path: Path, method: str = "resampled") -> str | None:
+    """Why the slide cannot be tiled at ``RESAMPLED_MPP`` × level 0's µm per pixel from level 0 resampled (``method``
+    "resampled") or decoded at 1/2 by DCT scaling ("dct"), if so."""
     with open_slide(path) as slide:
         if slide.mpp is None:
             return "the slide has no µm-per-pixel metadata"
         view = select_level(slide, mpp=RESAMPLED_MPP * slide.mpp)
         if view.level != 0 or view.scale == 1.0:
             return f"level {view.level} stores {RESAMPLED_MPP}× level 0's µm per pixel: nothing to resample"
+        if method == "dct" and RESAMPLED_MPP not in slide.dct_scales(0):
+            return "level 0 is not JPEG tiles read by the fast path: no DCT scaling"
     return None
 
 

@@ -151,6 +151,8 @@ def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> d
             if grid is not None and grid.work.kept != r.work.kept:
                 checks["problems"].append(f"stride {r.stride}: {r.method} delivered {r.work.kept} tiles, "
                                           f"tile_grid keeps {grid.work.kept}")
+        if r.method == "dct" and find(results, "resampled", r.stride) is not None:
+            checks[f"dct_vs_resampled_stride{r.stride}"] = dct_agreement(r, find(results, "resampled", r.stride))
         if r.method == "skip_background" and find(results, "tile_grid", r.stride) is not None:
             checks[f"skip_background_stride{r.stride}"] = agreement = skip_agreement(
                 r, find(results, "tile_grid", r.stride))
@@ -160,6 +162,15 @@ def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> d
                     f"tiles (at least {SKIP_AGREEMENT:.1%} wanted), differing tiles up to "
                     f"{agreement['max_distance_to_threshold']:.3f} from max_white (at most {SKIP_NEAR} wanted)")
     return checks
+
+
+def dct_agreement(r: Result, triangle: Result) -> dict[str, Any]:
+    """How the DCT-scaled grid's keep decisions and white ratios compare with the triangle filter's, tile by tile
+    (reported, not checked: the two views are different pixels by design)."""
+    fast, ratio = r.work.extra["white_ratio"], triangle.work.extra["white_ratio"]
+    differ = (fast <= MAX_WHITE) != (ratio <= MAX_WHITE)
+    return {"tiles": int(ratio.size), "differ": int(differ.sum()),
+            "max_ratio_difference": float(np.abs(fast - ratio).max()), "resample": r.work.extra["resample"]}
 
 
 def skip_agreement(r: Result, exact: Result) -> dict[str, Any]:
@@ -222,6 +233,13 @@ def print_table(results: list[Result], targets: list[dict], slide: dict, threads
         if r.method in ("iter_tiles", "two_pass"):
             print(f"{LABELS[r.method]} at stride {r.stride} delivers {r.work.kept} kept tiles in "
                   f"{r.work.extra['batches']} batches")
+        if r.method == "dct" and find(results, "resampled", r.stride) is not None:
+            a, triangle, grid = dct_agreement(r, find(results, "resampled", r.stride)), \
+                find(results, "resampled", r.stride), find(results, "tile_grid", r.stride)
+            print(f"{LABELS[r.method]} at stride {r.stride}: {_ratio(r, triangle):.2f}× {LABELS['resampled']}"
+                  + ("" if grid is None else f", {_ratio(r, grid):.2f}× tile_grid")
+                  + f"; {a['differ']} of {a['tiles']} keep decisions differ from the triangle filter's, white ratios "
+                  f"by at most {a['max_ratio_difference']:.4f}")
         if r.method == "skip_background" and find(results, "tile_grid", r.stride) is not None:
             a = skip_agreement(r, find(results, "tile_grid", r.stride))
             print(f"{LABELS[r.method]} at stride {r.stride}: {_ratio(r, find(results, 'tile_grid', r.stride)):.2f}× "

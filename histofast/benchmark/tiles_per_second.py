@@ -96,8 +96,9 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
             skip(method, "OpenCV is not installed", "pip install opencv-python-headless")
     if "recipe" in methods and not m.openslide_reads(path):
         skip("recipe", "OpenSlide does not read this file")
-    if "resampled" in methods and (reason := m.resampled_unavailable(path)) is not None:
-        skip("resampled", reason)
+    for method in ("resampled", "dct"):
+        if method in methods and (reason := m.resampled_unavailable(path, method)) is not None:
+            skip(method, reason)
     if "decode" in methods and page is None:
         skip("decode", "level 0 is not a tiled TIFF page tifffile can decode")
     for peer in [x for x in methods if x in PEERS]:
@@ -122,7 +123,7 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
             jobs.append((Result("recipe", stride), m.recipe(path, tile, stride, chosen, cols, credited),
                          m.recipe(path, tile, stride, chosen[:1], cols, 0)))
         for method, make in (("tile_grid", m.scan_grid), ("skip_background", m.skip_background),
-                             ("resampled", m.resampled), ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
+                             ("resampled", m.resampled), ("dct", m.dct), ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
             if method in methods:
                 fn = make(path, tile, stride, threads, area)
                 jobs.append((Result(method, stride), fn, fn))

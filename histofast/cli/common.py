@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from ..errors import HistofastError
 from ..export.settings import EXPORT_FORMATS
 from ..io.decode import DECODES
+from ..io.level import RESAMPLE
 from ..specs import TISSUE_RULES, GridSpec
 
 if TYPE_CHECKING:
     from ..export import ExportOptions
 
 # The Python parameters of the tiling options named in histofast's messages; each flag is --name-with-dashes.
-TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "tissue", "quality", "label",
-                     "threads", "device", "decode", "format", "processes", "retries")
+TILING_PARAMETERS = ("tile_size", "stride", "level", "mpp", "magnification", "max_white", "tissue", "resample",
+                     "quality", "label", "threads", "device", "decode", "format", "processes", "retries")
 _HSV_BOUND = re.compile(r"(?<![\w.-])(lower|upper)\[([012])\]=")
 
 
@@ -65,6 +66,10 @@ def add_tiling_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
     which.add_argument("--level", type=int, help="pyramid level to tile (default 0, full resolution)")
     which.add_argument("--mpp", type=float, help="target µm per pixel: nearest finer level, resampled if >5%% off")
     which.add_argument("--magnification", type=float, metavar="X", help="target magnification, e.g. 20 for 20×")
+    p.add_argument("--resample", choices=RESAMPLE, default=grid.resample,
+                   help="how --mpp/--magnification between levels are made: triangle, the antialiased filter, or "
+                        "dct, a JPEG level decoded at 1/2, 1/4 or 1/8 by libjpeg's DCT scaling (faster; close to the "
+                        f"block mean; the triangle filter where it cannot serve) (default {grid.resample})")
     p.add_argument("--max-white", type=float, default=grid.max_white, metavar="F",
                    help=f"keep tiles whose white fraction is at most F (default {grid.max_white})")
     p.add_argument("--tissue", choices=TISSUE_RULES, default=grid.tissue,
@@ -119,7 +124,7 @@ def export_options(args: argparse.Namespace) -> "ExportOptions":
         if args.threads is not None:
             check_count(args.threads, "threads")
         grid = GridSpec(args.tile_size, args.stride, args.level, args.mpp, args.magnification, tuple(args.hsv_lower),
-                        tuple(args.hsv_upper), args.max_white, args.skip_background, args.tissue)
+                        tuple(args.hsv_upper), args.max_white, args.skip_background, args.tissue, args.resample)
         return ExportOptions(grid=grid, format=args.format, quality=args.quality, label=args.label,
                              augment=Augment.parse(args.augment, args.seed))
     except HistofastError as e:

@@ -49,7 +49,7 @@ class ImageSlide(Slide):
         super().__init__(path, [(w, h)], [1.0], {"openslide.vendor": "", "histofast.format": fmt}, threads)
 
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
-              on_part: OnPart | None = None) -> list[Job]:
+              on_part: OnPart | None = None, scale: int = 1) -> list[Job]:  # scale: 1 (no dct_scales here)
         def job() -> None:
             out[...] = self._pixels[y : y + h, x : x + w]
             if on_part is not None:

@@ -36,7 +36,7 @@ class OpenSlideSlide(Slide):
         return (int(w), int(h)) if w and h else super().tile_shape(level)
 
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
-              on_part: OnPart | None = None) -> list[Job]:
+              on_part: OnPart | None = None, scale: int = 1) -> list[Job]:  # scale: 1 (no dct_scales here)
         tw, th = self.tile_shape(level)
         pw, ph = tw * PIECE_TILES, th * PIECE_TILES
         jobs = []

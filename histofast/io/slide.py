@@ -136,13 +136,16 @@ class Slide:
 
     def region_jobs(
         self, level: int, location: tuple[int, int], size: tuple[int, int], out: np.ndarray | None = None,
-        on_part: OnPart | None = None, skip: Skip | None = None,
+        on_part: OnPart | None = None, skip: Skip | None = None, scale: int = 1,
     ) -> tuple[list[Job], np.ndarray]:
         """The independent jobs that fill ``out`` with a level region (see ``read_level_region``).
 
         Parts outside the slide are filled here; the jobs fill the rest, each calling ``on_part`` (if given) with
         every part inside the level it filled (together they cover it once). Stored tiles that ``skip`` says may
-        be left white are filled white here, not decoded, and not handed to ``on_part``."""
+        be left white are filled white here, not decoded, and not handed to ``on_part``. With ``scale`` (one of
+        ``dct_scales(level)``) the level is read decoded at 1/scale by libjpeg's DCT scaling: ``location``, ``size``
+        and the parts are in those pixels (the level's ``floor(w / scale)`` × ``floor(h / scale)``), ``skip``'s
+        rectangles in level pixels as always."""
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
         level = self.check_level(level)
@@ -154,7 +157,11 @@ class Slide:
             out = np.empty((h, w, 3), np.uint8)
         elif out.shape != (h, w, 3) or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
             raise HistofastError(f"out: expected uint8 ({h}, {w}, 3) with packed pixels, got {out.dtype} {out.shape}")
+        if scale != 1 and scale not in self.dct_scales(level):
+            raise HistofastError(f"scale={scale}: level {level} of {self.path.name} cannot be decoded scaled (it can at "
+                                 f"{list(self.dct_scales(level)) or 'no scale'}: JPEG tiles on the fast path)")
         lw, lh = self.level_dimensions[level]
+        lw, lh = lw // scale, lh // scale
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
         if x0 >= x1 or y0 >= y1:
             out[...] = BACKGROUND
@@ -162,26 +169,27 @@ class Slide:
         if (x0, y0, x1, y1) != (x, y, x + w, y + h):
             out[...] = BACKGROUND
         if skip is None:
-            return self._jobs(level, x0, y0, x1 - x0, y1 - y0, out[y0 - y : y1 - y, x0 - x : x1 - x], on_part), out
+            return self._jobs(level, x0, y0, x1 - x0, y1 - y0, out[y0 - y : y1 - y, x0 - x : x1 - x], on_part,
+                              scale), out
         jobs = []
-        for rx0, ry0, rx1, ry1, decode in self._runs(level, x0, y0, x1, y1, skip):
+        for rx0, ry0, rx1, ry1, decode in self._runs(level, x0, y0, x1, y1, skip, scale):
             part = out[ry0 - y : ry1 - y, rx0 - x : rx1 - x]
             if decode:
-                jobs += self._jobs(level, rx0, ry0, rx1 - rx0, ry1 - ry0, part, on_part)
+                jobs += self._jobs(level, rx0, ry0, rx1 - rx0, ry1 - ry0, part, on_part, scale)
             else:
                 part[...] = BACKGROUND
         return jobs, out
 
-    def _runs(self, level: int, x0: int, y0: int, x1: int, y1: int,
-              skip: Skip) -> Iterator[tuple[int, int, int, int, bool]]:
-        """The level rectangle [x0, x1) × [y0, y1) as runs of whole stored tiles along each stored-tile row,
-        (x0, y0, x1, y1, decode): a run to decode, or one that ``skip`` lets stay white."""
-        tw, th = self.tile_shape(level)
+    def _runs(self, level: int, x0: int, y0: int, x1: int, y1: int, skip: Skip,
+              scale: int = 1) -> Iterator[tuple[int, int, int, int, bool]]:
+        """The level rectangle [x0, x1) × [y0, y1) (pixels at 1/``scale``) as runs of whole stored tiles along each
+        stored-tile row, (x0, y0, x1, y1, decode): a run to decode, or one that ``skip`` lets stay white."""
+        tw, th = (n // scale for n in self.tile_shape(level))
         for ty in range(y0 // th, (y1 - 1) // th + 1):
             ry0, ry1 = max(y0, ty * th), min(y1, (ty + 1) * th)
             start, decode = x0, None
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                wanted = not skip(tx * tw, ty * th, (tx + 1) * tw, (ty + 1) * th)
+                wanted = not skip(tx * tw * scale, ty * th * scale, (tx + 1) * tw * scale, (ty + 1) * th * scale)
                 if decode is not None and wanted != decode:
                     yield start, ry0, tx * tw, ry1, decode
                     start = tx * tw
@@ -235,12 +243,14 @@ class Slide:
             reduced[y // factor : (y + h) // factor] = (blocks.mean((1, 3)) + 0.5).astype(np.uint8)
         return np.asarray(Image.fromarray(reduced).resize(size, Image.Resampling.BOX))
 
-    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None) -> list[tuple[int, Job]]:
+    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None,
+                  scale: int = 1) -> list[tuple[int, Job]]:
         """Jobs that decode rows ``0 .. height`` of a level (full width) once each and hand every decoded part
         to ``on_part(part, x, y)`` (level pixels; ``part`` is valid only during the call): how a level is
         scored without being held in memory. In row order, as ``(rows, job)``: once every job up to the last
         one with this ``rows`` is done, every row above ``rows`` has been handed over. What ``skip`` lets stay
-        white is neither decoded nor handed over."""
+        white is neither decoded nor handed over. ``scale``: as for ``region_jobs`` (rows and parts in pixels at
+        1/scale; only where ``dct_scales`` has it, which this reader's never does)."""
         width = self.level_dimensions[level][0]
         tw, th = self.tile_shape(level)
         piece = tw * SCAN_PIECE_TILES
@@ -256,11 +266,17 @@ class Slide:
 
         return job
 
+    def dct_scales(self, level: int) -> tuple[int, ...]:
+        """The factors ``s`` at which ``level`` can be read decoded at 1/s by libjpeg's DCT scaling
+        (``region_jobs(scale=s)``): JPEG tiles on the tiled-TIFF fast path only, so none here."""
+        return ()
+
     # -- backends implement -------------------------------------------------------------------
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
-              on_part: OnPart | None = None) -> list[Job]:
+              on_part: OnPart | None = None, scale: int = 1) -> list[Job]:
         """Jobs that fill ``out`` (h, w, 3) with the level region at (x, y), wholly inside the level, and call
-        ``on_part(part, x, y)`` with each part they filled, once filled."""
+        ``on_part(part, x, y)`` with each part they filled, once filled (``scale``: one of ``dct_scales``, the
+        level at 1/scale)."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -77,13 +77,19 @@ class TiffSlide(OpenSlideSlide):
         page = self._pages[level]
         return (page.tilewidth, page.tilelength) if page is not None else super().tile_shape(level)
 
+    def dct_scales(self, level: int) -> tuple[int, ...]:
+        page = self._pages[level]
+        if page is None or page.compression != JPEG or not ops.STRICT_JPEG:  # imagecodecs cannot decode scaled
+            return ()
+        return tuple(s for s in (2, 4, 8) if page.tilewidth % s == 0 and page.tilelength % s == 0)
+
     def _jobs(self, level: int, x: int, y: int, w: int, h: int, out: np.ndarray,
-              on_part: OnPart | None = None) -> list[Job]:
+              on_part: OnPart | None = None, scale: int = 1) -> list[Job]:
         page = self._pages[level]
         if page is None:
             return super()._jobs(level, x, y, w, h, out, on_part)
-        tw, th = page.tilewidth, page.tilelength
-        across = -(-page.imagewidth // tw)
+        tw, th = page.tilewidth // scale, page.tilelength // scale
+        across = -(-page.imagewidth // page.tilewidth)
         parts = []  # (tile index, x and y inside the tile, destination, its x and y in the level)
         for ty in range(y // th, (y + h - 1) // th + 1):
             for tx in range(x // tw, (x + w - 1) // tw + 1):
@@ -92,58 +98,62 @@ class TiffSlide(OpenSlideSlide):
                 parts.append((ty * across + tx, x0 - tx * tw, y0 - ty * th, out[y0 - y : y1 - y, x0 - x : x1 - x],
                               x0, y0))
         # A few tiles per job: fewer futures (and GIL hand-offs) per decoded megapixel.
-        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part)
+        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part, scale)
                 for i in range(0, len(parts), TILES_PER_JOB)]
 
-    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None) -> list[tuple[int, Job]]:
+    def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None,
+                  scale: int = 1) -> list[tuple[int, Job]]:
         page = self._pages[level]
         if page is None:
             return super().scan_jobs(level, height, on_part, skip)
-        tw, th = page.tilewidth, page.tilelength
-        across, width = -(-page.imagewidth // tw), page.imagewidth
+        tw, th = page.tilewidth // scale, page.tilelength // scale
+        across, width = -(-page.imagewidth // page.tilewidth), page.imagewidth // scale
         jobs = []
         for y in range(0, height, th):
             row = [(y // th * across + tx, tx * tw, y, min(tw, width - tx * tw), min(th, height - y))
-                   for tx in range(across) if skip is None or not skip(tx * tw, y, (tx + 1) * tw, y + th)]
-            jobs += [(min(y + th, height), self._scanned(page, level, row[i : i + TILES_PER_JOB], on_part))
+                   for tx in range(across) if tx * tw < width and (skip is None or not skip(
+                       tx * tw * scale, y * scale, (tx + 1) * tw * scale, (y + th) * scale))]
+            jobs += [(min(y + th, height), self._scanned(page, level, row[i : i + TILES_PER_JOB], on_part, scale))
                      for i in range(0, len(row), TILES_PER_JOB)]
         return jobs
 
-    def _scanned(self, page, level: int, tiles: list, on_part: OnPart) -> Job:
-        """A job decoding stored tiles into this thread's scratch tile, each handed to ``on_part`` while in
-        cache and never written anywhere else: a scan touches no memory beyond a tile per thread."""
+    def _scanned(self, page, level: int, tiles: list, on_part: OnPart, scale: int) -> Job:
+        """A job decoding stored tiles (at 1/``scale``) into this thread's scratch tile, each handed to ``on_part``
+        while in cache and never written anywhere else: a scan touches no memory beyond a tile per thread."""
 
         counting = getattr(on_part, "white_counts_args", None) if page.compression == JPEG else None
+        shape = (page.tilelength // scale, page.tilewidth // scale)
 
         def job() -> None:
             scratch = self._local.__dict__.get("scratch")
-            if scratch is None or scratch.shape[:2] != (page.tilelength, page.tilewidth):
-                scratch = self._local.scratch = np.empty((page.tilelength, page.tilewidth, 3), np.uint8)
+            if scratch is None or scratch.shape[:2] != shape:
+                scratch = self._local.scratch = np.empty((*shape, 3), np.uint8)
             if counting is not None:
                 datas = [self._bytes(page, level, index) for index, *_ in tiles]
                 if all(datas):  # no sparse tile: decode and count them all in one call
                     try:
                         ops.decode_jpegs_counting_white(datas, scratch, np.array([t[1:] for t in tiles], np.int64),
-                                                        *counting, tables=page.jpegtables, rgb=_stored_rgb(page))
+                                                        *counting, tables=page.jpegtables, rgb=_stored_rgb(page),
+                                                        scale=scale)
                         return
                     except HistofastError:  # the scan fails: name the tile that does not decode
                         for index, *_ in tiles:
-                            self._decode(page, level, index, scratch)
+                            self._decode(page, level, index, scratch, scale=scale)
                         raise
             for index, x, y, w, h in tiles:
                 part = scratch[:h, :w]
-                self._decode(page, level, index, part)
+                self._decode(page, level, index, part, scale=scale)
                 on_part(part, x, y)
 
         return job
 
-    def _tiles(self, page, level: int, parts: list, on_part: OnPart | None) -> Job:
-        """A job decoding stored tiles, each one's part at (ox, oy) straight into its destination, and telling
-        ``on_part`` of it while it is in cache."""
+    def _tiles(self, page, level: int, parts: list, on_part: OnPart | None, scale: int) -> Job:
+        """A job decoding stored tiles (at 1/``scale``), each one's part at (ox, oy) straight into its
+        destination, and telling ``on_part`` of it while it is in cache."""
 
         def job() -> None:
             for index, ox, oy, dst, x, y in parts:
-                self._decode(page, level, index, dst, ox, oy)
+                self._decode(page, level, index, dst, ox, oy, scale)
                 if on_part is not None:
                     on_part(dst, x, y)
 
@@ -158,15 +168,16 @@ class TiffSlide(OpenSlideSlide):
                                         f"{offset}..{offset + count}, the file ends first")
         return data
 
-    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0) -> None:
-        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level into ``out`` (H, W, 3)."""
+    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0, scale: int = 1) -> None:
+        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level (decoded at 1/``scale``: JPEG
+        only) into ``out`` (H, W, 3)."""
         data = self._bytes(page, level, index)
         if not data:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
             out[...] = BACKGROUND
             return
         try:
             if page.compression == JPEG:  # strict, as OpenSlide decodes (where ops.STRICT_JPEG): never repaired
-                ops.decode_jpeg(data, out, x=x, y=y, tables=page.jpegtables, rgb=_stored_rgb(page))
+                ops.decode_jpeg(data, out, x=x, y=y, tables=page.jpegtables, rgb=_stored_rgb(page), scale=scale)
                 return
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:  # imagecodecs raises one class per codec

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .tissue import Segmentation
 
 CSV_FIELDS = ("slide", "level", "x", "y", "level_x", "level_y", "tile_size", "stride", "downsample", "scale",
-              "mpp", "white_ratio", "max_white", "keep", "skipped", "tissue")
+              "mpp", "white_ratio", "max_white", "keep", "skipped", "tissue", "resample")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +49,8 @@ class TileGrid:
             (``GridSpec(tissue="otsu")``, ``histofast.tiling.tissue``); ``keep`` is then this, whatever the white
             ratios (``with_max_white`` changes nothing).
         segmentation: that segmentation's contours (level-0 pixels, for drawing), or None (a grid read from CSV).
+        resample: how a view between levels (``scale`` ≠ 1) was made: "triangle" (``ops.resample``) or "dct" (the
+            level decoded at 1/scale by libjpeg's DCT scaling, ``GridSpec(resample="dct")``); ``view`` reads it so.
     """
 
     slide_path: str
@@ -64,6 +66,7 @@ class TileGrid:
     skipped: np.ndarray | None = None
     segmented: np.ndarray | None = None
     segmentation: Segmentation | None = None
+    resample: str = "triangle"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,7 +110,7 @@ class TileGrid:
 
     def view(self, slide: Slide) -> LevelView:
         """The pixels this grid was cut from, in ``slide``."""
-        return LevelView(slide, self.level, self.scale)
+        return LevelView(slide, self.level, self.scale, dct=self.resample == "dct")
 
     def tiles(self, slide: Slide | str | os.PathLike | None = None, **options: Any) -> Iterator["TileBatch"]:
         """The kept tiles' pixels in batches, read again from the slide.
@@ -144,14 +147,15 @@ class TileGrid:
             for k in range(len(ratio)):
                 w.writerow([self.slide_path, self.level, xy[k, 0], xy[k, 1], level_xy[k, 0], level_xy[k, 1],
                             self.tile_size, self.stride, repr(self.downsample), repr(self.scale), mpp,
-                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k]), int(skipped[k]), tissue])
+                            f"{ratio[k]:.9g}", repr(self.max_white), int(keep[k]), int(skipped[k]), tissue,
+                            self.resample])
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "TileGrid":
         """Read a grid written by ``to_csv``."""
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
-        if not records or set(CSV_FIELDS) - {"skipped", "tissue"} - set(records[0]):  # older: no skipped, tissue
+        if not records or set(CSV_FIELDS) - {"skipped", "tissue", "resample"} - set(records[0]):  # added since 0.x
             raise HistofastError(f"{path}: not a TileGrid CSV (expected columns {', '.join(CSV_FIELDS)})")
         first = records[0]
         stride = int(first["stride"])
@@ -169,4 +173,5 @@ class TileGrid:
             segmented[level_xy[:, 1], level_xy[:, 0]] = [r["keep"] == "1" for r in records]
         return cls(first["slide"], int(first["level"]), int(first["tile_size"]), stride, ratio,
                    float(first["max_white"]), float(first["downsample"]), float(first["scale"]),
-                   float(first["mpp"]) if first["mpp"] else None, skipped=skipped, segmented=segmented)
+                   float(first["mpp"]) if first["mpp"] else None, skipped=skipped, segmented=segmented,
+                   resample=first.get("resample") or "triangle")

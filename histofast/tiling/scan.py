@@ -41,6 +41,7 @@ def tile_grid(
     max_white: float = GridSpec.max_white,
     skip_background: bool = GridSpec.skip_background,
     tissue: str = GridSpec.tissue,
+    resample: str = GridSpec.resample,
     device: str = "cpu",
     decode: str = "auto",
     progress: Any = None,
@@ -56,11 +57,12 @@ def tile_grid(
 
     Args:
         slide: an open ``Slide`` or a path.
-        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, tissue: the
-            grid, as ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only whole tiles,
-            origin (0, 0); at most one of level / mpp / magnification, default level 0; ``skip_background``:
-            decode only what a low-resolution level says may be tissue, not exact, see ``GridSpec``; ``tissue``:
-            "hsv", the paper's rule, or "otsu", CLAM's segmentation).
+        tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, tissue,
+            resample: the grid, as ``histofast.GridSpec`` takes them (grid pixels; stride defaults to tile_size; only
+            whole tiles, origin (0, 0); at most one of level / mpp / magnification, default level 0;
+            ``skip_background``: decode only what a low-resolution level says may be tissue, not exact, see
+            ``GridSpec``; ``tissue``: "hsv", the paper's rule, or "otsu", CLAM's segmentation; ``resample``:
+            "triangle" or "dct", how a view between levels is made).
         device: "cpu" or "cuda[:i]": where ``white_ratio`` runs (and, decoding on the GPU, the pixels land).
         decode: "auto" (nvImageCodec on the GPU when ``device`` is CUDA, ``pip install 'histofast[gpu]'``
             is installed and it reads the level; else the CPU decoders), "cpu", "gpu" (an error when it
@@ -73,7 +75,7 @@ def tile_grid(
             with a warning instead), or the slide cannot be read.
     """
     spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background,
-                    tissue)
+                    tissue, resample)
     return scan_grid(slide, spec, device=device, decode=decode, progress=progress)
 
 
@@ -141,6 +143,7 @@ def iter_tiles(
     max_white: float = GridSpec.max_white,
     skip_background: bool = GridSpec.skip_background,
     tissue: str = GridSpec.tissue,
+    resample: str = GridSpec.resample,
     device: str = "cpu",
     decode: str = "auto",
     **options: Any,
@@ -152,7 +155,7 @@ def iter_tiles(
 
     Args:
         slide, tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background, tissue,
-            device, decode: as for ``tile_grid``.
+            resample, device, decode: as for ``tile_grid``.
         options: ``epoch`` (the augmentation epoch, default 0) and the batch format, as ``histofast.BatchFormat``
             takes it, with the plain tiles as defaults (``TILE_FORMAT``: uint8 NHWC, no normalisation):
             batch_size: tiles per batch (default 64; the last batch may be smaller).
@@ -165,7 +168,7 @@ def iter_tiles(
         SlideError: as ``tile_grid``, at the call (a level smaller than one tile, an unreadable slide).
     """
     spec = GridSpec(tile_size, stride, level, mpp, magnification, hsv_lower, hsv_upper, max_white, skip_background,
-                    tissue)
+                    tissue, resample)
     batch, epoch = tile_format(options)
     return scan_tiles(slide, spec, batch, epoch=epoch, device=device, decode=decode)
 
@@ -286,7 +289,7 @@ def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str, deferred: bo
     check_decode(decode, device)  # before a thumbnail or segmentation level is read
     shape = ops.grid_shape(height, width, tile_size, stride)
     grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, np.ones(shape, np.float32), spec.max_white,
-                    view.downsample, view.scale, view.mpp)
+                    view.downsample, view.scale, view.mpp, resample="dct" if view.dct else "triangle")
     segmentation = segmented = skipped = None
     if spec.tissue == "otsu":
         segmentation = segment_tissue(slide)

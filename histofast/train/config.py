@@ -18,6 +18,7 @@ from ..checks import check_count
 from ..errors import HistofastError
 from ..ops import IMAGENET_MEAN, IMAGENET_STD
 from ..renamed import renamed_keyword
+from ..io.level import RESAMPLE
 from ..specs import TISSUE_RULES, GridSpec
 
 OPTIMIZERS = {"adam": 1e-3, "sgd": 0.01}  # default learning rates: the two-level seed's Adam, the paper's SGD
@@ -62,6 +63,9 @@ class TrainConfig:
                                  "slides, not exact: see GridSpec)", False)
     tissue: str = _opt("which rule keeps a tile: hsv (the white fraction, --max-white) or otsu (CLAM's tissue "
                        "segmentation)", GridSpec.tissue, choices=TISSUE_RULES)
+    resample: str = _opt("how --mpp/--magnification between levels are made: triangle (the antialiased filter) or dct "
+                         "(JPEG levels decoded at 1/2, 1/4, 1/8 by libjpeg's DCT scaling: faster, close to the block "
+                         "mean)", GridSpec.resample, choices=RESAMPLE)
     augment: str = _opt("training augmentation: rot90, flip, shift=PIXELS, angle=DEGREES; '' for none",
                         "rot90,flip,shift=16")
     mean: list[float] = _opt("per-channel mean, pixel/255", list(IMAGENET_MEAN))
@@ -126,7 +130,8 @@ class TrainConfig:
     def grid(self) -> GridSpec:
         """The grid of the training samples (patches, for images): this config's grid settings as a ``GridSpec``."""
         return GridSpec(self.tile_size, self.stride, self.level, self.mpp, self.magnification,
-                        max_white=self.max_white, skip_background=self.skip_background, tissue=self.tissue)
+                        max_white=self.max_white, skip_background=self.skip_background, tissue=self.tissue,
+                        resample=self.resample)
 
     @property
     def learning_rate(self) -> float:

@@ -13,12 +13,13 @@ def test_bench_smoke(tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for method in ("(a) recipe", "(b) decode", "(c) tile_grid", "(c'') mpp x2", "(d) iter_tiles", "(d') two_pass"):
+    for method in ("(a) recipe", "(b) decode", "(c) tile_grid", "(c'') mpp x2", "(c''') dct x2", "(d) iter_tiles", "(d') two_pass"):
         assert method in out
     data = json.loads(report.read_text())
     targets = {t["target"]: t for t in data["targets"]}
     assert "tile_grid >= 10x recipe at stride 256" in targets
     assert targets["tile_grid at mpp x2 (resampled) >= 0.85x tile_grid"]["ratio"] is not None
+    assert data["checks"]["dct_vs_resampled_stride256"]["resample"] == "dct"
     assert not data["checks"]["problems"]  # the recipe and histofast chose the same tiles
     assert data["machine_info"]["histofast"]["cores"] >= 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histofast import ops, tile_grid
+from histofast import GridSpec, HistofastError, iter_tiles, ops, tile_grid
 from histofast.io import open_slide, resampled
 from histofast.io.level import select_level
 
@@ -71,3 +71,68 @@ def test_bands_of_a_resampled_view_equal_one_read(make_slide, monkeypatch, mpp):
             slide.run(view.jobs(0, y, width, h, band, on_part))
             np.testing.assert_array_equal(band, whole[y : y + h])
             assert (seen == 1).all()
+
+
+# ---------------------------------------------------------------- resample="dct"
+
+
+def _draft_reference(path, scale: int) -> np.ndarray:
+    """Level 0 decoded at 1/scale by Pillow's JPEG draft mode (its own libjpeg-turbo's DCT scaling), stored tile by
+    stored tile (each a complete JPEG in a generated slide), cropped to the view: independent of histofast."""
+    import io
+
+    import tifffile
+    from PIL import Image
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tw, th = page.tilewidth // scale, page.tilelength // scale
+        across, down = -(-page.imagewidth // page.tilewidth), -(-page.imagelength // page.tilelength)
+        out = np.empty((down * th, across * tw, 3), np.uint8)
+        for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
+            tif.filehandle.seek(offset)
+            image = Image.open(io.BytesIO(tif.filehandle.read(count)))
+            image.draft("RGB", (tw, th))
+            ty, tx = divmod(index, across)
+            out[ty * th : (ty + 1) * th, tx * tw : (tx + 1) * tw] = np.asarray(image.convert("RGB"))
+        return out[: page.imagelength // scale, : page.imagewidth // scale]
+
+
+@pytest.mark.parametrize("mpp", [0.5, 1.0])  # 1/2 and 1/4 of level 0
+def test_dct_view_is_libjpegs_scaled_decode_and_its_grid_is_scored_exactly(make_slide, mpp):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=1900)  # one level
+    with open_slide(path, threads=3) as slide:
+        view = select_level(slide, mpp=mpp, resample="dct")
+        assert view.dct and view.level == 0 and view.scale == mpp / 0.25
+        width, height = view.dimensions
+        pixels = view.read(0, 0, width, height)
+        np.testing.assert_array_equal(pixels, _draft_reference(path, int(view.scale)))
+        np.testing.assert_array_equal(view.read(37, 51, 300, 200), pixels[51:251, 37:337])
+        grid = tile_grid(slide, 128, 96, mpp=mpp, resample="dct")
+        assert grid.resample == "dct" and grid.scale == view.scale and grid.mpp == pytest.approx(mpp)
+        np.testing.assert_array_equal(grid.white_ratio, ops.white_ratio(pixels, 128, 96))
+        stream = iter_tiles(slide, 128, 96, mpp=mpp, resample="dct")
+        tiles = np.concatenate([b.images for b in stream])
+        np.testing.assert_array_equal(stream.grid.white_ratio, grid.white_ratio)
+        x, y = grid.grid_coords[0]
+        np.testing.assert_array_equal(tiles[0], pixels[y : y + 128, x : x + 128])
+        back = next(iter(grid.tiles(slide)))  # the grid reads its tiles again the same way
+        np.testing.assert_array_equal(back.images[0], tiles[0])
+        skipping = tile_grid(slide, 128, 96, mpp=mpp, resample="dct", skip_background=True)
+        decoded = ~skipping.skipped
+        np.testing.assert_array_equal(skipping.white_ratio[decoded], grid.white_ratio[decoded])
+        triangle = tile_grid(slide, 128, 96, mpp=mpp)
+        assert triangle.resample == "triangle" and np.abs(triangle.white_ratio - grid.white_ratio).max() < 0.05
+
+
+def test_dct_falls_back_to_the_triangle_filter_and_says_so(make_slide, caplog):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=128)
+    with open_slide(path) as slide:
+        with caplog.at_level("WARNING", logger="histofast"):
+            view = select_level(slide, mpp=0.6, resample="dct")  # 2.4× of level 0: no DCT scale
+        assert not view.dct and view.scale == pytest.approx(2.4)
+        assert "resample='dct' cannot" in caplog.text and "1/2, 1/4, 1/8 only" in caplog.text
+        assert tile_grid(slide, 128, mpp=0.6, resample="dct").resample == "triangle"
+        assert not select_level(slide, level=1, resample="dct").dct  # a level as stored is not resampled at all
+    with pytest.raises(HistofastError, match="resample='box': expected 'triangle'"):
+        GridSpec(256, resample="box")
