@@ -123,7 +123,8 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
             jobs.append((Result("recipe", stride), m.recipe(path, tile, stride, chosen, cols, credited),
                          m.recipe(path, tile, stride, chosen[:1], cols, 0)))
         for method, make in (("tile_grid", m.scan_grid), ("skip_background", m.skip_background),
-                             ("resampled", m.resampled), ("dct", m.dct), ("iter_tiles", m.scan_and_cut), ("two_pass", m.two_pass)):
+                             ("resampled", m.resampled), ("dct", m.dct), ("iter_tiles", m.scan_and_cut),
+                             ("two_pass", m.two_pass)):
             if method in methods:
                 fn = make(path, tile, stride, threads, area)
                 jobs.append((Result(method, stride), fn, fn))

@@ -158,8 +158,8 @@ class Slide:
         elif out.shape != (h, w, 3) or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
             raise HistofastError(f"out: expected uint8 ({h}, {w}, 3) with packed pixels, got {out.dtype} {out.shape}")
         if scale != 1 and scale not in self.dct_scales(level):
-            raise HistofastError(f"scale={scale}: level {level} of {self.path.name} cannot be decoded scaled (it can at "
-                                 f"{list(self.dct_scales(level)) or 'no scale'}: JPEG tiles on the fast path)")
+            raise HistofastError(f"scale={scale}: level {level} of {self.path.name} cannot be decoded scaled (it can "
+                                 f"at {list(self.dct_scales(level)) or 'no scale'}: JPEG tiles on the fast path)")
         lw, lh = self.level_dimensions[level]
         lw, lh = lw // scale, lh // scale
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 
 from ..checks import check_count
 from ..errors import HistofastError
+from ..io.level import RESAMPLE
 from ..ops import IMAGENET_MEAN, IMAGENET_STD
 from ..renamed import renamed_keyword
-from ..io.level import RESAMPLE
 from ..specs import TISSUE_RULES, GridSpec
 
 OPTIMIZERS = {"adam": 1e-3, "sgd": 0.01}  # default learning rates: the two-level seed's Adam, the paper's SGD

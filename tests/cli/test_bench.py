@@ -13,7 +13,8 @@ def test_bench_smoke(tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for method in ("(a) recipe", "(b) decode", "(c) tile_grid", "(c'') mpp x2", "(c''') dct x2", "(d) iter_tiles", "(d') two_pass"):
+    for method in ("(a) recipe", "(b) decode", "(c) tile_grid", "(c'') mpp x2", "(c''') dct x2", "(d) iter_tiles",
+                   "(d') two_pass"):
         assert method in out
     data = json.loads(report.read_text())
     targets = {t["target"]: t for t in data["targets"]}

@@ -64,7 +64,7 @@ def test_bands_of_a_resampled_view_equal_one_read(make_slide, monkeypatch, mpp):
         for y, h in [(0, 1), (0, 300), (137, 333), (height - 50, 50)]:  # bands start anywhere in a stored tile
             seen = np.zeros((h, width), np.int64)
 
-            def on_part(part, x, py):
+            def on_part(part, x, py, seen=seen, y=y):
                 seen[py - y : py - y + part.shape[0], x : x + part.shape[1]] += 1
 
             band = np.empty((h, width, 3), np.uint8)
