@@ -1,5 +1,7 @@
 """Synthetic H&E-like data for demos, tests and benchmarks (nothing is ever downloaded): tissue images,
-pyramidal Aperio-style JPEG slides written band by band, and class-folder region datasets (NORM/SCLC/SC/ADC)."""
+pyramidal Aperio-style JPEG slides written band by band, and class-folder region datasets (NORM/SCLC/SC/ADC).
+The same slides as DICOM WSI series: ``histofast.synth_dicom.write_dicom_slide`` (a module of its own: it imports
+this one)."""
 from __future__ import annotations
 
 import csv

@@ -26,6 +26,9 @@ End-to-end tiles per second on one slide, every method in one process:
                  white ratios compared with (c'')'s tile by tile
   (d) iter_tiles histofast.iter_tiles with rot90/flip/shift 16 augmentation, float32 NCHW, normalised, batches of 64
   (d') two_pass  tile_grid, then grid.tiles with the same options (the kept tiles decoded a second time)
+Named in --methods only (the generated slide, converted once to a DICOM WSI series of the same JPEG tiles):
+  (g) dicom      tile_grid on the DICOM series: its frames read and decoded by histofast's fast path
+  (g') dicom-os  tile_grid on the DICOM series read through OpenSlide (backend="openslide")
 With --peers, where installed (else reported as skipped), on the recipe's rows with --threads workers:
   (e) cuCIM      cucim.CuImage.read_region batched over the rows' tiles, each tile scored as in (a)
   (f) tiffslide  tiffslide.TiffSlide.read_region per tile, one grid row per thread, scored as in (a)
@@ -43,11 +46,12 @@ DEFAULT_JSON = Path(".benchmarks") / "tiles_per_second.json"  # .benchmarks/ is 
 METHODS = ("recipe", "decode", "tile_grid", "skip_background", "resampled", "dct", "iter_tiles", "two_pass")
 DEFAULT_GLASS = 0.5  # share of the generated slide's area that is glass (background)
 PEERS = ("cucim", "tiffslide")  # other readers, timed with --peers (or named in --methods)
+DICOM_METHODS = ("dicom", "dicom_openslide")  # timed when named in --methods
 LABELS = {"recipe": "(a) recipe", "decode": "(b) decode", "tile_grid": "(c) tile_grid",
           "skip_background": "(c') skip bg", "resampled": "(c'') mpp x2",
           "dct": "(c''') dct x2",
           "iter_tiles": "(d) iter_tiles", "two_pass": "(d') two_pass", "cucim": "(e) cuCIM",
-          "tiffslide": "(f) tiffslide"}
+          "tiffslide": "(f) tiffslide", "dicom": "(g) dicom", "dicom_openslide": "(g') dicom-os"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"decode threads for histofast and the decode limit (default: os.cpu_count(), "
                           f"{os.cpu_count()} here)")
     how.add_argument("--methods", type=_methods, default=list(METHODS), metavar="LIST",
-                     help=f"comma-separated subset of {','.join(METHODS + PEERS)} "
+                     help=f"comma-separated subset of {','.join(METHODS + PEERS + DICOM_METHODS)} "
                           f"(default: {','.join(METHODS)})")
     how.add_argument("--peers", action="store_true",
                      help=f"also time the peers {' and '.join(PEERS)} where installed (a missing one is "
@@ -128,8 +132,8 @@ def _tiles(text: str) -> int | str:
 
 def _methods(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in METHODS + PEERS]
+    unknown = [n for n in names if n not in METHODS + PEERS + DICOM_METHODS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of "
-                                         f"{','.join(METHODS + PEERS)}")
+                                         f"{','.join(METHODS + PEERS + DICOM_METHODS)}")
     return list(dict.fromkeys(names))

@@ -16,7 +16,7 @@ import numpy as np
 from ..augment import Augment
 from ..io import open_slide
 from ..io.level import select_level
-from ..io.tiff import TILES_PER_JOB
+from ..io.tiles import TILES_PER_JOB
 from ..ops import DEFAULT_HSV_LOWER, DEFAULT_HSV_UPPER, IMAGENET_MEAN, IMAGENET_STD
 from ..tiling import iter_tiles, tile_grid
 
@@ -189,6 +189,21 @@ def resampled_unavailable(path: Path, method: str = "resampled") -> str | None:
         if method == "dct" and RESAMPLED_MPP not in slide.dct_scales(0):
             return "level 0 is not JPEG tiles read by the fast path: no DCT scaling"
     return None
+
+
+def dicom(path: Path, tile: int, stride: int, threads: int, area: int, backend: str = "auto") -> Callable[[], Work]:
+    """tile_grid on a DICOM WSI series (``path``: one of its files), by histofast's fast path or (``backend``
+    "openslide") through OpenSlide."""
+    def run() -> Work:
+        with open_slide(path, threads=threads, backend=backend) as slide:
+            grid = tile_grid(slide, tile, stride, max_white=MAX_WHITE)
+        return Work(grid.white_ratio.size, area, len(grid), {"white_ratio": grid.white_ratio})
+
+    return run
+
+
+def dicom_openslide(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:
+    return dicom(path, tile, stride, threads, area, "openslide")
 
 
 def scan_and_cut(path: Path, tile: int, stride: int, threads: int, area: int) -> Callable[[], Work]:

@@ -19,6 +19,7 @@ TARGETS = (
     ("iter_tiles >= 0.7x decode limit", "iter_tiles", "decode", 0.7, None),
     ("skip_background >= 2.5x tile_grid (70% glass)", "skip_background", "tile_grid", 2.5, None),
     ("tile_grid at mpp x2 (resampled) >= 0.85x tile_grid", "resampled", "tile_grid", 0.85, None),
+    ("DICOM fast path >= 0.9x decode limit", "dicom", "decode", 0.9, None),
 )
 TARGET_GLASS = 0.7  # the skip_background target is for slides this much glass (measured), give or take 0.02
 SKIP_AGREEMENT = 0.999  # skip_background: share of keep decisions equal to tile_grid's, at least
@@ -151,6 +152,11 @@ def check_results(results: list[Result], recipe_rows: dict[int, list[int]]) -> d
             if grid is not None and grid.work.kept != r.work.kept:
                 checks["problems"].append(f"stride {r.stride}: {r.method} delivered {r.work.kept} tiles, "
                                           f"tile_grid keeps {grid.work.kept}")
+        if r.method in ("dicom", "dicom_openslide") and find(results, "tile_grid", r.stride) is not None:
+            grid = find(results, "tile_grid", r.stride)  # the same JPEG tiles: the same white ratios
+            if not np.array_equal(r.work.extra["white_ratio"], grid.work.extra["white_ratio"]):
+                checks["problems"].append(f"stride {r.stride}: {r.method}'s white ratios differ from tile_grid's on "
+                                          "the SVS of the same tiles")
         if r.method == "dct" and find(results, "resampled", r.stride) is not None:
             checks[f"dct_vs_resampled_stride{r.stride}"] = dct_agreement(r, find(results, "resampled", r.stride))
         if r.method == "skip_background" and find(results, "tile_grid", r.stride) is not None:

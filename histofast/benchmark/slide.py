@@ -44,6 +44,24 @@ def synthetic_slide(size: int, cache_dir: str | None, regenerate: bool, log: Cal
     raise OSError(f"no writable cache directory for the generated slide (tried {tried}); use --cache-dir")
 
 
+def synthetic_dicom(svs: Path, size: int, glass: float, log: Callable[..., None]) -> Path:
+    """The generated benchmark slide as a DICOM WSI series (``synth_dicom.write_dicom_slide``: the same JPEG tiles),
+    in a folder beside the cached SVS, written once; the path of its level-0 file."""
+    from .. import synth_dicom
+
+    folder = svs.with_suffix(".dicom")
+    done = folder / "complete"  # written last: a half-written series is written again
+    if done.is_file():
+        log(f"using cached DICOM series {folder}")
+        return Path(done.read_text().strip())
+    log(f"writing the slide as a DICOM WSI series to {folder} (once)")
+    start = time.perf_counter()
+    first = synth_dicom.write_dicom_slide(folder, size, size, seed=SYNTH_SEED, tissue_fraction=round(1 - glass, 6))
+    done.write_text(f"{first}\n")
+    log(f"series written in {time.perf_counter() - start:.1f} s")
+    return first
+
+
 def describe_slide(path: Path, threads: int) -> tuple[dict[str, Any], Any]:
     """The slide's properties for the report, and its level-0 tifffile page (None if not a tiled TIFF)."""
     with open_slide(path, threads=threads) as slide:

@@ -25,6 +25,7 @@ from .flags import (
     DEFAULT_RECIPE_TILES,
     DEFAULT_REPEATS,
     DEFAULT_SIZE,
+    DICOM_METHODS,
     LABELS,
     PEERS,
     PROG,
@@ -32,7 +33,7 @@ from .flags import (
     QUICK_SIZE,
 )
 from .report import Result, check_results, check_targets, method_name, print_table, result_json
-from .slide import describe_slide, synthetic_slide
+from .slide import describe_slide, synthetic_dicom, synthetic_slide
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,16 +68,27 @@ def _run(args: argparse.Namespace, log: "_Log") -> int:
     else:
         path = synthetic_slide(size, args.cache_dir, args.regenerate, log, args.glass)
 
+    dicom = None
+    if any(method in DICOM_METHODS for method in methods):
+        if args.slide is None:
+            dicom = synthetic_dicom(path, size, args.glass, log)
+        else:
+            for method in [x for x in methods if x in DICOM_METHODS]:
+                log(f"skipping {method}: it times the generated slide's DICOM series (not made for --slide)",
+                    always=True)
+                methods.remove(method)
     slide_info, page = describe_slide(path, threads)
     try:
-        return _measure(args, log, path, slide_info, page, tile, strides, methods, repeats, recipe_tiles, threads)
+        return _measure(args, log, path, slide_info, page, tile, strides, methods, repeats, recipe_tiles, threads,
+                        dicom)
     finally:
         if page is not None:
             page.parent.close()
 
 
 def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict[str, Any], page: Any, tile: int,
-             strides: list[int], methods: list[str], repeats: int, recipe_tiles: int | str, threads: int) -> int:
+             strides: list[int], methods: list[str], repeats: int, recipe_tiles: int | str, threads: int,
+             dicom: Path | None) -> int:
     width, height = slide_info["level0_dimensions"]
     if tile > min(width, height):
         raise HistofastError(f"--tile-size {tile}: larger than level 0 ({width}×{height})")
@@ -127,6 +139,10 @@ def _measure(args: argparse.Namespace, log: "_Log", path: Path, slide_info: dict
                              ("two_pass", m.two_pass)):
             if method in methods:
                 fn = make(path, tile, stride, threads, area)
+                jobs.append((Result(method, stride), fn, fn))
+        for method, make in (("dicom", m.dicom), ("dicom_openslide", m.dicom_openslide)):
+            if method in methods:  # the same tiles as a DICOM series
+                fn = make(dicom, tile, stride, threads, area)
                 jobs.append((Result(method, stride), fn, fn))
         for peer in peers:  # the recipe's rows and rule, --threads workers
             make = m.PEERS[peer]

@@ -1,7 +1,7 @@
 """Slide readers: ``open_slide`` picks the fastest backend that reads a file exactly.
 
-Tiled TIFFs (SVS, generic tiled TIFF) are decoded directly; other OpenSlide formats go through
-OpenSlide; plain images through Pillow."""
+Tiled TIFFs (SVS, generic tiled TIFF) and DICOM WSI series are decoded directly; other OpenSlide formats go
+through OpenSlide; plain images through Pillow."""
 from __future__ import annotations
 
 import errno
@@ -13,12 +13,13 @@ from typing import Any
 from ..errors import SlideError
 from ..renamed import renamed_keyword
 from ..utils.noise import explained
+from .dicom import DicomSlide
 from .image import ImageSlide
 from .openslide_slide import OpenSlideSlide, opened_by_openslide
 from .slide import Slide
 from .tiff import VENDORS, TiffSlide
 
-SLIDE_BACKENDS = ("auto", "tiff", "openslide", "image")
+SLIDE_BACKENDS = ("auto", "tiff", "dicom", "openslide", "image")
 
 
 def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None,
@@ -27,8 +28,8 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int |
 
     Args:
         path: a slide file (anything OpenSlide reads) or an image (PNG, JPEG, TIFF, …).
-        backend: "auto" (the tiled-TIFF fast path where it applies, else OpenSlide, else Pillow),
-            or force "tiff", "openslide" or "image".
+        backend: "auto" (the fast path where it applies: tiled TIFF, or DICOM WSI; else OpenSlide, else Pillow),
+            or force "tiff", "dicom", "openslide" or "image".
         threads: decode threads (default: all CPU cores); ``workers=``, its 0.x name, still works for this
             release with a ``FutureWarning``.
     Returns:
@@ -56,11 +57,14 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int |
         with explained(path, "tifffile"):  # tifffile's warnings and Pillow's: the reason, or the log
             _not_a_broken_slide(path)
             return ImageSlide(path, threads)
-    if backend == "openslide" or vendor not in VENDORS:
-        if backend == "tiff":
-            raise SlideError(path, f"backend='tiff': vendor {vendor!r} is not a plain tiled TIFF")
+    fast = TiffSlide if vendor in VENDORS else DicomSlide if vendor == "dicom" else None
+    if backend == "openslide" or fast is None:
+        if backend in ("tiff", "dicom"):
+            raise SlideError(path, f"backend={backend!r}: vendor {vendor!r} is not read by that fast path")
         return OpenSlideSlide(path, threads)
-    slide = TiffSlide(path, threads)
+    if backend in ("tiff", "dicom") and fast.backend != backend:
+        raise SlideError(path, f"backend={backend!r}: this is a {vendor!r} slide (backend={fast.backend!r})")
+    slide = fast(path, threads)
     if backend == "auto" and not slide.direct_levels:
         slide.close()
         return OpenSlideSlide(path, threads)
@@ -116,5 +120,5 @@ class opened:
             self.slide.close()
 
 
-__all__ = ["ImageSlide", "OpenSlideSlide", "SLIDE_BACKENDS", "Slide", "TiffSlide", "file_problem", "open_slide",
-           "opened"]
+__all__ = ["DicomSlide", "ImageSlide", "OpenSlideSlide", "SLIDE_BACKENDS", "Slide", "TiffSlide", "file_problem",
+           "open_slide", "opened"]

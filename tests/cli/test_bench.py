@@ -38,3 +38,17 @@ def test_bench_compares_skip_background_with_the_exact_scan_on_a_glassy_slide(tm
     assert data["config"]["glass"] == 0.7 and not data["checks"]["problems"]
     skip = next(r for r in data["results"] if r["method"] == "skip_background")
     assert skip["ratio_vs_tile_grid"] is not None and skip["skipped"] == agreement["skipped"]
+
+
+def test_bench_times_the_dicom_fast_path_against_openslides_dicom_read(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--size", "1536", "--repeats", "1", "--strides", "512", "-q", "--methods",
+            "decode,tile_grid,dicom,dicom_openslide", "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(g) dicom" in out and "(g') dicom-os" in out
+    data = json.loads(report.read_text())
+    assert not data["checks"]["problems"]  # the same tiles scored the same through all three readers
+    target = next(t for t in data["targets"] if t["method"] == "dicom")
+    assert target["ratio"] is not None
+    assert list((tmp_path / "cache").glob("*.dicom/complete"))

@@ -19,7 +19,7 @@ from histofast import HistofastError, SlideError, synth
 from histofast.io import ImageSlide, OpenSlideSlide, TiffSlide
 from histofast.io.level import select_level
 
-MAX_DIFF = 1  # fast path vs OpenSlide, uint8 (the fast path's own promise, io/tiff.py MAX_CHECK_DIFF)
+MAX_DIFF = 1  # fast path vs OpenSlide, uint8 (the fast path's own promise, io/tiles.py MAX_CHECK_DIFF)
 RESAMPLE_ATOL = 2  # resampled view read in pieces vs at once, and vs one Pillow resize (measured: 2)
 # A build without the libjpeg headers decodes JPEG tiles through imagecodecs: the same pixels, not strict.
 needs_strict_jpeg = pytest.mark.skipif(not histofast.ops.STRICT_JPEG, reason=histofast.build_info()["jpeg"])
