@@ -43,11 +43,10 @@ from pydicom.valuerep import format_number_as_ds
 
 from .checks import check_count
 from .errors import HistofastError
+from .io.dicom import JPEG_BASELINE, WSI_SOP_CLASS
 from .synth import _check_slide_args, _key, _level_sizes, write_slide
 from .utils.atomic import atomic_path
 
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 _UID_SOURCE = "histofast.synth_dicom"
 
 

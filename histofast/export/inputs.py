@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import HistofastError
+from ..io.dicom import WSI_SOP_CLASS
 
 log = logging.getLogger(__name__)
 
 # What a folder walk takes as a slide (OpenSlide's formats and plain images), by lower-case suffix.
 SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
                             ".dcm", ".png", ".jpg", ".jpeg"})
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 _VMS_SIDE_KEYS = ("imagefile", "mapfile", "optimisationfile", "macroimage")
 
 

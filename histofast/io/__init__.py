@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import SlideError
 from ..renamed import renamed_keyword
 from ..utils.noise import explained
-from .dicom import DicomSlide
+from .dicom import DicomSlide, series_file
 from .image import ImageSlide
 from .openslide_slide import OpenSlideSlide, opened_by_openslide
 from .slide import Slide
@@ -27,7 +27,8 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int |
     """Open a whole-slide image or a plain image.
 
     Args:
-        path: a slide file (anything OpenSlide reads) or an image (PNG, JPEG, TIFF, …).
+        path: a slide file (anything OpenSlide reads) or an image (PNG, JPEG, TIFF, …), or a folder holding one
+            DICOM WSI series (opened from its first file by name, as OpenSlide opens a series from any of them).
         backend: "auto" (the fast path where it applies: tiled TIFF, or DICOM WSI; else OpenSlide, else Pillow),
             or force "tiff", "dicom", "openslide" or "image".
         threads: decode threads (default: all CPU cores); ``workers=``, its 0.x name, still works for this
@@ -45,6 +46,8 @@ def open_slide(path: str | os.PathLike, *, backend: str = "auto", threads: int |
     path = Path(path)
     if backend not in SLIDE_BACKENDS:
         raise SlideError(path, f"backend={backend!r}: expected one of {', '.join(SLIDE_BACKENDS)}")
+    if path.is_dir() and backend in ("auto", "dicom", "openslide"):  # a DICOM WSI series: the folder is the slide
+        path = series_file(path)
     problem = file_problem(path)
     if problem:
         raise SlideError(path, problem)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SlideError
 from ..renamed import renamed_keyword
 from .tiles import JPEG, RGB, YCBCR, Reader, StoredTileSlide
 
@@ -166,3 +167,26 @@ def _frames(path: Path, count: int) -> list[tuple[int, int]] | None:
             (length,) = struct.unpack("<I", f.read(4))
             frames.append((start + 8, length))
     return frames
+
+
+def series_file(folder: Path) -> Path:
+    """The file a folder holding one DICOM WSI series is opened from (the series' first file by name): how
+    ``open_slide`` takes such a folder as the slide.
+
+    Raises:
+        SlideError: the folder holds no DICOM WSI series, or several (naming a file of each)."""
+    import pydicom
+
+    found: dict[str, Path] = {}
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+            if str(header.SOPClassUID) == WSI_SOP_CLASS:
+                found.setdefault(str(header.SeriesInstanceUID), file)
+        except Exception:  # not DICOM (pydicom raises many kinds), or without those tags
+            continue
+    if len(found) != 1:
+        raise SlideError(folder, "is a directory holding no DICOM WSI series (a folder is a slide only as one)"
+                         if not found else f"is a directory holding {len(found)} DICOM WSI series: open one file "
+                         f"of the one you mean ({', '.join(p.name for p in found.values())})")
+    return next(iter(found.values()))

@@ -94,3 +94,17 @@ def test_backends_are_named_for_their_format(series, tmp_path):
         open_slide(series["single"], backend="tiff")
     with open_slide(series["single"], backend="dicom") as slide:
         assert slide.backend == "dicom"
+
+
+def test_a_folder_holding_one_series_is_the_slide(series, tmp_path):
+    folder = series["concatenated"].parent
+    with open_slide(folder) as slide:
+        assert isinstance(slide, DicomSlide) and slide.path == sorted(folder.iterdir())[0]
+    with pytest.raises(SlideError, match="holding no DICOM WSI series"):
+        open_slide(tmp_path)
+    both = tmp_path / "both"
+    both.mkdir()
+    for name in ("single", "sparse"):
+        (both / f"{name}.dcm").write_bytes(series[name].read_bytes())
+    with pytest.raises(SlideError, match="holding 2 DICOM WSI series: open one file"):
+        open_slide(both)

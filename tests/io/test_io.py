@@ -406,7 +406,7 @@ def test_bad_paths_and_files(tmp_path):
 
 
 def test_bad_backend_and_levels(svs, fast, plain_images):
-    with pytest.raises(SlideError, match=r"backend='fast': expected one of auto, tiff, openslide, image"):
+    with pytest.raises(SlideError, match=r"backend='fast': expected one of auto, tiff, dicom, openslide, image"):
         histofast.open_slide(svs, backend="fast")
     with pytest.raises(SlideError, match="OpenSlide does not recognise"):
         histofast.open_slide(plain_images["png"], backend="tiff")
