@@ -186,7 +186,7 @@ def series_file(folder: Path) -> Path:
         except Exception:  # not DICOM (pydicom raises many kinds), or without those tags
             continue
     if len(found) != 1:
-        raise SlideError(folder, "is a directory holding no DICOM WSI series (a folder is a slide only as one)"
+        raise SlideError(folder, "is a directory, not a slide file (nor a folder of one DICOM WSI series)"
                          if not found else f"is a directory holding {len(found)} DICOM WSI series: open one file "
                          f"of the one you mean ({', '.join(p.name for p in found.values())})")
     return next(iter(found.values()))
