@@ -38,7 +38,8 @@ HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "ImageType", "TotalPixelMatri
 @dataclass
 class DicomLevel:
     """One level's stored tiles, as ``histofast.io.tiles`` reads them: per tile (row-major) the instance file that
-    holds it (``files``, an index into the slide's instances), its byte offset and count (0: no frame, white)."""
+    holds it (``files``, an index into the slide's instances) and its frame there (``frames``, 1-based, as DICOM
+    counts them), its byte offset and count (0: no frame, white)."""
 
     tilewidth: int
     tilelength: int
@@ -48,6 +49,7 @@ class DicomLevel:
     dataoffsets: np.ndarray
     databytecounts: np.ndarray
     files: np.ndarray
+    frames: np.ndarray
     compression: int = JPEG
     jpegtables: bytes | None = None
     is_jfif: bool = False
@@ -64,6 +66,7 @@ class DicomSlide(StoredTileSlide):
             raise TypeError(f"DicomSlide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
         super().__init__(path, threads)
         self._readers: list[Reader] = []
+        self._files: list[Path] = []  # the instances the readers read, in order
         try:
             self._serve(self._levels())
         except BaseException:
@@ -104,7 +107,7 @@ class DicomSlide(StoredTileSlide):
                (tw, th, str(first.PhotometricInterpretation)) for _, h in instances):
             return None
         offsets, counts = np.zeros(across * down, np.int64), np.zeros(across * down, np.int64)
-        files = np.full(across * down, -1, np.int32)
+        files, numbers = np.full(across * down, -1, np.int32), np.zeros(across * down, np.int32)
         for path, header in instances:
             frames = _frames(path, int(header.NumberOfFrames))
             if frames is None:
@@ -120,13 +123,18 @@ class DicomSlide(StoredTileSlide):
             if max(places, default=0) >= across * down or len(places) != len(frames):
                 return None
             self._readers.append(Reader(os.fspath(path)))
-            for place, (offset, count) in zip(places, frames):
-                offsets[place], counts[place], files[place] = offset, count, len(self._readers) - 1
+            self._files.append(path)
+            for number, (place, (offset, count)) in enumerate(zip(places, frames), 1):
+                offsets[place], counts[place] = offset, count
+                files[place], numbers[place] = len(self._files) - 1, number
         return DicomLevel(tw, th, width, height, PHOTOMETRIC[str(first.PhotometricInterpretation)], offsets,
-                          counts, files)
+                          counts, files, numbers)
 
     def _reader_of(self, page: DicomLevel, index: int) -> Reader:
         return self._readers[page.files[index]]
+
+    def _tile_name(self, page: DicomLevel, level: int, index: int) -> str:
+        return f"level {level} tile {index} (frame {page.frames[index]} of {self._files[page.files[index]].name})"
 
     def close(self) -> None:
         super().close()

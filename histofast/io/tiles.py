@@ -47,6 +47,10 @@ class StoredTileSlide(OpenSlideSlide):
         """What reads (offset, count) bytes of stored tile ``index`` of ``page``."""
         raise NotImplementedError
 
+    def _tile_name(self, page, level: int, index: int) -> str:
+        """Stored tile ``index`` of ``level``, as error messages name it."""
+        return f"level {level} tile {index}"
+
     @property
     def direct_levels(self) -> tuple[int, ...]:
         """Levels decoded directly from the stored tiles (the others go through OpenSlide)."""
@@ -148,7 +152,7 @@ class StoredTileSlide(OpenSlideSlide):
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         data = self._reader_of(page, index)(offset, count) if count else b""
         if len(data) != count:
-            raise SlideError(self.path, f"truncated: level {level} tile {index} needs bytes "
+            raise SlideError(self.path, f"truncated: {self._tile_name(page, level, index)} needs bytes "
                                         f"{offset}..{offset + count}, the file ends first")
         return data
 
@@ -165,7 +169,8 @@ class StoredTileSlide(OpenSlideSlide):
                 return
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:  # imagecodecs raises one class per codec
-            raise SlideError(self.path, f"corrupt tile: level {level} tile {index} does not decode ({e})") from None
+            raise SlideError(self.path, f"corrupt tile: {self._tile_name(page, level, index)} does not decode "
+                                        f"({e})") from None
         out[...] = tile[0, y : y + out.shape[0], x : x + out.shape[1], :3]
 
     def _checked(self, level: int, page):
