@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -79,17 +79,18 @@ class DicomSlide(StoredTileSlide):
 
         series = pydicom.dcmread(self.path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         uid = str(series.SeriesInstanceUID)
-        parts: dict[tuple[int, int], list[tuple[Path, Any]]] = {}
+        parts: dict[tuple[int, int], list[tuple[Path, Any, list[tuple[int, int]] | None]]] = {}
         for file in sorted(p for p in self.path.parent.iterdir() if p.is_file()):
-            try:
-                header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-                if str(header.SOPClassUID) != WSI_SOP_CLASS or str(header.SeriesInstanceUID) != uid:
+            with open(file, "rb") as f:
+                try:
+                    header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=HEADER_TAGS)  # f: at the frames
+                    ours = str(header.SOPClassUID) == WSI_SOP_CLASS and str(header.SeriesInstanceUID) == uid
+                    dims = (int(header.TotalPixelMatrixColumns), int(header.TotalPixelMatrixRows))
+                except Exception:  # not DICOM, or not this series' images: OpenSlide skips it too
                     continue
-            except Exception:  # not DICOM, or not this series: OpenSlide skips it too
-                continue
-            if _direct(header):
-                parts.setdefault((int(header.TotalPixelMatrixColumns), int(header.TotalPixelMatrixRows)),
-                                 []).append((file, header))
+                if ours:  # every instance of a level, so that one this path cannot read leaves it to OpenSlide
+                    parts.setdefault(dims, []).append(
+                        (file, header, _frames(f, int(header.NumberOfFrames)) if _direct(header) else None))
         levels = {}
         for dims, instances in parts.items():
             level = self._level(dims, instances)
@@ -97,22 +98,23 @@ class DicomSlide(StoredTileSlide):
                 levels[dims] = level
         return levels
 
-    def _level(self, dims: tuple[int, int], instances: list[tuple[Path, Any]]) -> DicomLevel | None:
-        """The tile table of a level from its instances, or None where a frame is not one fragment (OpenSlide reads
-        that level)."""
+    def _level(self, dims: tuple[int, int],
+               instances: list[tuple[Path, Any, list[tuple[int, int]] | None]]) -> DicomLevel | None:
+        """The tile table of a level from its instances and their frames, or None where an instance is not one this
+        path reads (OpenSlide reads that level)."""
         first = instances[0][1]
         tw, th, (width, height) = int(first.Columns), int(first.Rows), dims
         across, down = -(-width // tw), -(-height // th)
+        if any(frames is None for *_, frames in instances):
+            log.debug("%s: an instance of level %s×%s is not JPEG Baseline frames of one fragment each: OpenSlide "
+                      "reads that level", self.path, width, height)
+            return None
         if any((int(h.Columns), int(h.Rows), str(h.PhotometricInterpretation)) !=
-               (tw, th, str(first.PhotometricInterpretation)) for _, h in instances):
+               (tw, th, str(first.PhotometricInterpretation)) for _, h, _ in instances):
             return None
         offsets, counts = np.zeros(across * down, np.int64), np.zeros(across * down, np.int64)
         files, numbers = np.full(across * down, -1, np.int32), np.zeros(across * down, np.int32)
-        for path, header in instances:
-            frames = _frames(path, int(header.NumberOfFrames))
-            if frames is None:
-                log.debug("%s: frames not one fragment each: OpenSlide reads this level", path)
-                return None
+        for path, header, frames in instances:
             if header.get("DimensionOrganizationType", "TILED_FULL") == "TILED_SPARSE":
                 places = [(int(p.RowPositionInTotalImagePixelMatrix) - 1) // th * across
                           + (int(p.ColumnPositionInTotalImagePixelMatrix) - 1) // tw
@@ -156,24 +158,22 @@ def _direct(header: Any) -> bool:
             and int(header.get("NumberOfOpticalPaths", 1)) == 1)
 
 
-def _frames(path: Path, count: int) -> list[tuple[int, int]] | None:
+def _frames(f: BinaryIO, count: int) -> list[tuple[int, int]] | None:
     """(offset, byte count) of each frame of an instance, from pydicom's parse of its encapsulated pixel data
-    (the headers are read, not the frames); None unless it holds exactly ``count`` fragments."""
-    import pydicom
+    (``f``: the file, where pydicom's header read stopped, at the Pixel Data element; the frames are not read);
+    None unless it holds exactly ``count`` fragments (OpenSlide reads that level)."""
     from pydicom import encaps
 
-    with open(path, "rb") as f:
-        pydicom.dcmread(f, stop_before_pixels=True)  # leaves f at the Pixel Data element
-        f.seek(12, os.SEEK_CUR)  # its tag, VR, reserved bytes and undefined length: the Basic Offset Table next
-        encaps.parse_basic_offsets(f)
-        n, starts = encaps.parse_fragments(f)
-        if n != count:
-            return None
-        frames = []
-        for start in starts:  # each fragment: an item tag, its length, the frame's bytes
-            f.seek(start + 4)
-            (length,) = struct.unpack("<I", f.read(4))
-            frames.append((start + 8, length))
+    f.seek(12, os.SEEK_CUR)  # the element's tag, VR, reserved bytes and undefined length: the Basic Offset Table next
+    encaps.parse_basic_offsets(f)
+    n, starts = encaps.parse_fragments(f)
+    if n != count:
+        return None
+    frames = []
+    for start in starts:  # each fragment: an item tag, its length, the frame's bytes
+        f.seek(start + 4)
+        (length,) = struct.unpack("<I", f.read(4))
+        frames.append((start + 8, length))
     return frames
 
 

@@ -109,3 +109,15 @@ def test_a_folder_holding_one_series_is_the_slide(series, tmp_path):
         (both / f"{name}.dcm").write_bytes(series[name].read_bytes())
     with pytest.raises(SlideError, match="holding 2 DICOM WSI series: open one file"):
         open_slide(both)
+
+
+def test_a_level_with_an_instance_the_fast_path_cannot_read_goes_to_openslide_whole(series, monkeypatch):
+    from histofast.io import dicom
+
+    folder = series["concatenated"].parent
+    member = sorted(folder.glob("level0_*.dcm"))[1]  # one member of level 0's concatenation
+    direct = dicom._direct
+    monkeypatch.setattr(dicom, "_direct", lambda header: direct(header) and header.filename != str(member))
+    with open_slide(series["concatenated"]) as fast, open_slide(series["concatenated"], backend="openslide") as ref:
+        assert fast.direct_levels == (1, 2)  # not level 0 with that member's tiles white
+        np.testing.assert_array_equal(fast.read_level_region(0, (0, 0), SIZE), ref.read_level_region(0, (0, 0), SIZE))
