@@ -177,7 +177,8 @@ def _export(path: str | os.PathLike, out_dir: Path, slide_id: str, options: Expo
             warning = f"{small.reason}: 0 tiles"
             log.warning("%s: %s", path, warning)
             grid = TileGrid(os.fspath(slide.path), view.level, spec.tile_size, spec.stride, np.ones((0, 0), np.float32),
-                            spec.max_white, view.downsample, view.scale, view.mpp, slide.backend)
+                            spec.max_white, view.downsample, view.scale, view.mpp, slide.backend,
+                            resample=view.resample)
             rows: list[dict[str, Any]] = []
             output.start()
             if progress is not None:

@@ -50,6 +50,12 @@ class LevelView:
         return (w, h) if self.scale == 1.0 else (int(w / self.scale), int(h / self.scale))
 
     @property
+    def resample(self) -> str:
+        """How the view is made from its level, as ``GridSpec.resample`` names it (a level as stored: "triangle",
+        the default)."""
+        return "dct" if self.dct else "triangle"
+
+    @property
     def stored(self) -> int:
         """What ``Slide.region_jobs``/``scan_jobs`` read this view as: its ``scale`` for a DCT-scaled view, 1 for
         the level as stored; 0 for a view resampled here (``histofast.io.resampled``)."""

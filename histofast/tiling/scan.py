@@ -289,7 +289,7 @@ def _scorer(slide: Slide, spec: GridSpec, device: str, decode: str, deferred: bo
     check_decode(decode, device)  # before a thumbnail or segmentation level is read
     shape = ops.grid_shape(height, width, tile_size, stride)
     grid = TileGrid(os.fspath(slide.path), view.level, tile_size, stride, np.ones(shape, np.float32), spec.max_white,
-                    view.downsample, view.scale, view.mpp, resample="dct" if view.dct else "triangle")
+                    view.downsample, view.scale, view.mpp, resample=view.resample)
     segmentation = segmented = skipped = None
     if spec.tissue == "otsu":
         segmentation = segment_tissue(slide)
