@@ -157,9 +157,7 @@ class Slide:
             out = np.empty((h, w, 3), np.uint8)
         elif out.shape != (h, w, 3) or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
             raise HistofastError(f"out: expected uint8 ({h}, {w}, 3) with packed pixels, got {out.dtype} {out.shape}")
-        if scale != 1 and scale not in self.dct_scales(level):
-            raise HistofastError(f"scale={scale}: level {level} of {self.path.name} cannot be decoded scaled (it can "
-                                 f"at {list(self.dct_scales(level)) or 'no scale'}: JPEG tiles on the fast path)")
+        self._check_scale(level, scale)
         lw, lh = self.level_dimensions[level]
         lw, lh = lw // scale, lh // scale
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
@@ -251,6 +249,7 @@ class Slide:
         one with this ``rows`` is done, every row above ``rows`` has been handed over. What ``skip`` lets stay
         white is neither decoded nor handed over. ``scale``: as for ``region_jobs`` (rows and parts in pixels at
         1/scale; only where ``dct_scales`` has it, which this reader's never does)."""
+        self._check_scale(level, scale)
         width = self.level_dimensions[level][0]
         tw, th = self.tile_shape(level)
         piece = tw * SCAN_PIECE_TILES
@@ -265,6 +264,12 @@ class Slide:
                 part()
 
         return job
+
+    def _check_scale(self, level: int, scale: int) -> None:
+        """Raise unless ``level`` can be read at 1/``scale`` (1: as stored, always)."""
+        if scale != 1 and scale not in self.dct_scales(level):
+            raise HistofastError(f"scale={scale}: level {level} of {self.path.name} cannot be decoded scaled (it can "
+                                 f"at {list(self.dct_scales(level)) or 'no scale'}: JPEG tiles on the fast path)")
 
     def dct_scales(self, level: int) -> tuple[int, ...]:
         """The factors ``s`` at which ``level`` can be read decoded at 1/s by libjpeg's DCT scaling

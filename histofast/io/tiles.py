@@ -93,7 +93,8 @@ class StoredTileSlide(OpenSlideSlide):
                   scale: int = 1) -> list[tuple[int, Job]]:
         page = self._pages[level]
         if page is None:
-            return super().scan_jobs(level, height, on_part, skip)
+            return super().scan_jobs(level, height, on_part, skip, scale)
+        self._check_scale(level, scale)
         tw, th = page.tilewidth // scale, page.tilelength // scale
         across, width = -(-page.imagewidth // page.tilewidth), page.imagewidth // scale
         jobs = []

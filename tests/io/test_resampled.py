@@ -136,3 +136,14 @@ def test_dct_falls_back_to_the_triangle_filter_and_says_so(make_slide, caplog):
         assert not select_level(slide, level=1, resample="dct").dct  # a level as stored is not resampled at all
     with pytest.raises(HistofastError, match="resample='box': expected 'triangle'"):
         GridSpec(256, resample="box")
+
+
+def test_a_level_is_read_scaled_only_where_dct_scaling_serves_it(make_slide):
+    path = make_slide(2500, 1900, seed=4, tissue_fraction=0.5, min_level_size=1900)
+    with open_slide(path) as fast, open_slide(path, backend="openslide") as other:
+        assert fast.dct_scales(0) == (2, 4, 8) and other.dct_scales(0) == ()
+        for call in (lambda: fast.scan_jobs(0, 100, lambda *a: None, scale=3),
+                     lambda: other.scan_jobs(0, 100, lambda *a: None, scale=2),
+                     lambda: other.region_jobs(0, (0, 0), (10, 10), scale=2)):
+            with pytest.raises(HistofastError, match=r"scale=\d: level 0 of .* cannot be decoded scaled"):
+                call()
