@@ -13,10 +13,11 @@ class HistofastError(ValueError):
 
 
 class SlideError(HistofastError):
-    """A slide file that cannot be opened or read: ``path`` and ``reason`` say which and why."""
+    """A slide file that cannot be opened or read: ``path`` and ``reason`` say which and why (a remote slide's URL
+    shown without its query values: ``SlideURL.shown``)."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path, self.reason = os.fspath(path), reason
+        self.path, self.reason = getattr(path, "shown", None) or os.fspath(path), reason
         super().__init__(f"{self.path}: {reason}")
 
 

@@ -253,6 +253,8 @@ def level_ifd(slide: Slide, level: int) -> tuple[int, str] | None:
 
     if not isinstance(slide, TiffSlide):
         return 0, f"{slide.backend} slides are not tiled TIFFs nvImageCodec reads (only SVS and generic tiled TIFF)"
+    if slide.remote:
+        return 0, "nvImageCodec reads local files only: a remote slide's tiles are fetched and decoded on the CPU"
     page = slide.stored_page(level)
     if page is None:
         return 0, f"level {level} is read through OpenSlide, not decoded directly"

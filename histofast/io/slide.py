@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import HistofastError, SlideError
 from ..renamed import renamed_attribute, renamed_keyword
+from .remote import SlideURL
 
 # A job fills part of a region buffer; a region read is a list of independent jobs so a thread pool
 # (or the band streamer's prefetch) can run them in any order.
@@ -52,7 +53,7 @@ class Slide:
         threads = renamed_keyword(deprecated, "Slide", "workers", "threads", threads)
         if deprecated:
             raise TypeError(f"Slide() got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
-        self.path = Path(path)
+        self.path: Path | SlideURL = path if isinstance(path, SlideURL) else Path(path)  # a remote slide's URL
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in level_downsamples)
         self.properties: dict[str, str] = dict(properties)

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from typing import BinaryIO, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from .. import ops
 from ..errors import HistofastError, SlideError
 from .openslide_slide import OpenSlideSlide
-from .slide import BACKGROUND, Job, OnPart, Skip
+from .remote import RemoteFile
+from .slide import BACKGROUND, Job, OnPart, Skip, Slide
 
 JPEG = 7  # TIFF's code for JPEG compression: every reader's levels use it
 RGB, YCBCR = 2, 6  # photometric interpretations of the JPEG levels decoded directly
@@ -30,22 +31,53 @@ TILES_PER_JOB = 8
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
 
 
-class StoredTileSlide(OpenSlideSlide):
-    """A slide whose levels are decoded directly from their stored tiles where they match OpenSlide's pixels."""
+class Metadata(NamedTuple):
+    """What OpenSlide would say of a slide: its levels' (width, height) and downsamples, and its properties
+    (``openslide.mpp-x``, ``openslide.objective-power``, the vendor's own)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    level_dimensions: Sequence[tuple[int, int]]
+    level_downsamples: Sequence[float]
+    properties: Mapping[str, str]
+
+
+class StoredTileSlide(Slide):
+    """A slide whose levels are decoded directly from their stored tiles: where they match OpenSlide's pixels for a
+    local file (``openslide`` reads the other levels and gives the metadata), every level of a remote one (whose
+    ``metadata`` the reader parses itself: OpenSlide reads local files only)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, *, openslide: OpenSlideSlide | None = None,
+                 metadata: Metadata | None = None) -> None:
+        self._openslide = openslide
+        if openslide is not None:
+            metadata = Metadata(openslide.level_dimensions, openslide.level_downsamples, openslide.properties)
+        assert metadata is not None, "a remote slide's reader gives its metadata"
+        super().__init__(path, metadata.level_dimensions, metadata.level_downsamples, metadata.properties, threads)
         self._local = threading.local()  # per thread: the scratch tile of scan_jobs
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
 
-    def _serve(self, pages: dict[tuple[int, int], object]) -> None:
-        """Serve directly each level whose size is among ``pages`` and whose tile checks out (``_checked``)."""
-        for level, dims in enumerate(self.level_dimensions):
-            self._pages[level] = self._checked(level, pages.get(dims))
+    @property
+    def remote(self) -> bool:
+        """Whether the slide is read from object storage (no OpenSlide: every level on this path)."""
+        return self._openslide is None
 
-    def _reader_of(self, page, index: int) -> Callable[[int, int], bytes]:
-        """What reads (offset, count) bytes of stored tile ``index`` of ``page``."""
+    def _serve(self, pages: dict[tuple[int, int], object], why: str = "") -> None:
+        """Serve directly each level whose size is among ``pages`` and whose tile checks out (``_checked``); for a
+        remote slide every level, or ``SlideError`` naming the one only OpenSlide could read (``why``: its reason)."""
+        for level, dims in enumerate(self.level_dimensions):
+            if self.remote and dims not in pages:
+                raise SlideError(self.path, f"level {level} ({dims[0]}×{dims[1]}) is stored in a way only OpenSlide "
+                                            f"reads{why}, and OpenSlide reads local files only: copy the slide to a "
+                                            "local disk first")
+            self._pages[level] = pages[dims] if self.remote else self._checked(level, pages.get(dims))
+
+    def _reader_of(self, page, index: int) -> Reader | RemoteFile:
+        """What reads the bytes of stored tile ``index`` of ``page``."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        super().close()
+        if self._openslide is not None:
+            self._openslide.close()
 
     def _tile_name(self, page, level: int, index: int) -> str:
         """Stored tile ``index`` of ``level``, as error messages name it."""
@@ -63,7 +95,7 @@ class StoredTileSlide(OpenSlideSlide):
 
     def tile_shape(self, level: int) -> tuple[int, int]:
         page = self._pages[level]
-        return (page.tilewidth, page.tilelength) if page is not None else super().tile_shape(level)
+        return (page.tilewidth, page.tilelength) if page is not None else self._openslide.tile_shape(level)
 
     def dct_scales(self, level: int) -> tuple[int, ...]:
         page = self._pages[level]
@@ -75,7 +107,7 @@ class StoredTileSlide(OpenSlideSlide):
               on_part: OnPart | None = None, scale: int = 1) -> list[Job]:
         page = self._pages[level]
         if page is None:
-            return super()._jobs(level, x, y, w, h, out, on_part)
+            return self._openslide._jobs(level, x, y, w, h, out, on_part)
         tw, th = page.tilewidth // scale, page.tilelength // scale
         across = -(-page.imagewidth // page.tilewidth)
         parts = []  # (tile index, x and y inside the tile, destination, its x and y in the level)
@@ -117,21 +149,20 @@ class StoredTileSlide(OpenSlideSlide):
             scratch = self._local.__dict__.get("scratch")
             if scratch is None or scratch.shape[:2] != shape:
                 scratch = self._local.scratch = np.empty((*shape, 3), np.uint8)
-            if counting is not None:
-                datas = [self._bytes(page, level, index) for index, *_ in tiles]
-                if all(datas):  # no sparse tile: decode and count them all in one call
-                    try:
-                        ops.decode_jpegs_counting_white(datas, scratch, np.array([t[1:] for t in tiles], np.int64),
-                                                        *counting, tables=page.jpegtables, rgb=_stored_rgb(page),
-                                                        scale=scale)
-                        return
-                    except HistofastError:  # the scan fails: name the tile that does not decode
-                        for index, *_ in tiles:
-                            self._decode(page, level, index, scratch, scale=scale)
-                        raise
-            for index, x, y, w, h in tiles:
+            datas = self._fetch(page, level, [index for index, *_ in tiles])
+            if counting is not None and all(datas):  # no sparse tile: decode and count them all in one call
+                try:
+                    ops.decode_jpegs_counting_white(datas, scratch, np.array([t[1:] for t in tiles], np.int64),
+                                                    *counting, tables=page.jpegtables, rgb=_stored_rgb(page),
+                                                    scale=scale)
+                    return
+                except HistofastError:  # the scan fails: name the tile that does not decode
+                    for (index, *_), data in zip(tiles, datas):
+                        self._decode(page, level, index, data, scratch, scale=scale)
+                    raise
+            for (index, x, y, w, h), data in zip(tiles, datas):
                 part = scratch[:h, :w]
-                self._decode(page, level, index, part, scale=scale)
+                self._decode(page, level, index, data, part, scale=scale)
                 on_part(part, x, y)
 
         return job
@@ -141,26 +172,38 @@ class StoredTileSlide(OpenSlideSlide):
         destination, and telling ``on_part`` of it while it is in cache."""
 
         def job() -> None:
-            for index, ox, oy, dst, x, y in parts:
-                self._decode(page, level, index, dst, ox, oy, scale)
+            for (index, ox, oy, dst, x, y), data in zip(parts, self._fetch(page, level, [p[0] for p in parts])):
+                self._decode(page, level, index, data, dst, ox, oy, scale)
                 if on_part is not None:
                     on_part(dst, x, y)
 
         return job
 
-    def _bytes(self, page, level: int, index: int) -> bytes:
-        """The stored bytes of tile ``index`` of a level (empty for a sparse file's missing tile)."""
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        data = self._reader_of(page, index)(offset, count) if count else b""
-        if len(data) != count:
-            raise SlideError(self.path, f"truncated: {self._tile_name(page, level, index)} needs bytes "
-                                        f"{offset}..{offset + count}, the file ends first")
-        return data
+    def _fetch(self, page, level: int, indices: list[int]) -> list[bytes]:
+        """The stored bytes of tiles ``indices`` of a level (empty for a sparse file's missing tile), read together
+        from each file that holds some (a remote file coalesces them into few requests, sent at once)."""
+        by_reader: dict[int, tuple[Reader | RemoteFile, list[int]]] = {}
+        for i, index in enumerate(indices):
+            if page.databytecounts[index]:
+                reader = self._reader_of(page, index)
+                by_reader.setdefault(id(reader), (reader, []))[1].append(i)
+        datas = [b""] * len(indices)
+        for reader, which in by_reader.values():
+            got = reader.ranges([(int(page.dataoffsets[indices[i]]), int(page.databytecounts[indices[i]]))
+                                 for i in which])
+            for i, data in zip(which, got):
+                datas[i] = data
+        for index, data in zip(indices, datas):
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            if len(data) != count:
+                raise SlideError(self.path, f"truncated: {self._tile_name(page, level, index)} needs bytes "
+                                            f"{offset}..{offset + count}, the file ends first")
+        return datas
 
-    def _decode(self, page, level: int, index: int, out: np.ndarray, x: int = 0, y: int = 0, scale: int = 1) -> None:
-        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level (decoded at 1/``scale``: JPEG
-        only) into ``out`` (H, W, 3)."""
-        data = self._bytes(page, level, index)
+    def _decode(self, page, level: int, index: int, data: bytes, out: np.ndarray, x: int = 0, y: int = 0,
+                scale: int = 1) -> None:
+        """Pixels ``[y, y + H) × [x, x + W)`` of stored tile ``index`` of a level, whose stored bytes are ``data``
+        (decoded at 1/``scale``: JPEG only), into ``out`` (H, W, 3)."""
         if not data:  # a sparse file's missing tile: OpenSlide shows it transparent, i.e. white
             out[...] = BACKGROUND
             return
@@ -187,11 +230,11 @@ class StoredTileSlide(OpenSlideSlide):
         h = min(page.tilelength, page.imagelength - y)
         mine = np.empty((h, w, 3), np.uint8)
         try:
-            self._decode(page, level, index, mine)
+            self._decode(page, level, index, self._fetch(page, level, [index])[0], mine)
         except SlideError:
             return None  # let OpenSlide read (and report) this level
         theirs = np.empty((h, w, 3), np.uint8)
-        self.run(super()._jobs(level, x, y, w, h, theirs))
+        self.run(self._openslide._jobs(level, x, y, w, h, theirs))
         return page if np.abs(mine.astype(np.int16) - theirs).max() <= MAX_CHECK_DIFF else None
 
 
@@ -205,8 +248,13 @@ class Reader:
     """Positional reads of one file, safe from many threads (``os.pread`` where the OS has it)."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._lock = None if hasattr(os, "pread") else threading.Lock()
+
+    def ranges(self, wanted: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (offset, count) range (fewer past the file's end), as ``RemoteFile.ranges``."""
+        return [self(offset, count) for offset, count in wanted]
 
     def __call__(self, offset: int, count: int) -> bytes:
         if self._lock is None:
@@ -214,6 +262,10 @@ class Reader:
         with self._lock:
             os.lseek(self._fd, offset, os.SEEK_SET)
             return os.read(self._fd, count)
+
+    def open(self) -> BinaryIO:
+        """The file opened for header parsers (tifffile, pydicom), as ``RemoteFile.open``."""
+        return open(self.path, "rb")
 
     def close(self) -> None:
         os.close(self._fd)
