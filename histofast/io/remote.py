@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import random
 import re
 import threading
@@ -100,8 +101,12 @@ def filesystem(protocol: str):
 
         if protocol == "s3":
             import s3fs  # noqa: F401  (fsspec would name it less clearly)
-            # botocore's retries off: ours (and s3fs's own, of throttling and dropped connections) are enough.
-            return fsspec.filesystem("s3", config_kwargs={"retries": {"max_attempts": 1}})
+            # botocore's retries off: ours (and s3fs's own, of throttling and dropped connections) are enough. The
+            # endpoint botocore would take from the environment, passed on: fsspec keys its cache of filesystems by
+            # their arguments, so a changed AWS_ENDPOINT_URL(_S3) gets a filesystem of its own.
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            return fsspec.filesystem("s3", config_kwargs={"retries": {"max_attempts": 1}},
+                                     **({"endpoint_url": endpoint} if endpoint else {}))
         import aiohttp  # noqa: F401
         # trust_env: proxies from HTTP(S)_PROXY and credentials from ~/.netrc, as curl and requests take them.
         return fsspec.filesystem(protocol, client_kwargs={"trust_env": True})
