@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import BinaryIO, Mapping, NamedTuple, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import BinaryIO, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from .slide import BACKGROUND, Job, OnPart, Skip, Slide
 JPEG = 7  # TIFF's code for JPEG compression: every reader's levels use it
 RGB, YCBCR = 2, 6  # photometric interpretations of the JPEG levels decoded directly
 TILES_PER_JOB = 8
+FETCH_AHEAD = 8  # a remote slide's jobs whose tiles are fetched ahead of the one decoding (requests in flight)
 MAX_CHECK_DIFF = 1  # a level is served directly only if a decoded tile matches OpenSlide this closely
 
 
@@ -53,6 +56,7 @@ class StoredTileSlide(Slide):
         assert metadata is not None, "a remote slide's reader gives its metadata"
         super().__init__(path, metadata.level_dimensions, metadata.level_downsamples, metadata.properties, threads)
         self._local = threading.local()  # per thread: the scratch tile of scan_jobs
+        self._fetcher: ThreadPoolExecutor | None = None
         self._pages: list = [None] * self.level_count  # OpenSlide reads each level until checked
 
     @property
@@ -74,8 +78,18 @@ class StoredTileSlide(Slide):
         """What reads the bytes of stored tile ``index`` of ``page``."""
         raise NotImplementedError
 
+    @property
+    def fetcher(self) -> ThreadPoolExecutor:
+        """The threads that fetch a remote slide's tiles ahead of the jobs that decode them (``_Fetches``)."""
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="histofast-fetch")
+        return self._fetcher
+
     def close(self) -> None:
         super().close()
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True)
+            self._fetcher = None
         if self._openslide is not None:
             self._openslide.close()
 
@@ -118,8 +132,9 @@ class StoredTileSlide(Slide):
                 parts.append((ty * across + tx, x0 - tx * tw, y0 - ty * th, out[y0 - y : y1 - y, x0 - x : x1 - x],
                               x0, y0))
         # A few tiles per job: fewer futures (and GIL hand-offs) per decoded megapixel.
-        return [self._tiles(page, level, parts[i : i + TILES_PER_JOB], on_part, scale)
-                for i in range(0, len(parts), TILES_PER_JOB)]
+        groups = [parts[i : i + TILES_PER_JOB] for i in range(0, len(parts), TILES_PER_JOB)]
+        fetches = _Fetches(self, page, level, [[p[0] for p in group] for group in groups])
+        return [self._tiles(page, level, group, on_part, scale, partial(fetches, j)) for j, group in enumerate(groups)]
 
     def scan_jobs(self, level: int, height: int, on_part: OnPart, skip: Skip | None = None,
                   scale: int = 1) -> list[tuple[int, Job]]:
@@ -129,18 +144,21 @@ class StoredTileSlide(Slide):
         self._check_scale(level, scale)
         tw, th = page.tilewidth // scale, page.tilelength // scale
         across, width = -(-page.imagewidth // page.tilewidth), page.imagewidth // scale
-        jobs = []
+        groups = []  # (rows done, tiles)
         for y in range(0, height, th):
             row = [(y // th * across + tx, tx * tw, y, min(tw, width - tx * tw), min(th, height - y))
                    for tx in range(across) if tx * tw < width and (skip is None or not skip(
                        tx * tw * scale, y * scale, (tx + 1) * tw * scale, (y + th) * scale))]
-            jobs += [(min(y + th, height), self._scanned(page, level, row[i : i + TILES_PER_JOB], on_part, scale))
-                     for i in range(0, len(row), TILES_PER_JOB)]
-        return jobs
+            groups += [(min(y + th, height), row[i : i + TILES_PER_JOB]) for i in range(0, len(row), TILES_PER_JOB)]
+        fetches = _Fetches(self, page, level, [[t[0] for t in tiles] for _, tiles in groups])
+        return [(rows, self._scanned(page, level, tiles, on_part, scale, partial(fetches, j)))
+                for j, (rows, tiles) in enumerate(groups)]
 
-    def _scanned(self, page, level: int, tiles: list, on_part: OnPart, scale: int) -> Job:
-        """A job decoding stored tiles (at 1/``scale``) into this thread's scratch tile, each handed to ``on_part``
-        while in cache and never written anywhere else: a scan touches no memory beyond a tile per thread."""
+    def _scanned(self, page, level: int, tiles: list, on_part: OnPart, scale: int,
+                 fetch: Callable[[], list[bytes]]) -> Job:
+        """A job decoding stored tiles (at 1/``scale``; their bytes from ``fetch``) into this thread's scratch tile,
+        each handed to ``on_part`` while in cache and never written anywhere else: a scan touches no memory beyond a
+        tile per thread."""
 
         counting = getattr(on_part, "white_counts_args", None) if page.compression == JPEG else None
         shape = (page.tilelength // scale, page.tilewidth // scale)
@@ -149,7 +167,7 @@ class StoredTileSlide(Slide):
             scratch = self._local.__dict__.get("scratch")
             if scratch is None or scratch.shape[:2] != shape:
                 scratch = self._local.scratch = np.empty((*shape, 3), np.uint8)
-            datas = self._fetch(page, level, [index for index, *_ in tiles])
+            datas = fetch()
             if counting is not None and all(datas):  # no sparse tile: decode and count them all in one call
                 try:
                     ops.decode_jpegs_counting_white(datas, scratch, np.array([t[1:] for t in tiles], np.int64),
@@ -167,12 +185,13 @@ class StoredTileSlide(Slide):
 
         return job
 
-    def _tiles(self, page, level: int, parts: list, on_part: OnPart | None, scale: int) -> Job:
-        """A job decoding stored tiles (at 1/``scale``), each one's part at (ox, oy) straight into its
-        destination, and telling ``on_part`` of it while it is in cache."""
+    def _tiles(self, page, level: int, parts: list, on_part: OnPart | None, scale: int,
+               fetch: Callable[[], list[bytes]]) -> Job:
+        """A job decoding stored tiles (at 1/``scale``; their bytes from ``fetch``), each one's part at (ox, oy)
+        straight into its destination, and telling ``on_part`` of it while it is in cache."""
 
         def job() -> None:
-            for (index, ox, oy, dst, x, y), data in zip(parts, self._fetch(page, level, [p[0] for p in parts])):
+            for (index, ox, oy, dst, x, y), data in zip(parts, fetch()):
                 self._decode(page, level, index, data, dst, ox, oy, scale)
                 if on_part is not None:
                     on_part(dst, x, y)
@@ -236,6 +255,29 @@ class StoredTileSlide(Slide):
         theirs = np.empty((h, w, 3), np.uint8)
         self.run(self._openslide._jobs(level, x, y, w, h, theirs))
         return page if np.abs(mine.astype(np.int16) - theirs).max() <= MAX_CHECK_DIFF else None
+
+
+class _Fetches:
+    """The stored bytes of one read's jobs, group ``j`` (a job's tiles) handed to job ``j``: fetched by the job
+    itself for a local file; for a remote one, in the background from when job ``j - FETCH_AHEAD`` asks, so that the
+    requests of the next jobs are in flight while this one decodes (at most ``FETCH_AHEAD`` groups held ahead)."""
+
+    def __init__(self, slide: StoredTileSlide, page, level: int, groups: list[list[int]]) -> None:
+        self._slide, self._page, self._level, self._groups = slide, page, level, groups
+        self._futures: dict[int, Future] = {}
+        self._next = 0  # the first group not yet asked for
+        self._lock = threading.Lock()
+
+    def __call__(self, j: int) -> list[bytes]:
+        slide, page, level = self._slide, self._page, self._level
+        if not slide.remote:
+            return slide._fetch(page, level, self._groups[j])
+        with self._lock:
+            for k in range(max(self._next, j + 1), min(j + FETCH_AHEAD + 1, len(self._groups))):
+                self._futures[k] = slide.fetcher.submit(slide._fetch, page, level, self._groups[k])
+            self._next = max(self._next, min(j + FETCH_AHEAD + 1, len(self._groups)))
+            future = self._futures.pop(j, None)
+        return future.result() if future is not None else slide._fetch(page, level, self._groups[j])
 
 
 def _stored_rgb(page) -> bool:

@@ -191,6 +191,18 @@ def test_a_fault_that_persists_names_the_url_and_the_byte_range(proxied, fault):
             theirs.read_level_region(0, (0, 0), SIZE)
 
 
+def test_tiles_fetched_ahead_over_a_slow_link_read_right(root, proxied):
+    """Every request 50 ms late: the jobs' tiles are fetched ahead (tiles.FETCH_AHEAD groups in flight), and a grid
+    and a level read equal the local file's."""
+    with open_slide(f"{proxied.url}/slide.svs", threads=2) as theirs, open_slide(root / "slide.svs") as local:
+        proxied.delay(0.05, times=10_000)
+        np.testing.assert_array_equal(histofast.tile_grid(theirs, tile_size=256).white_ratio,
+                                      histofast.tile_grid(local, tile_size=256).white_ratio)
+        np.testing.assert_array_equal(theirs.read_level_region(1, (0, 0), theirs.level_dimensions[1]),
+                                      local.read_level_region(1, (0, 0), local.level_dimensions[1]))
+        assert theirs._read.retries == 0
+
+
 def test_a_server_that_is_down(proxied):
     with open_slide(f"{proxied.url}/slide.svs") as theirs:
         proxied.down()
