@@ -111,6 +111,22 @@ def test_a_folder_holding_one_series_is_the_slide(series, tmp_path):
         open_slide(both)
 
 
+def test_a_list_of_a_series_files_is_the_slide(series, svs, tmp_path):
+    files = sorted(series["concatenated"].parent.iterdir())
+    with open_slide([str(f) for f in reversed(files)]) as slide, open_slide(svs) as tiff:
+        assert isinstance(slide, DicomSlide) and slide.direct_levels == (0, 1, 2)
+        np.testing.assert_array_equal(slide.read_level_region(1, (0, 0), slide.level_dimensions[1]),
+                                      tiff.read_level_region(1, (0, 0), tiff.level_dimensions[1]))
+    other = tmp_path / "elsewhere.dcm"
+    other.write_bytes(files[0].read_bytes())
+    with pytest.raises(SlideError, match="must be all local, in one folder, or all URLs"):
+        open_slide([files[1], other])
+    with pytest.raises(SlideError, match="backend='tiff': a list of files is a DICOM WSI series"):
+        open_slide(files, backend="tiff")
+    with pytest.raises(SlideError, match="an empty list"):
+        open_slide([])
+
+
 def test_a_level_with_an_instance_the_fast_path_cannot_read_goes_to_openslide_whole(series, monkeypatch):
     from histofast.io import dicom
 
