@@ -229,6 +229,9 @@ class RemoteFile:
             else:
                 body = await fs._cat_file(self.url, start=start, end=end,
                                           headers={"If-Match": self.etag} if self.etag else {})
+            if len(body) > end - start:
+                raise Fatal(f"{what}: the server sent {len(body)} bytes: it ignores byte ranges, and remote slides are "
+                            "read by ranges only")
             if len(body) != end - start:
                 raise _Short(f"the server sent {len(body)} of the {end - start} bytes asked for")
             with self._lock:
@@ -246,6 +249,8 @@ class RemoteFile:
         for tries in range(RETRIES + 1):
             try:
                 return await asyncio.wait_for(attempt(), TIMEOUT)
+            except (Fatal, Changed):
+                raise
             except Exception as e:
                 kind = _kind(e)
                 if kind == "changed":

@@ -248,6 +248,22 @@ def test_what_only_openslide_reads_is_refused_remotely_saying_so(http):
         open_slide(f"{http}/missing.svs")
 
 
+def test_a_server_that_ignores_ranges_is_named(root):
+    """Python's http.server answers every GET with the whole file: a range read must say so, not retry or decode."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(SlideError, match=r"bytes 0\.\.132: the server sent \d+ bytes: it ignores byte ranges"):
+                open_slide(f"http://127.0.0.1:{server.server_address[1]}/slide.svs")
+        finally:
+            server.shutdown()
+
+
 def test_credentials_never_ride_in_urls_or_messages(s3, http):
     with pytest.raises(SlideError, match="must not carry credentials") as e:
         open_slide("https://user:secret@127.0.0.1/slide.svs")
